@@ -1,0 +1,340 @@
+"""Demonstrators: PPO on Procgen as in the Procgen benchmark's baseline (Cobbe et al. 2020).
+
+``train_expert`` is one loop that reads top to bottom: rollout, advantages, minibatch epochs,
+logging, checkpoint. A run folder holds ``policy.safetensors`` + ``config.json`` (the policy,
+loadable by :func:`lapo.policies.load_policy`), ``checkpoint.safetensors`` (everything needed
+to resume), ``progress.csv`` and TensorBoard event files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+from lapo.checkpoint import (
+    load_tensors,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    read_json,
+    save_tensors,
+    write_json,
+)
+from lapo.envs import NUM_ACTIONS, ProcgenVecEnv, check_game, normalized_return
+from lapo.models.impala import make_encoder, obs_to_float
+from lapo.ppo import RewardNormalizer, compute_gae, ppo_loss
+
+
+@dataclass
+class ExpertConfig:
+    """PPO demonstrator training; defaults are Procgen's PPO baseline (easy mode)."""
+
+    game: str = "coinrun"
+    """Procgen game to train on."""
+    frames: int = 1_000_000
+    """Environment frames to train for (summed over all envs)."""
+    arch: str = "impala"
+    """Encoder: impala (IMPALA-CNN) or nature (Nature-DQN CNN, ~5x cheaper on CPU)."""
+    width: int = 1
+    """IMPALA-CNN width multiplier (channels 16, 32, 32 times this)."""
+    num_envs: int = 64
+    """Parallel environments."""
+    num_steps: int = 256
+    """Steps per environment per rollout."""
+    num_minibatches: int = 8
+    """Minibatches per epoch."""
+    update_epochs: int = 3
+    """Epochs over each rollout."""
+    learning_rate: float = 5e-4
+    """Adam learning rate (constant)."""
+    gamma: float = 0.999
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    clip_coef: float = 0.2
+    """PPO clipping range."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clip."""
+    norm_reward: bool = True
+    """Scale rewards by the running std of the discounted return, clip to [-10, 10]."""
+    distribution_mode: str = "easy"
+    """Procgen distribution mode."""
+    num_levels: int = 0
+    """Levels to train on; 0 = unbounded."""
+    start_level: int = 0
+    """First level seed."""
+    seed: int = 0
+    """Seed of the environments, the network initialisation and action sampling."""
+    checkpoint_every: int = 5
+    """Save a resumable checkpoint every this many updates (and at the end)."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, math.ceil(self.frames / self.batch_size))
+
+
+class ActorCritic(nn.Module):
+    """Encoder -> policy logits ``(B, 15)`` and value ``(B,)`` from uint8 ``(B, 64, 64, 3)``."""
+
+    def __init__(self, arch: str = "impala", width: int = 1, num_actions: int = NUM_ACTIONS):
+        super().__init__()
+        self.encoder = make_encoder(arch, in_channels=3, width=width)
+        self.actor = nn.Linear(self.encoder.out_features, num_actions)
+        self.critic = nn.Linear(self.encoder.out_features, 1)
+        # small policy init so the first policy is near uniform (as in CleanRL / baselines)
+        nn.init.orthogonal_(self.actor.weight, 0.01)
+        nn.init.zeros_(self.actor.bias)
+        nn.init.orthogonal_(self.critic.weight, 1.0)
+        nn.init.zeros_(self.critic.bias)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, 64, 64, 3) uint8 -> (B, 3, 64, 64) float -> (B, F) -> (B, 15), (B,)
+        h = self.encoder(obs_to_float(obs).contiguous(memory_format=torch.channels_last))
+        return self.actor(h), self.critic(h).squeeze(-1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def save_policy(out: Path, model: ActorCritic, cfg: ExpertConfig, extra: dict | None = None) -> None:
+    """Write ``policy.safetensors`` + ``config.json``: what ``load_policy`` and ``eval`` read."""
+    out = Path(out)
+    save_tensors(out / "policy.safetensors", model.state_dict())
+    write_json(
+        out / "config.json",
+        {
+            "kind": "ppo-expert",
+            "game": cfg.game,
+            "arch": cfg.arch,
+            "width": cfg.width,
+            "num_actions": NUM_ACTIONS,
+            "train": dataclasses.asdict(cfg),
+            **(extra or {}),
+        },
+    )
+
+
+def train_expert(cfg: ExpertConfig, out: Path, progress: bool = True) -> dict:
+    """Train a PPO demonstrator into ``out``; resumes from ``out/checkpoint.safetensors``.
+
+    Returns a summary: frames trained, wall time, frames/s and recent mean return.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    check_game(cfg.game)
+    if cfg.frames <= 0:
+        raise ValueError(f"--frames must be positive, got {cfg.frames}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    model = ActorCritic(cfg.arch, cfg.width).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    normalizer = RewardNormalizer(cfg.num_envs, cfg.gamma)
+    start_update, elapsed_before = 0, 0.0
+    recent_returns: deque[float] = deque(maxlen=100)
+
+    ckpt_path = out / "checkpoint.safetensors"
+    if ckpt_path.exists():
+        tensors, meta = load_tensors(ckpt_path)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        optimizer_from_flat(optimizer, tensors, meta["optimizer"])
+        normalizer.load_state_dict(meta["normalizer"])
+        torch.set_rng_state(tensors["rng/torch"])
+        rng.bit_generator.state = meta["numpy_rng"]
+        start_update, elapsed_before = meta["update"], meta["elapsed"]
+        recent_returns.extend(meta["recent_returns"])
+        if meta["config"]["game"] != cfg.game:
+            raise ValueError(
+                f"{ckpt_path} was trained on {meta['config']['game']}, not {cfg.game}: "
+                "use another --out"
+            )
+    write_json(out / "train_config.json", dataclasses.asdict(cfg))
+
+    # the environments restart on resume, with a seed that differs per resumption point
+    env = ProcgenVecEnv(
+        cfg.game,
+        num_envs=cfg.num_envs,
+        distribution_mode=cfg.distribution_mode,
+        num_levels=cfg.num_levels,
+        start_level=cfg.start_level,
+        seed=cfg.seed * 1_000_003 + start_update,
+    )
+    next_obs_np, _ = env.reset()
+    next_obs = torch.from_numpy(next_obs_np).to(device)
+    next_done = torch.zeros(cfg.num_envs, device=device)
+
+    T, N = cfg.num_steps, cfg.num_envs
+    obs_buf = torch.zeros((T, N, 64, 64, 3), dtype=torch.uint8, device=device)
+    actions = torch.zeros((T, N), dtype=torch.long, device=device)
+    logprobs = torch.zeros((T, N), device=device)
+    rewards = torch.zeros((T, N), device=device)
+    dones = torch.zeros((T, N), device=device)
+    values = torch.zeros((T, N), device=device)
+
+    writer = SummaryWriter(str(out / "tb"))
+    csv_path = out / "progress.csv"
+    new_csv = not csv_path.exists()
+    csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
+    csv_writer = csv.writer(csv_file)
+    if new_csv:
+        csv_writer.writerow(["update", "frames", "mean_return", "normalized_return", "fps"])
+    bar = tqdm(
+        total=cfg.num_updates * cfg.batch_size,
+        initial=start_update * cfg.batch_size,
+        unit="frame",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"ppo {cfg.game}",
+        dynamic_ncols=True,
+    )
+    t0 = time.time()
+    update = start_update
+    try:
+        for update in range(start_update, cfg.num_updates):
+            # 1. rollout: num_steps steps in each of num_envs environments
+            model.eval()
+            for step in range(T):
+                obs_buf[step] = next_obs
+                dones[step] = next_done
+                with torch.no_grad():
+                    logits, value = model(next_obs)
+                dist = Categorical(logits=logits)
+                action = dist.sample()
+                actions[step], logprobs[step], values[step] = action, dist.log_prob(action), value
+                obs_np, reward, term, trunc, info = env.step(action.cpu().numpy())
+                done = term | trunc
+                if cfg.norm_reward:
+                    reward = normalizer(reward, done)
+                rewards[step] = torch.from_numpy(reward).to(device)
+                next_obs = torch.from_numpy(obs_np).to(device)
+                next_done = torch.from_numpy(done.astype(np.float32)).to(device)
+                recent_returns.extend(info["episode_return"][info["episode_done"]].tolist())
+
+            # 2. advantages (GAE); truncation at Procgen's time limit counts as an episode end
+            with torch.no_grad():
+                _, next_value = model(next_obs)
+            advantages, returns = compute_gae(
+                rewards, values, dones, next_value, next_done, cfg.gamma, cfg.gae_lambda
+            )
+
+            # 3. update_epochs passes over the rollout in num_minibatches minibatches
+            model.train()
+            b_obs = obs_buf.reshape(T * N, 64, 64, 3)
+            b_act, b_logp = actions.reshape(-1), logprobs.reshape(-1)
+            b_adv, b_ret = advantages.reshape(-1), returns.reshape(-1)
+            mb_size = cfg.batch_size // cfg.num_minibatches
+            for _epoch in range(cfg.update_epochs):
+                perm = torch.from_numpy(rng.permutation(cfg.batch_size)).to(device)
+                for start in range(0, cfg.batch_size, mb_size):
+                    idx = perm[start : start + mb_size]
+                    logits, new_value = model(b_obs[idx])
+                    dist = Categorical(logits=logits)
+                    loss = ppo_loss(
+                        dist.log_prob(b_act[idx]),
+                        b_logp[idx],
+                        b_adv[idx],
+                        new_value,
+                        b_ret[idx],
+                        dist.entropy(),
+                        cfg.clip_coef,
+                        cfg.ent_coef,
+                        cfg.vf_coef,
+                    )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.total.backward()
+                    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+
+            # 4. logging
+            frames = (update + 1) * cfg.batch_size
+            elapsed = elapsed_before + time.time() - t0
+            fps = (update + 1 - start_update) * cfg.batch_size / max(time.time() - t0, 1e-9)
+            mean_ret = float(np.mean(recent_returns)) if recent_returns else float("nan")
+            norm_ret = float(normalized_return(cfg.game, mean_ret)) if recent_returns else math.nan
+            for name, val in {
+                "charts/episodic_return": mean_ret,
+                "charts/normalized_return": norm_ret,
+                "charts/fps": fps,
+                "losses/policy": loss.policy.item(),
+                "losses/value": loss.value.item(),
+                "losses/entropy": loss.entropy.item(),
+                "losses/approx_kl": loss.approx_kl.item(),
+                "losses/clip_frac": loss.clip_frac.item(),
+                "losses/grad_norm": float(grad_norm),
+            }.items():
+                writer.add_scalar(name, val, frames)
+            csv_writer.writerow([update + 1, frames, mean_ret, norm_ret, round(fps, 1)])
+            csv_file.flush()
+            bar.update(cfg.batch_size)
+            bar.set_postfix(ret=f"{mean_ret:.2f}", norm=f"{norm_ret:.2f}", refresh=False)
+
+            # 5. checkpoint: everything needed to resume, and the policy alone
+            last = update + 1 == cfg.num_updates
+            if (update + 1) % cfg.checkpoint_every == 0 or last:
+                opt_t, opt_meta = optimizer_to_flat(optimizer)
+                tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+                tensors.update(opt_t)
+                tensors["rng/torch"] = torch.get_rng_state()
+                meta = {
+                    "update": update + 1,
+                    "frames": frames,
+                    "elapsed": elapsed,
+                    "optimizer": opt_meta,
+                    "normalizer": normalizer.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "recent_returns": list(recent_returns),
+                    "config": dataclasses.asdict(cfg),
+                }
+                save_tensors(ckpt_path, tensors, meta)
+                save_policy(
+                    out, model, cfg, {"frames_trained": frames, "train_mean_return": mean_ret}
+                )
+    finally:
+        bar.close()
+        writer.close()
+        csv_file.close()
+        env.close()
+    frames_done = cfg.num_updates * cfg.batch_size
+    wall = time.time() - t0
+    return {
+        "frames": frames_done,
+        "wall_seconds": round(elapsed_before + wall, 1),
+        "frames_per_second": round((cfg.num_updates - start_update) * cfg.batch_size / wall, 1)
+        if cfg.num_updates > start_update
+        else None,
+        "recent_mean_return": float(np.mean(recent_returns)) if recent_returns else None,
+    }
+
+
+def load_expert_config(path: Path) -> dict:
+    return read_json(Path(path) / "config.json")

@@ -1,0 +1,106 @@
+"""Image encoders: the IMPALA-CNN (Espeholt et al. 2018) used by Procgen's baselines and LAPO,
+and the smaller Nature-DQN CNN (Mnih et al. 2015), about 5x cheaper on a CPU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def obs_to_float(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, H, W, C)`` frames -> float ``(B, C, H, W)`` in [-0.5, 0.5] (the paper's scale)."""
+    return obs.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> (B, C, H, W)
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+class ConvSequence(nn.Module):
+    """conv 3x3 -> max-pool 3x3 stride 2 -> two residual blocks; halves H and W."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.res0 = ResidualBlock(out_channels)
+        self.res1 = ResidualBlock(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))
+        x = F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1)
+        return self.res1(self.res0(x))
+
+
+class ImpalaCNN(nn.Module):
+    """IMPALA-CNN: stacks of (16, 32, 32) x ``width`` channels, then a linear layer.
+
+    Input ``(B, in_channels, 64, 64)`` float; output ``(B, out_features)`` after ReLU.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        width: int = 1,
+        out_features: int = 256,
+        image_size: int = 64,
+        channels: tuple[int, ...] = (16, 32, 32),
+    ) -> None:
+        super().__init__()
+        stacks = []
+        c = in_channels
+        size = image_size
+        for ch in channels:
+            stacks.append(ConvSequence(c, ch * width))
+            c = ch * width
+            size = (size + 1) // 2
+        self.stacks = nn.Sequential(*stacks)
+        self.fc = nn.Linear(c * size * size, out_features)
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, 64, 64) -> (B, 32w, 8, 8) -> (B, out_features)
+        x = self.stacks(x)
+        return F.relu(self.fc(F.relu(x).flatten(1)))
+
+
+class NatureCNN(nn.Module):
+    """Nature-DQN encoder: three convolutions and a linear layer.
+
+    Input ``(B, in_channels, 64, 64)`` float; output ``(B, out_features)`` after ReLU.
+    """
+
+    def __init__(self, in_channels: int = 3, out_features: int = 512, image_size: int = 64) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+        )
+        with torch.no_grad():
+            n = self.convs(torch.zeros(1, in_channels, image_size, image_size)).numel()
+        self.fc = nn.Linear(n, out_features)
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, 64, 64) -> (B, 64, 4, 4) -> (B, out_features)
+        return F.relu(self.fc(self.convs(x).flatten(1)))
+
+
+def make_encoder(arch: str, in_channels: int = 3, width: int = 1) -> nn.Module:
+    """Build an encoder by name: ``impala`` (with ``width``) or ``nature``."""
+    if arch == "impala":
+        return ImpalaCNN(in_channels=in_channels, width=width)
+    if arch == "nature":
+        return NatureCNN(in_channels=in_channels)
+    raise ValueError(f"unknown encoder {arch!r}: choose impala or nature")

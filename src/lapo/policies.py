@@ -1,0 +1,112 @@
+"""Policies that act in Procgen: a uniform-random policy and saved PPO demonstrators.
+
+Every policy maps uint8 observations ``(N, 64, 64, 3)`` to integer actions ``(N,)``.
+``load_policy("random", game)`` or ``load_policy(DIR)`` gives one; ``DIR`` is a folder with
+``config.json`` + ``policy.safetensors`` (what ``lapo expert train`` writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.distributions import Categorical
+
+from lapo.checkpoint import CheckpointError, load_tensors, read_json
+from lapo.envs import NUM_ACTIONS
+
+
+class Policy(Protocol):
+    name: str
+    game: str | None
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """uint8 ``(N, 64, 64, 3)`` -> int64 actions ``(N,)``."""
+        ...
+
+    def describe(self) -> dict:
+        """A JSON-able description, recorded in dataset manifests and eval output."""
+        ...
+
+
+class RandomPolicy:
+    """Uniformly random actions; the 0 of normalised return."""
+
+    def __init__(self, game: str | None = None, seed: int = 0) -> None:
+        self.name = "random"
+        self.game = game
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.integers(0, NUM_ACTIONS, size=len(obs))
+
+    def describe(self) -> dict:
+        return {"kind": "random"}
+
+
+class ExpertPolicy:
+    """A PPO demonstrator saved by ``lapo expert train``; samples from its action distribution."""
+
+    def __init__(self, path: Path, seed: int = 0, device: str = "cpu") -> None:
+        from lapo.expert import ActorCritic
+
+        self.path = Path(path)
+        self.config = read_json(self.path / "config.json")
+        if self.config.get("kind") != "ppo-expert":
+            raise CheckpointError(
+                f"{self.path / 'config.json'} is not a lapo policy config (kind "
+                f"{self.config.get('kind')!r}); point --policy to a folder from 'lapo expert train'"
+            )
+        self.name = str(self.path)
+        self.game = self.config["game"]
+        self.device = torch.device(device)
+        self.model = ActorCritic(self.config["arch"], self.config["width"]).to(self.device)
+        tensors, _ = load_tensors(self.path / "policy.safetensors")
+        try:
+            self.model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{self.path / 'policy.safetensors'} does not match its config.json: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+        self.model.eval()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        logits, _ = self.model(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device))
+        probs = Categorical(logits=logits.float().cpu()).probs
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1).numpy()
+
+    def describe(self) -> dict:
+        return {
+            "kind": "ppo-expert",
+            "path": str(self.path),
+            "game": self.game,
+            "arch": self.config["arch"],
+            "width": self.config["width"],
+            "frames_trained": self.config.get("frames_trained"),
+        }
+
+
+def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Policy:
+    """``"random"`` or a policy folder; raises :class:`CheckpointError` with what to do."""
+    if str(spec) == "random":
+        return RandomPolicy(game, seed)
+    path = Path(spec)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"policy {spec!r} is neither 'random' nor a folder; pass a folder written by "
+            "'lapo expert train' (config.json + policy.safetensors)"
+        )
+    if not (path / "config.json").is_file() or not (path / "policy.safetensors").is_file():
+        raise CheckpointError(
+            f"{path} has no config.json + policy.safetensors; pass a folder written by "
+            "'lapo expert train'"
+        )
+    policy = ExpertPolicy(path, seed)
+    if game is not None and policy.game != game:
+        raise CheckpointError(f"policy {path} plays {policy.game}, not {game}: pick its game")
+    return policy
