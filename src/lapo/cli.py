@@ -25,10 +25,41 @@ def _cmd_expert_train(args: argparse.Namespace) -> None:
     cfg = dataclass_from_args(ExpertConfig, args, game=args.env)
     if cfg.frames <= 0:
         raise UserError(f"--frames must be a positive number of frames, got {cfg.frames}")
-    out = Path(args.out)
-    summary = train_expert(cfg, out, progress=not args.quiet)
-    summary["command"] = "lapo " + shlex.join(sys.argv[1:])
+    command = "lapo " + shlex.join(sys.argv[1:])
+    summary = train_expert(cfg, Path(args.out), progress=not args.quiet, command=command)
+    summary["command"] = command
     print(json.dumps(summary, indent=2))
+
+
+def _cmd_expert_package(args: argparse.Namespace) -> None:
+    from lapo.expert import package_demonstrator
+
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+    print(json.dumps(package_demonstrator(args.run, args.out, args.episodes, args.seed), indent=2))
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from lapo.envs import check_game
+    from lapo.eval import evaluate
+    from lapo.policies import load_policy
+
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.env is None and str(args.policy) == "random":
+        raise UserError("--env is required with --policy random")
+    policy = load_policy(args.policy, args.env, seed=args.seed)
+    game = check_game(args.env or policy.game)
+    result = evaluate(
+        policy,
+        game,
+        episodes=args.episodes,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        demonstrator_return=args.demonstrator_return,
+        distribution_mode=args.distribution_mode,
+    )
+    print(json.dumps(result, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, ExpertConfig, skip=("game",))
     p.set_defaults(func=_cmd_expert_train)
+    p = expert.add_parser("package", help="evaluate a trained run and copy it with a manifest")
+    p.add_argument("--run", required=True, help="folder written by 'lapo expert train'")
+    p.add_argument("--out", required=True, help="destination folder")
+    p.add_argument("--episodes", type=int, default=100, help="evaluation episodes (default: 100)")
+    p.add_argument("--seed", type=int, default=12345, help="evaluation seed")
+    p.set_defaults(func=_cmd_expert_package)
+
+    p = sub.add_parser("eval", help="play a policy for N episodes and print its returns as JSON")
+    p.add_argument(
+        "--policy", required=True, help="'random', 'demonstrator' (shipped) or a policy folder"
+    )
+    p.add_argument("--env", metavar="GAME", help="game (default: the policy's own)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes to play (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="environment and sampling seed")
+    p.add_argument("--num-envs", type=int, default=16, help="parallel environments")
+    p.add_argument("--distribution-mode", default="easy", help="easy or hard")
+    p.add_argument(
+        "--demonstrator-return",
+        type=float,
+        help="also normalise between random and this demonstrator mean return",
+    )
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -50,7 +50,11 @@ def add_dataclass_args(
         typ = hints[f.name]
         if typ is bool:
             parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_,
             )
         else:
             parser.add_argument(flag, dest=f.name, type=typ, default=default, help=help_)
@@ -58,6 +62,8 @@ def add_dataclass_args(
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
     """Build ``cls`` from the parsed options (and ``fixed`` values for skipped fields)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
     values.update(fixed)
     return cls(**values)  # type: ignore[call-arg]

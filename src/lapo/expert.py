@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from lapo.checkpoint import (
+    CheckpointError,
     load_tensors,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -120,7 +121,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def save_policy(out: Path, model: ActorCritic, cfg: ExpertConfig, extra: dict | None = None) -> None:
+def save_policy(
+    out: Path, model: ActorCritic, cfg: ExpertConfig, extra: dict | None = None
+) -> None:
     """Write ``policy.safetensors`` + ``config.json``: what ``load_policy`` and ``eval`` read."""
     out = Path(out)
     save_tensors(out / "policy.safetensors", model.state_dict())
@@ -138,7 +141,9 @@ def save_policy(out: Path, model: ActorCritic, cfg: ExpertConfig, extra: dict | 
     )
 
 
-def train_expert(cfg: ExpertConfig, out: Path, progress: bool = True) -> dict:
+def train_expert(
+    cfg: ExpertConfig, out: Path, progress: bool = True, command: str | None = None
+) -> dict:
     """Train a PPO demonstrator into ``out``; resumes from ``out/checkpoint.safetensors``.
 
     Returns a summary: frames trained, wall time, frames/s and recent mean return.
@@ -166,6 +171,11 @@ def train_expert(cfg: ExpertConfig, out: Path, progress: bool = True) -> dict:
     ckpt_path = out / "checkpoint.safetensors"
     if ckpt_path.exists():
         tensors, meta = load_tensors(ckpt_path)
+        if meta["config"]["game"] != cfg.game:
+            raise CheckpointError(
+                f"{ckpt_path} was trained on {meta['config']['game']}, not {cfg.game}: "
+                "use another --out"
+            )
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
         optimizer_from_flat(optimizer, tensors, meta["optimizer"])
         normalizer.load_state_dict(meta["normalizer"])
@@ -173,12 +183,7 @@ def train_expert(cfg: ExpertConfig, out: Path, progress: bool = True) -> dict:
         rng.bit_generator.state = meta["numpy_rng"]
         start_update, elapsed_before = meta["update"], meta["elapsed"]
         recent_returns.extend(meta["recent_returns"])
-        if meta["config"]["game"] != cfg.game:
-            raise ValueError(
-                f"{ckpt_path} was trained on {meta['config']['game']}, not {cfg.game}: "
-                "use another --out"
-            )
-    write_json(out / "train_config.json", dataclasses.asdict(cfg))
+    write_json(out / "train_config.json", {**dataclasses.asdict(cfg), "command": command})
 
     # the environments restart on resume, with a seed that differs per resumption point
     env = ProcgenVecEnv(
@@ -336,5 +341,33 @@ def train_expert(cfg: ExpertConfig, out: Path, progress: bool = True) -> dict:
     }
 
 
-def load_expert_config(path: Path) -> dict:
-    return read_json(Path(path) / "config.json")
+def package_demonstrator(
+    run: Path, dest: Path, episodes: int = 100, seed: int = 12345, num_envs: int = 16
+) -> dict:
+    """Evaluate the policy in ``run`` over ``episodes`` episodes and copy it to ``dest``.
+
+    ``dest`` receives ``policy.safetensors``, ``config.json`` and ``manifest.json`` (the exact
+    training command, the frames trained and the measured return), written atomically.
+    """
+    from lapo.eval import evaluate
+    from lapo.policies import ExpertPolicy
+
+    run, dest = Path(run), Path(dest)
+    policy = ExpertPolicy(run, seed=seed)
+    result = evaluate(policy, policy.game, episodes=episodes, seed=seed, num_envs=num_envs)
+    train_cfg = read_json(run / "train_config.json")
+    tensors, _ = load_tensors(run / "policy.safetensors")
+    save_tensors(dest / "policy.safetensors", tensors)
+    config = read_json(run / "config.json")
+    write_json(dest / "config.json", config)
+    manifest = {
+        "game": policy.game,
+        "command": train_cfg.get("command"),
+        "frames_trained": config.get("frames_trained"),
+        "train_config": {k: v for k, v in train_cfg.items() if k != "command"},
+        "eval": {k: v for k, v in result.items() if k != "policy"},
+        "eval_command": f"lapo eval --policy demonstrator --env {policy.game} "
+        f"--episodes {episodes} --seed {seed} --num-envs {num_envs}",
+    }
+    write_json(dest / "manifest.json", manifest)
+    return manifest

@@ -1,7 +1,8 @@
 """Policies that act in Procgen: a uniform-random policy and saved PPO demonstrators.
 
 Every policy maps uint8 observations ``(N, 64, 64, 3)`` to integer actions ``(N,)``.
-``load_policy("random", game)`` or ``load_policy(DIR)`` gives one; ``DIR`` is a folder with
+``load_policy("random", game)``, ``load_policy("demonstrator", game)`` (the demonstrator shipped
+with lapo for that game) or ``load_policy(DIR)`` gives one; ``DIR`` is a folder with
 ``config.json`` + ``policy.safetensors`` (what ``lapo expert train`` writes).
 """
 
@@ -16,6 +17,19 @@ from torch.distributions import Categorical
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json
 from lapo.envs import NUM_ACTIONS
+
+DEMONSTRATORS_DIR = Path(__file__).parent / "demonstrators"
+
+
+def shipped_demonstrators() -> dict[str, Path]:
+    """The demonstrators that ship with lapo: game -> folder (policy, config, manifest)."""
+    if not DEMONSTRATORS_DIR.is_dir():
+        return {}
+    return {
+        p.name: p
+        for p in sorted(DEMONSTRATORS_DIR.iterdir())
+        if (p / "policy.safetensors").is_file() and (p / "config.json").is_file()
+    }
 
 
 class Policy(Protocol):
@@ -92,9 +106,17 @@ class ExpertPolicy:
 
 
 def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Policy:
-    """``"random"`` or a policy folder; raises :class:`CheckpointError` with what to do."""
+    """``"random"``, ``"demonstrator"`` or a policy folder; raises :class:`CheckpointError`."""
     if str(spec) == "random":
         return RandomPolicy(game, seed)
+    if str(spec) == "demonstrator":
+        shipped = shipped_demonstrators()
+        if game not in shipped:
+            raise CheckpointError(
+                f"no demonstrator ships for {game!r} (shipped: {', '.join(shipped) or 'none'}); "
+                "train one with 'lapo expert train' and pass its folder"
+            )
+        return ExpertPolicy(shipped[game], seed)
     path = Path(spec)
     if not path.is_dir():
         raise CheckpointError(

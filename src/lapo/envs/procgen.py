@@ -223,7 +223,9 @@ class ProcgenVecEnv:
         _, obs, _ = self._env.observe()
         return obs["rgb"].copy(), {"level_seed": self._level_seeds()}
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         """Apply ``actions`` ``(N,)`` ints in [0, 15) and return the next step (see class doc)."""
         if self._env is None:
             raise RuntimeError("call reset() before step()")

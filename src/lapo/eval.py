@@ -1,0 +1,93 @@
+"""Evaluation: run a policy for whole episodes and report raw and normalised returns."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from lapo.envs import ProcgenVecEnv, check_game, normalized_return
+from lapo.policies import Policy
+
+
+def run_episodes(
+    policy: Policy,
+    game: str,
+    episodes: int,
+    seed: int = 0,
+    num_envs: int = 16,
+    distribution_mode: str = "easy",
+    num_levels: int = 0,
+    start_level: int = 0,
+    max_steps: int = 1_000_000,
+) -> np.ndarray:
+    """Play until ``episodes`` episodes have ended; return their returns ``(episodes,)``.
+
+    Each environment contributes a fixed quota of its first episodes, so short episodes are
+    not over-represented (a plain "first N to finish" would favour them).
+    """
+    check_game(game)
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    num_envs = min(num_envs, episodes)
+    # each env contributes its first `quota` episodes; quotas add up to `episodes`
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[: episodes % num_envs] += 1
+    env = ProcgenVecEnv(
+        game,
+        num_envs=num_envs,
+        distribution_mode=distribution_mode,
+        num_levels=num_levels,
+        start_level=start_level,
+        seed=seed,
+    )
+    returns: list[list[float]] = [[] for _ in range(num_envs)]
+    try:
+        obs, _ = env.reset()
+        for _ in range(max_steps):
+            obs, _, _, _, info = env.step(policy.act(obs))
+            for i in np.flatnonzero(info["episode_done"]):
+                if len(returns[i]) < quota[i]:
+                    returns[i].append(float(info["episode_return"][i]))
+            if all(len(r) >= q for r, q in zip(returns, quota, strict=True)):
+                break
+    finally:
+        env.close()
+    return np.array([x for r in returns for x in r], np.float64)
+
+
+def evaluate(
+    policy: Policy,
+    game: str,
+    episodes: int = 100,
+    seed: int = 0,
+    num_envs: int = 16,
+    demonstrator_return: float | None = None,
+    **env_kwargs,
+) -> dict:
+    """Evaluate ``policy``; returns a JSON-able dict of mean/std return and normalised returns.
+
+    ``normalized_return`` uses the published random/expert constants;
+    ``demonstrator_normalized_return`` (when ``demonstrator_return`` is given) is normalised
+    between the random policy and the demonstrator that produced a dataset.
+    """
+    t0 = time.time()
+    rets = run_episodes(policy, game, episodes, seed=seed, num_envs=num_envs, **env_kwargs)
+    mean = float(rets.mean())
+    out = {
+        "game": game,
+        "policy": policy.describe(),
+        "episodes": int(len(rets)),
+        "seed": seed,
+        "mean_return": mean,
+        "std_return": float(rets.std()),
+        "stderr_return": float(rets.std(ddof=1) / np.sqrt(len(rets))) if len(rets) > 1 else None,
+        "normalized_return": float(normalized_return(game, mean)),
+    }
+    if demonstrator_return is not None:
+        out["demonstrator_return"] = demonstrator_return
+        out["demonstrator_normalized_return"] = float(
+            normalized_return(game, mean, expert=demonstrator_return)
+        )
+    out["wall_seconds"] = round(time.time() - t0, 2)
+    return out

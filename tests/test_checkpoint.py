@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from lapo.checkpoint import (
+    CheckpointError,
+    load_tensors,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    read_json,
+    save_tensors,
+    write_json,
+)
+
+
+def test_tensors_and_meta_round_trip(tmp_path):
+    t = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.uint8)}
+    save_tensors(tmp_path / "x.safetensors", t, {"step": 3, "cfg": {"lr": 0.1}})
+    back, meta = load_tensors(tmp_path / "x.safetensors")
+    assert meta == {"step": 3, "cfg": {"lr": 0.1}}
+    torch.testing.assert_close(back["a"], t["a"])
+    torch.testing.assert_close(back["b"], t["b"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(b"\x10\x00\x00\x00garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_tensors(p)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_tensors(tmp_path / "missing.safetensors")
+    (tmp_path / "c.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_json(tmp_path / "c.json")
+
+
+def test_optimizer_state_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+    tensors, meta = optimizer_to_flat(opt)
+    save_tensors(tmp_path / "o.safetensors", tensors, meta)
+    t2, m2 = load_tensors(tmp_path / "o.safetensors")
+    opt2 = torch.optim.Adam(model.parameters(), lr=1.0)
+    optimizer_from_flat(opt2, t2, m2)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s2["param_groups"][0]["lr"] == 1e-2
+    for pid in s1["state"]:
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(s1["state"][pid][k], s2["state"][pid][k])
+
+
+def test_write_json_replaces_atomically(tmp_path):
+    p = tmp_path / "m.json"
+    write_json(p, {"v": 1})
+    write_json(p, {"v": 2})
+    assert read_json(p) == {"v": 2}

@@ -1,0 +1,166 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lapo.checkpoint import load_tensors
+from lapo.cli import main
+from lapo.expert import ActorCritic, ExpertConfig, train_expert
+
+TINY = dict(game="coinrun", arch="nature", num_envs=4, num_steps=16, num_minibatches=2, threads=1)
+
+
+def read_progress(run):
+    with open(run / "progress.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_training_writes_policy_checkpoint_and_logs(tmp_path):
+    cfg = ExpertConfig(frames=4 * 16 * 2, checkpoint_every=1, **TINY)
+    summary = train_expert(cfg, tmp_path, progress=False)
+    assert summary["frames"] == 128
+    for name in (
+        "policy.safetensors",
+        "config.json",
+        "checkpoint.safetensors",
+        "train_config.json",
+    ):
+        assert (tmp_path / name).is_file(), name
+    assert list((tmp_path / "tb").iterdir()), "no TensorBoard event file"
+    rows = read_progress(tmp_path)
+    assert [int(r["update"]) for r in rows] == [1, 2]
+    # the saved policy loads into a fresh network and differs from a fresh initialisation
+    tensors, _ = load_tensors(tmp_path / "policy.safetensors")
+    fresh = ActorCritic("nature")
+    fresh.load_state_dict(tensors)
+    torch.manual_seed(123)
+    other = ActorCritic("nature")
+    assert not torch.equal(other.critic.weight, tensors["critic.weight"])
+
+
+def test_resume_continues_from_checkpoint_with_identical_state(tmp_path):
+    cfg = ExpertConfig(frames=4 * 16 * 2, checkpoint_every=1, **TINY)
+    train_expert(cfg, tmp_path, progress=False)
+    saved, meta = load_tensors(tmp_path / "checkpoint.safetensors")
+    assert meta["update"] == 2
+
+    # resuming the same config does nothing more; a larger budget continues at update 3
+    longer = ExpertConfig(frames=4 * 16 * 3, checkpoint_every=1, **TINY)
+    import lapo.expert as expert
+
+    loaded = {}
+    orig = expert.optimizer_from_flat
+
+    def spy(opt, tensors, m):
+        orig(opt, tensors, m)
+        loaded["state"] = {k: v.clone() for k, v in opt.state_dict()["state"][0].items()}
+
+    expert.optimizer_from_flat = spy
+    try:
+        train_expert(longer, tmp_path, progress=False)
+    finally:
+        expert.optimizer_from_flat = orig
+    torch.testing.assert_close(loaded["state"]["exp_avg"], saved["optim/0/exp_avg"])
+    rows = read_progress(tmp_path)
+    assert [int(r["update"]) for r in rows] == [1, 2, 3]
+    _, meta = load_tensors(tmp_path / "checkpoint.safetensors")
+    assert meta["update"] == 3 and meta["frames"] == 192
+
+
+def test_resume_after_kill(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lapo.cli",
+        "expert",
+        "train",
+        "--env",
+        "coinrun",
+        "--out",
+        str(run),
+        "--arch",
+        "nature",
+        "--num-envs",
+        "4",
+        "--num-steps",
+        "16",
+        "--num-minibatches",
+        "2",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd + ["--frames", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run / "checkpoint.safetensors").exists():
+                _, meta = load_tensors(run / "checkpoint.safetensors")
+                if meta["update"] >= 2:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint within 120 s")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, meta = load_tensors(run / "checkpoint.safetensors")
+    done = meta["update"]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    # resume to exactly two more updates
+    frames = (done + 2) * 64
+    assert main(cmd[3:] + ["--frames", str(frames)]) == 0
+    _, meta = load_tensors(run / "checkpoint.safetensors")
+    assert meta["update"] == done + 2
+    updates = [int(r["update"]) for r in read_progress(run)]
+    assert updates[-2:] == [done + 1, done + 2]
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["expert", "train", "--env", "pong", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown game 'pong'" in err and "coinrun" in err
+    assert (
+        main(["expert", "train", "--env", "coinrun", "--frames", "0", "--out", str(tmp_path / "y")])
+        == 2
+    )
+    assert "--frames must be a positive" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+
+
+def test_resume_into_a_run_of_another_game_is_refused(tmp_path, capsys):
+    train_expert(ExpertConfig(frames=64, checkpoint_every=1, **TINY), tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    assert (
+        main(
+            [
+                "expert",
+                "train",
+                "--env",
+                "maze",
+                "--out",
+                str(tmp_path),
+                "--frames",
+                "128",
+                "--arch",
+                "nature",
+                "--num-envs",
+                "4",
+                "--num-steps",
+                "16",
+            ]
+        )
+        == 2
+    )
+    assert "was trained on coinrun, not maze" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
