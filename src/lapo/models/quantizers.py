@@ -1,0 +1,232 @@
+"""Bottlenecks for the latent action: EMA vector quantisation, FSQ, or none.
+
+Every quantiser maps a continuous latent action ``z`` ``(B, latent_dim)`` to
+``QuantizerOutput(z_q (B, latent_dim), loss (), indices, stats)`` with a straight-through
+gradient, so the inverse dynamics model learns through the bottleneck.
+
+- :class:`EMAVectorQuantizer`: VQ-VAE with exponential-moving-average codebooks
+  (van den Oord et al. 2017, appendix; as in LAPO), plus dead-code restarts: a code whose
+  EMA usage falls below ``dead_code_threshold`` is moved onto a random latent of the current
+  batch (as in Jukebox, Dhariwal et al. 2020, and SoundStream, Zeghidour et al. 2021). LAPO's
+  published quantiser has no restarts and collapses to a few codes at small budgets.
+- :class:`FSQ`: finite scalar quantisation (Mentzer et al. 2023): each dimension is bounded
+  and rounded to a few levels; no codebook, so nothing can collapse.
+- :class:`NoQuantizer`: the continuous latent, for ablations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+@dataclass
+class QuantizerConfig:
+    """The latent-action bottleneck."""
+
+    kind: str = "ema_vq"
+    """ema_vq (LAPO's EMA vector quantiser), fsq (finite scalar quantisation) or none."""
+    num_codebooks: int = 2
+    """VQ: number of codebooks."""
+    latents_per_codebook: int = 4
+    """VQ: discrete latents per codebook in one latent action."""
+    code_dim: int = 16
+    """VQ: dimensions of one code."""
+    num_entries: int = 64
+    """VQ: entries per codebook."""
+    commitment_cost: float = 0.05
+    """VQ: weight of the commitment loss ||z - sg(z_q)||^2."""
+    decay: float = 0.999
+    """VQ: EMA decay of the codebooks."""
+    dead_code_threshold: float = 0.0
+    """VQ: restart codes whose EMA usage (expected uses per batch) is below this; 0 = never."""
+    fsq_levels: str = "8,5,5,5"
+    """FSQ: levels per dimension of one group; the latent is split into groups of these."""
+    fsq_groups: int = 4
+    """FSQ: number of groups (latent_dim = groups x number of levels)."""
+    continuous_dim: int = 128
+    """none: size of the continuous latent action."""
+
+    @property
+    def latent_dim(self) -> int:
+        if self.kind == "ema_vq":
+            return self.num_codebooks * self.latents_per_codebook * self.code_dim
+        if self.kind == "fsq":
+            return self.fsq_groups * len(parse_levels(self.fsq_levels))
+        if self.kind == "none":
+            return self.continuous_dim
+        raise ValueError(f"unknown quantizer {self.kind!r}: choose ema_vq, fsq or none")
+
+
+def parse_levels(levels: str) -> tuple[int, ...]:
+    out = tuple(int(x) for x in str(levels).split(","))
+    if not out or min(out) < 2:
+        raise ValueError(f"fsq_levels must be integers >= 2, got {levels!r}")
+    return out
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor
+    """(B, latent_dim) quantised latent, straight-through gradient to z."""
+    loss: torch.Tensor
+    """() auxiliary loss (VQ commitment), 0 for the others."""
+    indices: torch.Tensor | None
+    """(B, G, L) code indices (G codebooks / groups, L latents), or None."""
+    stats: dict[str, float]
+    """Codebook perplexity and usage, for logging."""
+
+
+def perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """exp(entropy) of the code histogram: (..., n) int -> (...) float; 1 = one code used."""
+    counts = F.one_hot(indices, num_codes).float().mean(-2)
+    return torch.exp(-(counts * torch.log(counts + 1e-10)).sum(-1))
+
+
+class EMAVectorQuantizer(nn.Module):
+    """EMA vector quantiser with optional dead-code restarts; see the module doc."""
+
+    def __init__(self, cfg: QuantizerConfig, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.eps = eps
+        N, M, D = cfg.num_codebooks, cfg.num_entries, cfg.code_dim
+        # LAPO's init: uniform in +-5/M
+        embedding = torch.empty(N, M, D).uniform_(-5.0 / M, 5.0 / M)
+        self.register_buffer("embedding", embedding)
+        self.register_buffer("ema_count", torch.ones(N, M))
+        self.register_buffer("ema_weight", embedding.clone())
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        # z: (B, N*L*D) -> x: (N, B*L, D), one set of vectors per codebook
+        cfg = self.cfg
+        N, M, D, L = cfg.num_codebooks, cfg.num_entries, cfg.code_dim, cfg.latents_per_codebook
+        B = z.shape[0]
+        x = rearrange(z, "b (n l d) -> n (b l) d", n=N, l=L, d=D)
+        xd = x.detach().float()
+        # squared distances (N, B*L, M)
+        dist = (
+            xd.pow(2).sum(-1, keepdim=True)
+            - 2 * xd @ self.embedding.transpose(1, 2)
+            + self.embedding.pow(2).sum(-1).unsqueeze(1)
+        )
+        idx = dist.argmin(-1)  # (N, B*L)
+        q = torch.gather(self.embedding, 1, idx.unsqueeze(-1).expand(-1, -1, D))  # (N, B*L, D)
+
+        if self.training:
+            self._ema_update(xd, idx)
+
+        loss = cfg.commitment_cost * F.mse_loss(x, q.detach().to(x.dtype))
+        q = x + (q.to(x.dtype) - x).detach()  # straight-through estimator
+        z_q = rearrange(q, "n (b l) d -> b (n l d)", b=B, l=L)
+        indices = rearrange(idx, "n (b l) -> b n l", b=B, l=L)
+        with torch.no_grad():
+            perp = perplexity(idx, M)  # (N,)
+            used = (self.ema_count > max(cfg.dead_code_threshold, 1e-3)).float().mean()
+        stats = {
+            "perplexity": float(perp.sum()),
+            "usage": float(used),
+        }
+        return QuantizerOutput(z_q, loss, indices, stats)
+
+    @torch.no_grad()
+    def _ema_update(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        # x: (N, n, D) latents, idx: (N, n) their nearest codes
+        cfg = self.cfg
+        M = cfg.num_entries
+        onehot = F.one_hot(idx, M).float()  # (N, n, M)
+        self.ema_count.mul_(cfg.decay).add_(onehot.sum(1), alpha=1 - cfg.decay)
+        # Laplace smoothing keeps unused codes from dividing by zero
+        n = self.ema_count.sum(-1, keepdim=True)
+        count = (self.ema_count + self.eps) / (n + M * self.eps) * n
+        dw = onehot.transpose(1, 2) @ x  # (N, M, D)
+        self.ema_weight.mul_(cfg.decay).add_(dw, alpha=1 - cfg.decay)
+        self.embedding.copy_(self.ema_weight / count.unsqueeze(-1))
+
+        if cfg.dead_code_threshold > 0:
+            # ema_count estimates uses per batch; a dead code is moved onto a random latent
+            # of this batch, with its EMA statistics reset to that single use
+            dead = self.ema_count < cfg.dead_code_threshold  # (N, M)
+            for c in range(cfg.num_codebooks):
+                d = dead[c].nonzero().squeeze(-1)
+                if d.numel() == 0:
+                    continue
+                pick = torch.randint(0, x.shape[1], (d.numel(),), device=x.device)
+                self.embedding[c, d] = x[c, pick]
+                self.ema_weight[c, d] = x[c, pick] * cfg.dead_code_threshold
+                self.ema_count[c, d] = cfg.dead_code_threshold
+
+    @torch.no_grad()
+    def codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices ``(B, N, L)`` -> quantised latent ``(B, N*L*D)``."""
+        B, N, L = indices.shape
+        D = self.cfg.code_dim
+        flat = rearrange(indices, "b n l -> n (b l)")
+        q = torch.gather(self.embedding, 1, flat.unsqueeze(-1).expand(-1, -1, D))
+        return rearrange(q, "n (b l) d -> b (n l d)", b=B, l=L)
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantisation: ``z`` ``(B, G*K)`` -> each of K dims rounded to its levels.
+
+    A dimension with ``l`` levels is squashed to ``(l-1)/2 * tanh(.)`` (shifted by half a step
+    for even ``l``), rounded with a straight-through gradient and rescaled to [-1, 1].
+    """
+
+    def __init__(self, cfg: QuantizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        levels = torch.tensor(parse_levels(cfg.fsq_levels), dtype=torch.float32)
+        self.register_buffer("levels", levels, persistent=False)
+        basis = torch.cumprod(torch.cat([torch.ones(1), levels[:-1]]), 0)
+        self.register_buffer("basis", basis, persistent=False)
+        self.num_codes = int(levels.prod())
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        # z: (B, G*K) -> (B, G, K)
+        G, K = self.cfg.fsq_groups, len(self.levels)
+        x = rearrange(z, "b (g k) -> b g k", g=G, k=K).float()
+        half = (self.levels - 1) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half)
+        bounded = torch.tanh(x + shift) * half - offset
+        rounded = bounded + (bounded.round() - bounded).detach()
+        z_q = (rounded + offset) / half  # in [-1, 1]
+        digits = (rounded.detach().round() + offset + half).long()  # (B, G, K) in [0, l)
+        indices = (digits * self.basis.long()).sum(-1, keepdim=True)  # (B, G, 1)
+        with torch.no_grad():
+            perp = perplexity(indices.squeeze(-1).T, self.num_codes)  # (G,)
+        stats = {
+            "perplexity": float(perp.sum()),
+            "usage": float(indices.unique().numel() / (self.num_codes * 1.0)),
+        }
+        out = rearrange(z_q, "b g k -> b (g k)").to(z.dtype)
+        return QuantizerOutput(out, z.new_zeros(()), indices, stats)
+
+
+class NoQuantizer(nn.Module):
+    """The identity: a continuous latent action."""
+
+    def __init__(self, cfg: QuantizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        # (B, D) -> (B, D)
+        return QuantizerOutput(z, z.new_zeros(()), None, {})
+
+
+def make_quantizer(cfg: QuantizerConfig) -> nn.Module:
+    """Build the bottleneck that ``cfg.kind`` names."""
+    _ = cfg.latent_dim  # validates kind
+    return {"ema_vq": EMAVectorQuantizer, "fsq": FSQ, "none": NoQuantizer}[cfg.kind](cfg)
+
+
+def entropy_bits(num_codebooks: int, latents: int, entries: int) -> float:
+    """Information capacity of one VQ latent action in bits."""
+    return num_codebooks * latents * math.log2(entries)
