@@ -5,7 +5,6 @@ the quantised latent action, which it receives twice: tiled over the input image
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
