@@ -63,6 +63,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lapo.data.commands import add_data_commands
     from lapo.envs import GAMES
     from lapo.expert import ExpertConfig
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes (default: 100)")
     p.add_argument("--seed", type=int, default=12345, help="evaluation seed")
     p.set_defaults(func=_cmd_expert_package)
+    add_data_commands(sub)
 
     p = sub.add_parser("eval", help="play a policy for N episodes and print its returns as JSON")
     p.add_argument(
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lapo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lapo: interrupted; run the same command again to resume", file=sys.stderr)
+        hint = " with --resume" if getattr(args, "command", None) == "collect" else ""
+        print(f"lapo: interrupted; run the same command again{hint} to continue", file=sys.stderr)
         return 130
     return 0
 

@@ -1,0 +1,36 @@
+"""Datasets of Procgen play: the on-disk format, collection, import and window sampling.
+
+``collect`` records a policy into a dataset folder, ``import_lapo`` converts the reference
+implementation's ``.npz`` files, ``WindowDataset`` samples ``k``-frame windows that never
+cross an episode boundary.
+"""
+
+from lapo.data.collect import collect
+from lapo.data.dataset import WindowDataset, to_torch, valid_window_starts
+from lapo.data.format import (
+    FORMAT_VERSION,
+    ChunkWriter,
+    DatasetError,
+    DatasetInfo,
+    DatasetWriter,
+    find_problems,
+    open_dataset,
+    validate_dataset,
+)
+from lapo.data.lapo_import import import_lapo
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ChunkWriter",
+    "DatasetError",
+    "DatasetInfo",
+    "DatasetWriter",
+    "WindowDataset",
+    "collect",
+    "find_problems",
+    "import_lapo",
+    "open_dataset",
+    "to_torch",
+    "valid_window_starts",
+    "validate_dataset",
+]

@@ -1,0 +1,300 @@
+"""Record a policy playing Procgen into a dataset folder (format: :mod:`lapo.data.format`).
+
+Each of the ``num_envs`` environments fills its own chunk; a chunk is committed when it
+reaches ``chunk_frames`` frames, and the remainders when the frame budget is spent, so the
+dataset holds exactly the requested number of frames. Train and test come from disjoint
+level ranges (``SPLIT_START_LEVEL``). A killed collection leaves a valid dataset of the
+chunks committed so far; ``resume=True`` continues it to the target.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lapo.data.format import (
+    MANIFEST,
+    SPLITS,
+    DatasetError,
+    DatasetWriter,
+    check_chunk,
+    check_chunk_content,
+    disk_bytes,
+    empty_split,
+    load_small,
+    new_manifest,
+    read_manifest,
+    record_chunk,
+    refresh_policy_return,
+    visible_chunks,
+)
+from lapo.envs.procgen import LEVELS_PER_SPLIT, SPLIT_START_LEVEL, ProcgenVecEnv, check_game
+
+
+def _split_seed(seed: int, existing_chunks: int, split: str) -> int:
+    # Resumed runs must not replay the levels and actions already recorded, so the seed moves
+    # with the number of chunks on disk; procgen wants a non-negative int32.
+    return (seed * 1_000_003 + 2 * existing_chunks + SPLITS.index(split)) % (2**31 - 1)
+
+
+def _rescan(root: Path, manifest: dict) -> list[str]:
+    """Bring ``manifest`` in line with the chunk folders on disk before a resume.
+
+    Unfinished ``.tmp`` folders are removed. A visible chunk that the manifest does not list
+    (renamed just before a kill) is adopted; a listed chunk that is gone (the user deleted a
+    broken one, as told) is dropped. Statistics are then recounted from the data. Returns
+    what changed, for the summary.
+    """
+    changes: list[str] = []
+    for split in SPLITS:
+        split_dir = root / split
+        if split_dir.is_dir():
+            for p in split_dir.iterdir():
+                if p.is_dir() and p.name.startswith(".chunk_") and p.name.endswith(".tmp"):
+                    shutil.rmtree(p)
+                    changes.append(f"removed unfinished {split}/{p.name}")
+        entry = manifest["splits"][split]
+        committed = entry["chunk_lengths"]
+        names = visible_chunks(split_dir)
+        for name in names:
+            problems, _ = check_chunk(split_dir / name, manifest, committed.get(name))
+            if not problems:
+                problems = check_chunk_content(split_dir / name, manifest)
+            if problems:
+                raise DatasetError(problems[0])
+        if set(names) == set(committed):
+            continue
+        changes += [f"adopted {split}/{n}" for n in names if n not in committed]
+        changes += [f"dropped missing {split}/{n}" for n in committed if n not in names]
+        manifest["splits"][split] = fresh = empty_split()
+        ids, rewards, dones = [], [], []
+        for name in names:
+            _, chunk = check_chunk(split_dir / name, manifest, None)
+            ids.append(load_small(chunk, "episode_ids"))
+            rewards.append(load_small(chunk, "rewards"))
+            dones.append(load_small(chunk, "dones"))
+            record_chunk(manifest, split, name, chunk.frames, [])
+        if names:
+            # An episode's return is the sum of its frames' rewards; it counts once it ended.
+            ids_all, r_all, d_all = map(np.concatenate, (ids, rewards, dones))
+            uniq, inv = np.unique(ids_all, return_inverse=True)
+            sums = np.bincount(inv, weights=r_all.astype(np.float64), minlength=len(uniq))
+            ended = np.zeros(len(uniq), bool)
+            ended[inv[d_all]] = True
+            if ended.any():
+                fresh["episodes_completed"] = int(ended.sum())
+                fresh["mean_return"] = float(sums[ended].mean())
+            next_id = int(ids_all.max()) + 1
+            manifest["next_episode_id"] = max(int(manifest["next_episode_id"]), next_id)
+        refresh_policy_return(manifest)
+    return changes
+
+
+def _collect_split(
+    writer: DatasetWriter,
+    split: str,
+    frames: int,
+    env: ProcgenVecEnv,
+    policy: Any,
+    chunk_frames: int,
+    bar: Any,
+) -> None:
+    """Step ``env`` with ``policy`` until ``frames`` frames of ``split`` are committed."""
+    manifest = writer.manifest
+    n_env = env.num_envs
+    obs, info = env.reset()  # (E, 64, 64, 3) uint8
+    levels = info["level_seed"]
+    first = int(manifest["next_episode_id"])
+    episode = np.arange(first, first + n_env, dtype=np.int64)
+    manifest["next_episode_id"] = first + n_env
+    chunks: list[Any] = [None] * n_env
+    returns: list[list[float]] = [[] for _ in range(n_env)]
+    recorded = 0
+    try:
+        while recorded < frames:
+            actions = np.asarray(policy.act(obs), dtype=np.int64)
+            next_obs, reward, terminated, truncated, info = env.step(actions)
+            done = terminated | truncated
+            # Only the first `take` envs record on the last step, so the count comes out exact.
+            take = min(n_env, frames - recorded)
+            for i in range(take):
+                if chunks[i] is None:
+                    chunks[i] = writer.new_chunk(split)
+                chunks[i].append_frame(
+                    obs[i],
+                    bool(done[i]),
+                    int(episode[i]),
+                    int(levels[i]),
+                    int(actions[i]),
+                    float(reward[i]),
+                )
+                if done[i]:
+                    returns[i].append(float(info["episode_return"][i]))
+                if len(chunks[i]) >= chunk_frames:
+                    writer.commit(split, chunks[i], returns[i])
+                    chunks[i], returns[i] = None, []
+            recorded += take
+            bar.update(take)
+            for i in np.flatnonzero(done):
+                # Ids are handed out when an episode starts, so the manifest's next_episode_id
+                # (written with each chunk) is always above every id on disk.
+                episode[i] = manifest["next_episode_id"]
+                manifest["next_episode_id"] += 1
+            obs, levels = next_obs, info["level_seed"]
+        for i in range(n_env):
+            if chunks[i] is not None:
+                writer.commit(split, chunks[i], returns[i])
+                chunks[i] = None
+    finally:
+        for c in chunks:
+            if c is not None:
+                c.abort()
+        env.close()
+
+
+def collect(
+    game: str,
+    policy: str | Path,
+    frames: int,
+    out: str | Path,
+    test_frames: int | None = None,
+    num_envs: int = 16,
+    seed: int = 0,
+    chunk_frames: int = 4096,
+    resume: bool = False,
+    progress: bool = True,
+    distribution_mode: str = "easy",
+    created_by: dict | None = None,
+) -> dict[str, Any]:
+    """Record ``policy`` (``"random"`` or a demonstrator folder) playing ``game`` into ``out``.
+
+    Collects ``frames`` train frames and ``test_frames`` test frames (default 10% of
+    ``frames``). Refuses a non-empty ``out`` unless ``resume``, which continues a dataset to
+    the targets. Returns a JSON-able summary (frames, mean return, bytes per frame, seconds).
+    Raises :class:`DatasetError` / ``EnvError`` / ``CheckpointError`` with what to do.
+    """
+    from tqdm import tqdm
+
+    from lapo.policies import load_policy
+
+    check_game(game)
+    if frames <= 0:
+        raise DatasetError(f"--frames must be a positive number of frames, got {frames}")
+    test_frames = frames // 10 if test_frames is None else test_frames
+    if test_frames < 0:
+        raise DatasetError(f"--test-frames must be 0 or more, got {test_frames}")
+    if num_envs < 1 or chunk_frames < 1:
+        raise DatasetError("--num-envs and --chunk-frames must be at least 1")
+    out = Path(out)
+    t0 = time.time()
+    created_by = created_by or {
+        "function": "lapo.data.collect.collect",
+        "args": {
+            "game": game,
+            "policy": str(policy),
+            "frames": frames,
+            "test_frames": test_frames,
+            "num_envs": num_envs,
+            "seed": seed,
+            "chunk_frames": chunk_frames,
+            "distribution_mode": distribution_mode,
+        },
+    }
+    exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if exists and not resume:
+        raise DatasetError(
+            f"{out} already exists and is not empty: pass --resume to continue the dataset in "
+            "it, or choose another --out"
+        )
+    # Load the policy before touching the disk: a bad --policy must leave nothing behind.
+    pol = load_policy(policy, game, seed)
+    changes: list[str] = []
+    if exists:
+        if not (out / MANIFEST).is_file():
+            raise DatasetError(
+                f"{out} has no {MANIFEST}, so it is not a dataset collect can resume; "
+                "choose another --out"
+            )
+        manifest = read_manifest(out)
+        if manifest["game"] != game:
+            raise DatasetError(
+                f"{out} holds {manifest['game']} data, not {game}: resume it with "
+                f"--env {manifest['game']}, or choose another --out"
+            )
+        if manifest.get("policy") != pol.describe():
+            raise DatasetError(
+                f"{out} was collected with policy {manifest.get('policy')}, not "
+                f"{pol.describe()}: resume with the same --policy, or choose another --out"
+            )
+        changes = _rescan(out, manifest)
+        manifest.setdefault("resumed_by", []).append(created_by)
+    else:
+        env_desc = {
+            "distribution_mode": distribution_mode,
+            "num_envs": num_envs,
+            "splits": {
+                s: {"start_level": SPLIT_START_LEVEL[s], "num_levels": LEVELS_PER_SPLIT}
+                for s in SPLITS
+            },
+        }
+        manifest = new_manifest(
+            game, env_desc, pol.describe(), True, chunk_frames, seed, created_by
+        )
+    target = {"train": frames, "test": test_frames}
+    have = {s: manifest["splits"][s]["frames"] for s in SPLITS}
+    todo = {s: max(0, target[s] - have[s]) for s in SPLITS}
+    writer = DatasetWriter(out, manifest)
+    if sum(todo.values()):
+        out.mkdir(parents=True, exist_ok=True)
+        writer.write_manifest()
+        existing = sum(manifest["splits"][s]["chunks"] for s in SPLITS)
+        bar = tqdm(
+            total=sum(todo.values()),
+            unit="frame",
+            unit_scale=True,
+            disable=not progress,
+            desc=f"collect {game}",
+        )
+        try:
+            for split in SPLITS:
+                if todo[split] == 0:
+                    continue
+                split_seed = _split_seed(seed, existing, split)
+                pol = load_policy(policy, game, split_seed)
+                env = ProcgenVecEnv(
+                    game,
+                    num_envs=num_envs,
+                    distribution_mode=distribution_mode,
+                    num_levels=LEVELS_PER_SPLIT,
+                    start_level=SPLIT_START_LEVEL[split],
+                    seed=split_seed,
+                )
+                _collect_split(writer, split, todo[split], env, pol, chunk_frames, bar)
+        finally:
+            bar.close()
+    elif changes:
+        writer.write_manifest()
+    wall = time.time() - t0
+    total = sum(manifest["splits"][s]["frames"] for s in SPLITS)
+    nbytes = disk_bytes(out)
+    return {
+        "out": str(out),
+        "game": game,
+        "policy": manifest["policy"],
+        "complete": all(manifest["splits"][s]["frames"] >= target[s] for s in SPLITS),
+        "already_complete": sum(todo.values()) == 0,
+        "frames": {s: manifest["splits"][s]["frames"] for s in SPLITS},
+        "new_frames": sum(todo.values()),
+        "episodes_completed": {s: manifest["splits"][s]["episodes_completed"] for s in SPLITS},
+        "mean_return": {s: manifest["splits"][s]["mean_return"] for s in SPLITS},
+        "policy_mean_return": manifest["policy_mean_return"],
+        "bytes_on_disk": nbytes,
+        "bytes_per_frame": nbytes / total if total else None,
+        "wall_seconds": round(wall, 2),
+        "frames_per_second": round(sum(todo.values()) / wall, 1) if wall > 0 else None,
+        "resume_changes": changes,
+    }
