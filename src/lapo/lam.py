@@ -1,0 +1,317 @@
+"""Stage 1: the latent action model (LAM) = latent IDM + world model + bottleneck.
+
+From windows ``o[t-1], o[t], o[t+1]`` alone, the IDM infers a latent action ``z[t]``; the world
+model predicts ``o[t+1]`` from ``o[t-1], o[t]`` and the quantised latent. The only losses are
+next-frame MSE and the quantiser's commitment term. The probe (latent -> true action, on
+labelled windows) is tracked during training because a low world-model loss alone does not
+mean useful latents (../shared/LAPO_NOTES.md).
+
+A run folder holds ``config.json`` (the full config), ``lam.safetensors`` (IDM + world model
+weights, for later stages), ``checkpoint.safetensors`` (+ optimiser, step, RNG: resume),
+``metrics.csv`` and TensorBoard files in ``tb/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lapo.checkpoint import (
+    CheckpointError,
+    load_tensors,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    read_json,
+    save_tensors,
+    write_json,
+)
+from lapo.models.idm import IDM
+from lapo.models.quantizers import QuantizerConfig
+from lapo.models.world_model import WorldModel
+
+
+@dataclass
+class LAMConfig:
+    """Stage 1: latent inverse dynamics model + world model."""
+
+    idm_width: int = 4
+    """IMPALA-CNN width multiplier of the IDM."""
+    wm_base: int = 24
+    """Base channel width of the world model's U-Net."""
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    learning_rate: float = 3e-4
+    """Peak Adam learning rate."""
+    warmup_steps: int = 50
+    """Steps of linear warm-up from warmup_start x the peak rate."""
+    warmup_start: float = 0.1
+    """Learning-rate multiplier at step 0."""
+    final_lr_scale: float = 0.01
+    """Learning-rate multiplier reached (linearly) at the last step."""
+    batch_size: int = 128
+    """Windows per step."""
+    steps: int = 50_000
+    """Training steps."""
+    grad_clip: float = 2.0
+    """Gradient norm clip."""
+    eval_every: int = 500
+    """Steps between test world-model loss evaluations (and checkpoints)."""
+    probe_every: int = 2_000
+    """Steps between probe fits (needs actions in the data); 0 = never during training."""
+    probe_train: int = 4_096
+    """Labelled train windows for the probe during training."""
+    probe_test: int = 2_048
+    """Test windows for the probe during training."""
+    seed: int = 0
+    """Seed of initialisation and batch sampling."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+
+
+PRESETS: dict[str, LAMConfig] = {
+    # ../shared/LAPO_NOTES.md: the published configuration
+    "paper": LAMConfig(),
+    # chosen by measurement on 2 CPU cores: see README "Stage 1"
+    "cpu": LAMConfig(
+        idm_width=1,
+        wm_base=8,
+        batch_size=32,
+        steps=6_000,
+        warmup_steps=50,
+        eval_every=250,
+        probe_every=1_000,
+        quantizer=QuantizerConfig(dead_code_threshold=0.01),
+    ),
+}
+
+
+def preset(name: str) -> LAMConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
+
+
+def frames_to_float(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, T, 64, 64, 3)`` -> float ``(B, T, 3, 64, 64)`` in [-0.5, 0.5]."""
+    return obs.permute(0, 1, 4, 2, 3).float().div_(255.0).sub_(0.5)
+
+
+class LatentActionModel(nn.Module):
+    """The IDM and the world model, trained together."""
+
+    def __init__(self, cfg: LAMConfig) -> None:
+        super().__init__()
+        self.idm = IDM(cfg.quantizer, frames=3, width=cfg.idm_width)
+        self.world_model = WorldModel(cfg.quantizer.latent_dim, context_frames=2, base=cfg.wm_base)
+
+
+def lam_loss(model: LatentActionModel, frames: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Next-frame MSE + commitment for float frames ``(B, 3, 3, 64, 64)``.
+
+    Returns ``(loss, logs)``; ``logs`` holds the world-model MSE and codebook statistics.
+    """
+    z, q = model.idm(frames)  # (B, A), z_q (B, A)
+    pred = model.world_model(frames[:, :2], q.z_q)  # (B, 3, 64, 64)
+    wm_loss = F.mse_loss(pred, frames[:, 2])
+    logs = {"wm_loss": wm_loss.item(), "vq_loss": q.loss.item(), **q.stats}
+    return wm_loss + q.loss, logs
+
+
+def lr_scale(step: int, cfg: LAMConfig) -> float:
+    """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear to ``final_lr_scale``."""
+    if step < cfg.warmup_steps:
+        return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    return 1.0 + (cfg.final_lr_scale - 1.0) * min(frac, 1.0)
+
+
+@torch.no_grad()
+def encode_windows(
+    model: LatentActionModel, obs: np.ndarray, device: torch.device, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IDM latents of uint8 windows ``(N, 3, 64, 64, 3)``: ``(z (N, A), z_q (N, A))`` on CPU."""
+    was_training = model.training
+    model.eval()
+    zs, zqs = [], []
+    for i in range(0, len(obs), batch):
+        x = frames_to_float(torch.from_numpy(obs[i : i + batch]).to(device))
+        z, q = model.idm(x)
+        zs.append(z.float().cpu())
+        zqs.append(q.z_q.float().cpu())
+    model.train(was_training)
+    return torch.cat(zs), torch.cat(zqs)
+
+
+def train_lam(
+    cfg: LAMConfig, data: Path, out: Path, progress: bool = True, command: str | None = None
+) -> dict:
+    """Train stage 1 on the dataset ``data`` into ``out``; resumes from its checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from lapo.data.dataset import WindowDataset
+    from lapo.data.format import open_dataset
+    from lapo.expert import resolve_device
+    from lapo.probe import fit_probe
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    manifest = open_dataset(data).manifest
+    train = WindowDataset(data, "train", k=3)
+    test = WindowDataset(data, "test", k=3)
+    has_actions = bool(manifest.get("has_actions"))
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    model = LatentActionModel(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    start = 0
+    ckpt = out / "checkpoint.safetensors"
+    if ckpt.exists():
+        tensors, meta = load_tensors(ckpt)
+        if meta["config"] != dataclasses.asdict(cfg):
+            raise CheckpointError(
+                f"{ckpt} was written with another config; resume with the same options or "
+                "use another --out"
+            )
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        optimizer_from_flat(optimizer, tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng/torch"])
+        rng.bit_generator.state = meta["numpy_rng"]
+        start = meta["step"]
+    run_config = {
+        "kind": "lam",
+        "lam": dataclasses.asdict(cfg),
+        "latent_dim": cfg.quantizer.latent_dim,
+        "data": str(data),
+        "game": manifest.get("game"),
+        "command": command,
+    }
+    write_json(out / "config.json", run_config)
+
+    # fixed windows for the test loss and the probe, drawn once from their own generator
+    fixed = np.random.default_rng(cfg.seed + 1)
+    test_batch = test.sample(min(512, len(test)), fixed)
+    if has_actions and cfg.probe_every > 0:
+        probe_tr = train.sample(cfg.probe_train, fixed)
+        probe_te = test.sample(cfg.probe_test, fixed)
+
+    writer = SummaryWriter(str(out / "tb"))
+    csv_path = out / "metrics.csv"
+    new_csv = not csv_path.exists()
+    csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
+    csv_out = csv.writer(csv_file)
+    if new_csv:
+        csv_out.writerow(["step", "train_wm_loss", "test_wm_loss", "perplexity", "probe_acc"])
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress, desc="stage 1")
+    t0, last = time.time(), {}
+    try:
+        for step in range(start, cfg.steps):
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.learning_rate * lr_scale(step, cfg)
+            obs = torch.from_numpy(train.sample(cfg.batch_size, rng)["obs"]).to(device)
+            loss, logs = lam_loss(model, frames_to_float(obs))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            bar.update(1)
+
+            done = step + 1
+            if done % 50 == 0 or done == cfg.steps:
+                for k, v in logs.items():
+                    writer.add_scalar(f"train/{k}", v, done)
+                writer.add_scalar("train/grad_norm", float(grad_norm), done)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
+                bar.set_postfix(
+                    wm=f"{logs['wm_loss']:.4f}",
+                    **({"ppl": f"{logs['perplexity']:.1f}"} if "perplexity" in logs else {}),
+                    refresh=False,
+                )
+            row = None
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                model.eval()
+                with torch.no_grad():
+                    x = frames_to_float(torch.from_numpy(test_batch["obs"]).to(device))
+                    _, test_logs = lam_loss(model, x)
+                model.train()
+                writer.add_scalar("test/wm_loss", test_logs["wm_loss"], done)
+                last["test_wm_loss"] = test_logs["wm_loss"]
+                row = [done, logs["wm_loss"], test_logs["wm_loss"], logs.get("perplexity"), ""]
+            if (
+                has_actions
+                and cfg.probe_every > 0
+                and (done % cfg.probe_every == 0 or done == cfg.steps)
+            ):
+                ztr, _ = encode_windows(model, probe_tr["obs"], device)
+                zte, _ = encode_windows(model, probe_te["obs"], device)
+                rep = fit_probe(
+                    ztr,
+                    torch.from_numpy(probe_tr["actions"][:, 1]),
+                    zte,
+                    torch.from_numpy(probe_te["actions"][:, 1]),
+                    seed=cfg.seed,
+                )
+                writer.add_scalar("probe/accuracy", rep["accuracy"], done)
+                writer.add_scalar("probe/balanced_accuracy", rep["balanced_accuracy"], done)
+                last["probe_accuracy"] = rep["accuracy"]
+                last["probe_balanced_accuracy"] = rep["balanced_accuracy"]
+                if row is None:
+                    row = [done, logs["wm_loss"], "", logs.get("perplexity"), ""]
+                row[4] = rep["accuracy"]
+            if row is not None:
+                csv_out.writerow(row)
+                csv_file.flush()
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                opt_t, opt_meta = optimizer_to_flat(optimizer)
+                tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+                tensors.update(opt_t)
+                tensors["rng/torch"] = torch.get_rng_state()
+                save_tensors(
+                    ckpt,
+                    tensors,
+                    {
+                        "step": done,
+                        "optimizer": opt_meta,
+                        "numpy_rng": rng.bit_generator.state,
+                        "config": dataclasses.asdict(cfg),
+                    },
+                )
+                save_tensors(out / "lam.safetensors", model.state_dict(), {"step": done})
+    finally:
+        bar.close()
+        writer.close()
+        csv_file.close()
+    wall = time.time() - t0
+    return {
+        "steps": cfg.steps,
+        "wall_seconds": round(wall, 1),
+        "samples_per_second": round((cfg.steps - start) * cfg.batch_size / max(wall, 1e-9), 1),
+        **last,
+    }
+
+
+def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
+    """Load a trained stage-1 model (eval mode) and its run config from ``run``."""
+    run = Path(run)
+    config = read_json(run / "config.json")
+    if config.get("kind") != "lam":
+        raise CheckpointError(f"{run} is not a stage-1 run (config kind {config.get('kind')!r})")
+    c = dict(config["lam"])
+    c["quantizer"] = QuantizerConfig(**c["quantizer"])
+    model = LatentActionModel(LAMConfig(**c))
+    tensors, _ = load_tensors(run / "lam.safetensors")
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), config
