@@ -23,6 +23,7 @@ from torch.distributions import Categorical
 
 from lapo.checkpoint import (
     CheckpointError,
+    atomic_write_bytes,
     load_tensors,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -208,6 +209,11 @@ def train_expert(
 
     writer = SummaryWriter(str(out / "tb"))
     csv_path = out / "progress.csv"
+    if csv_path.exists():
+        # rows logged after the checkpoint we resume from are about to be redone: drop them
+        lines = csv_path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= start_update]
+        atomic_write_bytes(csv_path, "".join(kept).encode())
     new_csv = not csv_path.exists()
     csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
     csv_writer = csv.writer(csv_file)
