@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lapo.cliutil import add_dataclass_args, dataclass_from_args
+from lapo.cliutil import add_dataclass_args, apply_overrides, dataclass_from_args
 
 
 class UserError(Exception):
@@ -62,10 +62,30 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def _cmd_lam_train(args: argparse.Namespace) -> None:
+    from lapo.lam import preset, train_lam
+
+    cfg = apply_overrides(preset(args.preset), args)
+    if cfg.steps <= 0 or cfg.batch_size <= 0:
+        raise UserError("--steps and --batch-size must be positive")
+    command = "lapo " + shlex.join(sys.argv[1:])
+    summary = train_lam(cfg, Path(args.data), Path(args.out), not args.quiet, command)
+    print(json.dumps(summary, indent=2))
+
+
+def _cmd_lam_probe(args: argparse.Namespace) -> None:
+    from lapo.lam import probe_lam
+
+    if args.labels < 1:
+        raise UserError(f"--labels must be at least 1, got {args.labels}")
+    print(json.dumps(probe_lam(Path(args.run), Path(args.data), args.labels, args.test, args.seed)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lapo.data.commands import add_data_commands
     from lapo.envs import GAMES
     from lapo.expert import ExpertConfig
+    from lapo.lam import PRESETS, LAMConfig
 
     parser = argparse.ArgumentParser(
         prog="lapo",
@@ -89,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="evaluation seed")
     p.set_defaults(func=_cmd_expert_package)
     add_data_commands(sub)
+
+    lam = sub.add_parser("lam", help="stage 1: latent action model").add_subparsers(
+        dest="lam_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = lam.add_parser("train", help="train the latent IDM + world model on a dataset")
+    p.add_argument("--data", required=True, help="dataset folder (actions not needed)")
+    p.add_argument("--out", required=True, help="run folder (resumes if present)")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="base configuration")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, LAMConfig, overrides_only=True, defaults=PRESETS["cpu"])
+    p.set_defaults(func=_cmd_lam_train)
+    p = lam.add_parser("probe", help="how well latent actions predict the true actions")
+    p.add_argument("--run", required=True, help="stage-1 run folder")
+    p.add_argument("--data", required=True, help="dataset with actions, same game")
+    p.add_argument("--labels", type=int, default=4096, help="labelled train windows")
+    p.add_argument("--test", type=int, default=8192, help="test windows (at most)")
+    p.add_argument("--seed", type=int, default=0, help="seed of window choice and probe")
+    p.set_defaults(func=_cmd_lam_probe)
 
     p = sub.add_parser("eval", help="play a policy for N episodes and print its returns as JSON")
     p.add_argument(

@@ -315,3 +315,46 @@ def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
     tensors, _ = load_tensors(run / "lam.safetensors")
     model.load_state_dict(tensors)
     return model.to(device).eval(), config
+
+
+def probe_lam(
+    run: Path, data: Path, labels: int = 4_096, test_windows: int = 8_192, seed: int = 0
+) -> dict:
+    """Fit the latent probe on ``labels`` labelled train windows of ``data``; score on test.
+
+    Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
+    matrix (rows: true action, columns: predicted) of the continuous IDM latent.
+    """
+    from lapo.data.dataset import WindowDataset
+    from lapo.data.format import DatasetError, open_dataset
+    from lapo.probe import fit_probe
+
+    model, config = load_lam(run)
+    manifest = open_dataset(data).manifest
+    if not manifest.get("has_actions"):
+        raise DatasetError(f"{data} has no actions: the probe needs a dataset with true actions")
+    if config.get("game") and manifest.get("game") != config["game"]:
+        raise DatasetError(
+            f"{run} was trained on {config['game']} but {data} is {manifest.get('game')}: "
+            "probe with data of the same game"
+        )
+    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
+    if labels > len(train):
+        raise DatasetError(
+            f"--labels {labels} is more than the {len(train)} train windows in {data}"
+        )
+    rng = np.random.default_rng(seed)
+    tr = train.read(np.sort(rng.choice(train.starts, labels, replace=False)))
+    n_test = min(test_windows, len(test))
+    te = test.read(np.sort(rng.choice(test.starts, n_test, replace=False)))
+    device = torch.device("cpu")
+    ztr, _ = encode_windows(model, tr["obs"], device)
+    zte, _ = encode_windows(model, te["obs"], device)
+    report = fit_probe(
+        ztr,
+        torch.from_numpy(tr["actions"][:, 1]),
+        zte,
+        torch.from_numpy(te["actions"][:, 1]),
+        seed=seed,
+    )
+    return {"run": str(run), "data": str(data), "labels": labels, "seed": seed, **report}
