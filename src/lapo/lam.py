@@ -94,6 +94,19 @@ PRESETS: dict[str, LAMConfig] = {
 }
 
 
+# options a resumed run may change: the budget (which stretches the lr schedule) and the
+# bookkeeping; anything that shapes the model or the optimisation must stay as it was
+RESUMABLE_CHANGES = (
+    "steps",
+    "eval_every",
+    "probe_every",
+    "probe_train",
+    "probe_test",
+    "threads",
+    "device",
+)
+
+
 def preset(name: str) -> LAMConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")
@@ -181,10 +194,13 @@ def train_lam(
     ckpt = out / "checkpoint.safetensors"
     if ckpt.exists():
         tensors, meta = load_tensors(ckpt)
-        if meta["config"] != dataclasses.asdict(cfg):
+        saved = {k: v for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES}
+        now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+        if saved != now:
+            diff = sorted(k for k in now if saved.get(k) != now[k])
             raise CheckpointError(
-                f"{ckpt} was written with another config; resume with the same options or "
-                "use another --out"
+                f"{ckpt} was written with other settings ({', '.join(diff)}); resume with the "
+                "same options or use another --out"
             )
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
         optimizer_from_flat(optimizer, tensors, meta["optimizer"])

@@ -1,0 +1,191 @@
+"""Stage 1 mechanics at toy sizes on real Procgen frames: shapes, schedule, files, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lapo.checkpoint import load_tensors
+from lapo.cli import main
+from lapo.data.collect import collect
+from lapo.lam import LAMConfig, LatentActionModel, lam_loss, lr_scale, preset, train_lam
+from lapo.models.quantizers import QuantizerConfig
+
+TOY = dict(
+    idm_width=1,
+    wm_base=4,
+    batch_size=8,
+    eval_every=4,
+    probe_every=8,
+    probe_train=256,
+    probe_test=128,
+    threads=1,
+    quantizer=QuantizerConfig(num_codebooks=1, latents_per_codebook=2, code_dim=4, num_entries=8),
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lam") / "coinrun"
+    collect(
+        "coinrun",
+        "random",
+        1200,
+        out,
+        test_frames=400,
+        num_envs=4,
+        chunk_frames=256,
+        progress=False,
+    )
+    return out
+
+
+def test_paper_preset_matches_the_notes():
+    cfg = preset("paper")
+    assert (cfg.idm_width, cfg.wm_base, cfg.batch_size, cfg.steps) == (4, 24, 128, 50_000)
+    assert (cfg.learning_rate, cfg.grad_clip) == (3e-4, 2.0)
+    q = cfg.quantizer
+    assert (q.num_codebooks, q.latents_per_codebook, q.code_dim, q.num_entries) == (2, 4, 16, 64)
+    assert (q.commitment_cost, q.decay, q.latent_dim) == (0.05, 0.999, 128)
+
+
+def test_lr_schedule_by_hand():
+    cfg = LAMConfig(steps=1050, warmup_steps=50, warmup_start=0.1, final_lr_scale=0.01)
+    assert lr_scale(0, cfg) == pytest.approx(0.1)
+    assert lr_scale(25, cfg) == pytest.approx(0.55)
+    assert lr_scale(50, cfg) == pytest.approx(1.0)
+    assert lr_scale(550, cfg) == pytest.approx(0.505)
+    assert lr_scale(1050, cfg) == pytest.approx(0.01)
+
+
+def test_loss_shapes_and_gradients_reach_both_models():
+    cfg = LAMConfig(**{**TOY, "threads": 0})
+    model = LatentActionModel(cfg)
+    frames = torch.rand(4, 3, 3, 64, 64) - 0.5
+    loss, logs = lam_loss(model, frames)
+    assert loss.shape == () and {"wm_loss", "vq_loss", "perplexity"} <= set(logs)
+    loss.backward()
+    assert model.idm.encoder.fc.weight.grad.abs().sum() > 0, "no gradient through the quantiser"
+    assert model.world_model.head[-1].weight.grad.abs().sum() > 0
+
+
+def test_train_writes_run_and_resumes_with_identical_state(data, tmp_path):
+    run = tmp_path / "run"
+    cfg = LAMConfig(steps=8, **TOY)
+    train_lam(cfg, data, run, progress=False)
+    for name in ("config.json", "lam.safetensors", "checkpoint.safetensors", "metrics.csv"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").iterdir())
+    saved, meta = load_tensors(run / "checkpoint.safetensors")
+    assert meta["step"] == 8
+    # a longer budget continues from step 8 with the saved weights
+    longer = LAMConfig(steps=12, **TOY)
+    import lapo.lam as lam_mod
+
+    seen = {}
+    orig = lam_mod.LatentActionModel.load_state_dict
+
+    def spy(self, sd, *a, **k):
+        seen.update({k_: v.clone() for k_, v in sd.items()})
+        return orig(self, sd, *a, **k)
+
+    lam_mod.LatentActionModel.load_state_dict = spy
+    try:
+        summary = train_lam(longer, data, run, progress=False)
+    finally:
+        lam_mod.LatentActionModel.load_state_dict = orig
+    for k, v in saved.items():
+        if k.startswith("model/"):
+            torch.testing.assert_close(seen[k[6:]], v)
+    _, meta = load_tensors(run / "checkpoint.safetensors")
+    assert meta["step"] == 12 and summary["steps"] == 12
+    steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [4, 8, 12]
+
+
+def test_probe_command_reports_json(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_lam(LAMConfig(steps=4, **TOY), data, run, progress=False)
+    assert (
+        main(
+            [
+                "lam",
+                "probe",
+                "--run",
+                str(run),
+                "--data",
+                str(data),
+                "--labels",
+                "200",
+                "--test",
+                "100",
+            ]
+        )
+        == 0
+    )
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["labels"] == 200 and rep["n_test"] == 100
+    assert rep["chance"] == pytest.approx(1 / 15)
+    conf = np.array(rep["confusion"])
+    assert conf.shape == (15, 15) and conf.sum() == 100
+    assert rep["accuracy"] == pytest.approx(np.trace(conf) / 100)
+    # more labels than windows: one line, exit 2
+    assert main(["lam", "probe", "--run", str(run), "--data", str(data), "--labels", "999999"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than the" in err
+
+
+def test_cli_overrides_apply_to_the_preset(data, tmp_path, capsys):
+    run = tmp_path / "cli"
+    args = [
+        "lam",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--preset",
+        "cpu",
+        "--quiet",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--probe-every",
+        "0",
+        "--wm-base",
+        "4",
+        "--quantizer.kind",
+        "fsq",
+        "--threads",
+        "1",
+    ]
+    assert main(args) == 0
+    cfg = json.loads((run / "config.json").read_text())["lam"]
+    assert cfg["steps"] == 2 and cfg["wm_base"] == 4 and cfg["quantizer"]["kind"] == "fsq"
+    assert cfg["idm_width"] == preset("cpu").idm_width  # untouched fields keep the preset's
+
+
+def test_resume_with_another_model_is_refused(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_lam(LAMConfig(steps=4, **TOY), data, run, progress=False)
+    before = (run / "checkpoint.safetensors").read_bytes()
+    args = [
+        "lam",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--quiet",
+        "--steps",
+        "8",
+        "--idm-width",
+        "2",
+    ]
+    assert main(args) == 2
+    assert "idm_width" in capsys.readouterr().err
+    assert (run / "checkpoint.safetensors").read_bytes() == before
