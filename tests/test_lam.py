@@ -189,3 +189,24 @@ def test_resume_with_another_model_is_refused(data, tmp_path, capsys):
     assert main(args) == 2
     assert "idm_width" in capsys.readouterr().err
     assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_plot_writes_every_promised_file(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_lam(LAMConfig(steps=2, **TOY), data, run, progress=False)
+    out = tmp_path / "plots"
+    assert main(["lam", "plot", "--run", str(run), "--data", str(data), "--out", str(out)]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert set(files) == {"latents", "predictions", "rollout"}
+    from PIL import Image
+
+    for path in files.values():
+        with Image.open(path) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+    with Image.open(files["rollout"]) as gif:
+        # PIL merges identical consecutive frames into one longer frame: count time instead
+        total = 0
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            total += gif.info["duration"]
+        assert total == 48 * 100

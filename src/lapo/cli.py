@@ -81,6 +81,12 @@ def _cmd_lam_probe(args: argparse.Namespace) -> None:
     print(json.dumps(probe_lam(Path(args.run), Path(args.data), args.labels, args.test, args.seed)))
 
 
+def _cmd_lam_plot(args: argparse.Namespace) -> None:
+    from lapo.plots import plot_lam
+
+    print(json.dumps(plot_lam(Path(args.run), Path(args.data), Path(args.out)), indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lapo.data.commands import add_data_commands
     from lapo.envs import GAMES
@@ -127,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=8192, help="test windows (at most)")
     p.add_argument("--seed", type=int, default=0, help="seed of window choice and probe")
     p.set_defaults(func=_cmd_lam_probe)
+    p = lam.add_parser("plot", help="UMAP of latents, world-model predictions, rollout GIF")
+    p.add_argument("--run", required=True, help="stage-1 run folder")
+    p.add_argument("--data", required=True, help="dataset of the same game")
+    p.add_argument("--out", required=True, help="folder for the pictures")
+    p.set_defaults(func=_cmd_lam_plot)
 
     p = sub.add_parser("eval", help="play a policy for N episodes and print its returns as JSON")
     p.add_argument(
