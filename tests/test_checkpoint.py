@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -7,7 +8,9 @@ from lapo.checkpoint import (
     optimizer_from_flat,
     optimizer_to_flat,
     read_json,
+    restore_training_state,
     save_tensors,
+    training_state,
     write_json,
 )
 
@@ -59,3 +62,33 @@ def test_write_json_replaces_atomically(tmp_path):
     write_json(p, {"v": 1})
     write_json(p, {"v": 2})
     assert read_json(p) == {"v": 2}
+
+
+def test_training_state_restores_model_optimizer_and_both_rngs(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(5)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+    rng.random(3)
+    save_tensors(tmp_path / "s.safetensors", *training_state(model, opt, rng, step=7))
+    # what each would produce next, had training gone on without a restart
+    torch_next, np_next = torch.rand(3), rng.random(3)
+
+    torch.manual_seed(99)
+    model2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.Adam(model2.parameters(), lr=1.0)
+    rng2 = np.random.default_rng(0)
+    tensors, meta = load_tensors(tmp_path / "s.safetensors")
+    assert meta["step"] == 7
+    restore_training_state(tensors, meta, model2, opt2, rng2)
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
+    torch.testing.assert_close(torch.rand(3), torch_next)
+    np.testing.assert_array_equal(rng2.random(3), np_next)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -117,3 +118,35 @@ def optimizer_from_flat(
         pid, name = key.split("/", 1)
         state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def training_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    **meta: Any,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Everything a training loop needs to resume, as ``(tensors, meta)`` for :func:`save_tensors`.
+
+    Tensors: the model (``model/...``), the optimiser (``optim/...``) and torch's RNG;
+    meta: the optimiser's hyperparameters, numpy's RNG state and the caller's ``meta``.
+    """
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update(opt_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    return tensors, {**meta, "optimizer": opt_meta, "numpy_rng": rng.bit_generator.state}
+
+
+def restore_training_state(
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+) -> None:
+    """Load into ``model``, ``optimizer``, torch's RNG and ``rng`` what :func:`training_state` saved."""
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    optimizer_from_flat(optimizer, tensors, meta["optimizer"])
+    torch.set_rng_state(tensors["rng/torch"])
+    rng.bit_generator.state = meta["numpy_rng"]

@@ -25,10 +25,10 @@ from lapo.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     load_tensors,
-    optimizer_from_flat,
-    optimizer_to_flat,
     read_json,
+    restore_training_state,
     save_tensors,
+    training_state,
     write_json,
 )
 from lapo.envs import NUM_ACTIONS, ProcgenVecEnv, check_game, normalized_return
@@ -177,11 +177,8 @@ def train_expert(
                 f"{ckpt_path} was trained on {meta['config']['game']}, not {cfg.game}: "
                 "use another --out"
             )
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        optimizer_from_flat(optimizer, tensors, meta["optimizer"])
+        restore_training_state(tensors, meta, model, optimizer, rng)
         normalizer.load_state_dict(meta["normalizer"])
-        torch.set_rng_state(tensors["rng/torch"])
-        rng.bit_generator.state = meta["numpy_rng"]
         start_update, elapsed_before = meta["update"], meta["elapsed"]
         recent_returns.extend(meta["recent_returns"])
     write_json(out / "train_config.json", {**dataclasses.asdict(cfg), "command": command})
@@ -312,20 +309,17 @@ def train_expert(
             # 5. checkpoint: everything needed to resume, and the policy alone
             last = update + 1 == cfg.num_updates
             if (update + 1) % cfg.checkpoint_every == 0 or last:
-                opt_t, opt_meta = optimizer_to_flat(optimizer)
-                tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-                tensors.update(opt_t)
-                tensors["rng/torch"] = torch.get_rng_state()
-                meta = {
-                    "update": update + 1,
-                    "frames": frames,
-                    "elapsed": elapsed,
-                    "optimizer": opt_meta,
-                    "normalizer": normalizer.state_dict(),
-                    "numpy_rng": rng.bit_generator.state,
-                    "recent_returns": list(recent_returns),
-                    "config": dataclasses.asdict(cfg),
-                }
+                tensors, meta = training_state(
+                    model,
+                    optimizer,
+                    rng,
+                    update=update + 1,
+                    frames=frames,
+                    elapsed=elapsed,
+                    normalizer=normalizer.state_dict(),
+                    recent_returns=list(recent_returns),
+                    config=dataclasses.asdict(cfg),
+                )
                 save_tensors(ckpt_path, tensors, meta)
                 save_policy(
                     out, model, cfg, {"frames_trained": frames, "train_mean_return": mean_ret}

@@ -27,10 +27,10 @@ from torch import nn
 from lapo.checkpoint import (
     CheckpointError,
     load_tensors,
-    optimizer_from_flat,
-    optimizer_to_flat,
     read_json,
+    restore_training_state,
     save_tensors,
+    training_state,
     write_json,
 )
 from lapo.models.idm import IDM
@@ -202,10 +202,7 @@ def train_lam(
                 f"{ckpt} was written with other settings ({', '.join(diff)}); resume with the "
                 "same options or use another --out"
             )
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        optimizer_from_flat(optimizer, tensors, meta["optimizer"])
-        torch.set_rng_state(tensors["rng/torch"])
-        rng.bit_generator.state = meta["numpy_rng"]
+        restore_training_state(tensors, meta, model, optimizer, rng)
         start = meta["step"]
     run_config = {
         "kind": "lam",
@@ -291,19 +288,11 @@ def train_lam(
                 csv_out.writerow(row)
                 csv_file.flush()
             if done % cfg.eval_every == 0 or done == cfg.steps:
-                opt_t, opt_meta = optimizer_to_flat(optimizer)
-                tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-                tensors.update(opt_t)
-                tensors["rng/torch"] = torch.get_rng_state()
                 save_tensors(
                     ckpt,
-                    tensors,
-                    {
-                        "step": done,
-                        "optimizer": opt_meta,
-                        "numpy_rng": rng.bit_generator.state,
-                        "config": dataclasses.asdict(cfg),
-                    },
+                    *training_state(
+                        model, optimizer, rng, step=done, config=dataclasses.asdict(cfg)
+                    ),
                 )
                 save_tensors(out / "lam.safetensors", model.state_dict(), {"step": done})
     finally:
