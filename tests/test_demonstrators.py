@@ -1,0 +1,34 @@
+"""The demonstrators that ship with lapo load, are small, and play better than random."""
+
+import pytest
+
+from lapo.checkpoint import read_json
+from lapo.eval import run_episodes
+from lapo.policies import load_policy, shipped_demonstrators
+
+SHIPPED = shipped_demonstrators()
+
+
+def test_at_least_two_demonstrators_ship():
+    assert len(SHIPPED) >= 2, f"shipped: {sorted(SHIPPED)}"
+
+
+@pytest.mark.parametrize("game", sorted(SHIPPED))
+def test_demonstrator_manifest_and_size(game):
+    folder = SHIPPED[game]
+    manifest = read_json(folder / "manifest.json")
+    assert manifest["game"] == game
+    assert manifest["command"].startswith(f"lapo expert train --env {game} ")
+    assert manifest["frames_trained"] > 0
+    assert manifest["eval"]["episodes"] >= 100
+    assert manifest["eval"]["normalized_return"] >= 0.3
+    assert (folder / "policy.safetensors").stat().st_size < 5 * 2**20
+
+
+@pytest.mark.parametrize("game", sorted(SHIPPED))
+def test_demonstrator_beats_random(game):
+    episodes, seed = 48, 2024
+    expert = run_episodes(load_policy("demonstrator", game, seed=seed), game, episodes, seed=seed)
+    random = run_episodes(load_policy("random", game, seed=seed), game, episodes, seed=seed)
+    assert len(expert) == len(random) == episodes
+    assert expert.mean() > random.mean(), (expert.mean(), random.mean())
