@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -168,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, EnvError, CheckpointError) as e:
         print(f"lapo: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of our output went away (e.g. `| head`): stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return 0
     except KeyboardInterrupt:
         hint = " with --resume" if getattr(args, "command", None) == "collect" else ""
         print(f"lapo: interrupted; run the same command again{hint} to continue", file=sys.stderr)
