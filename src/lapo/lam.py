@@ -164,6 +164,28 @@ def encode_windows(
     return torch.cat(zs), torch.cat(zqs)
 
 
+def probe_windows(
+    model: LatentActionModel, train: dict, test: dict, device: torch.device, seed: int = 0
+) -> dict:
+    """Fit the probe on the IDM latents of ``train`` windows and score it on ``test`` windows.
+
+    ``train``/``test`` are loader batches (``obs`` ``(N, 3, 64, 64, 3)``, ``actions`` ``(N, 3)``).
+    The latent of window ``o[t-1], o[t], o[t+1]`` is labelled with the action taken at ``o[t]``
+    (the one that led to ``o[t+1]``): the middle frame's action.
+    """
+    from lapo.probe import fit_probe
+
+    ztr, _ = encode_windows(model, train["obs"], device)
+    zte, _ = encode_windows(model, test["obs"], device)
+    return fit_probe(
+        ztr,
+        torch.from_numpy(train["actions"][:, 1]),
+        zte,
+        torch.from_numpy(test["actions"][:, 1]),
+        seed=seed,
+    )
+
+
 def train_lam(
     cfg: LAMConfig, data: Path, out: Path, progress: bool = True, command: str | None = None
 ) -> dict:
@@ -174,7 +196,6 @@ def train_lam(
     from lapo.data.dataset import WindowDataset
     from lapo.data.format import open_dataset
     from lapo.expert import resolve_device
-    from lapo.probe import fit_probe
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -268,15 +289,7 @@ def train_lam(
                 and cfg.probe_every > 0
                 and (done % cfg.probe_every == 0 or done == cfg.steps)
             ):
-                ztr, _ = encode_windows(model, probe_tr["obs"], device)
-                zte, _ = encode_windows(model, probe_te["obs"], device)
-                rep = fit_probe(
-                    ztr,
-                    torch.from_numpy(probe_tr["actions"][:, 1]),
-                    zte,
-                    torch.from_numpy(probe_te["actions"][:, 1]),
-                    seed=cfg.seed,
-                )
+                rep = probe_windows(model, probe_tr, probe_te, device, seed=cfg.seed)
                 writer.add_scalar("probe/accuracy", rep["accuracy"], done)
                 writer.add_scalar("probe/balanced_accuracy", rep["balanced_accuracy"], done)
                 last["probe_accuracy"] = rep["accuracy"]
@@ -332,7 +345,6 @@ def probe_lam(
     """
     from lapo.data.dataset import WindowDataset
     from lapo.data.format import DatasetError, open_dataset
-    from lapo.probe import fit_probe
 
     model, config = load_lam(run)
     manifest = open_dataset(data).manifest
@@ -352,14 +364,5 @@ def probe_lam(
     tr = train.read(np.sort(rng.choice(train.starts, labels, replace=False)))
     n_test = min(test_windows, len(test))
     te = test.read(np.sort(rng.choice(test.starts, n_test, replace=False)))
-    device = torch.device("cpu")
-    ztr, _ = encode_windows(model, tr["obs"], device)
-    zte, _ = encode_windows(model, te["obs"], device)
-    report = fit_probe(
-        ztr,
-        torch.from_numpy(tr["actions"][:, 1]),
-        zte,
-        torch.from_numpy(te["actions"][:, 1]),
-        seed=seed,
-    )
+    report = probe_windows(model, tr, te, torch.device("cpu"), seed=seed)
     return {"run": str(run), "data": str(data), "labels": labels, "seed": seed, **report}

@@ -8,11 +8,9 @@ from lapo.envs.procgen import (
     OBS_SHAPE,
     RANDOM_RETURN,
     SPLIT_START_LEVEL,
-    EnvConfig,
     EnvError,
     ProcgenVecEnv,
     check_game,
-    make_env,
     normalized_return,
 )
 
@@ -24,10 +22,8 @@ __all__ = [
     "OBS_SHAPE",
     "RANDOM_RETURN",
     "SPLIT_START_LEVEL",
-    "EnvConfig",
     "EnvError",
     "ProcgenVecEnv",
     "check_game",
-    "make_env",
     "normalized_return",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -139,24 +138,6 @@ def _import_procgen():
     return ProcgenGym3Env
 
 
-@dataclass
-class EnvConfig:
-    """Which Procgen game to run, and how."""
-
-    game: str = "coinrun"
-    """Procgen game, one of the 16 (bigfish, ..., starpilot)."""
-    num_envs: int = 64
-    """Number of environments stepped together."""
-    distribution_mode: str = "easy"
-    """Procgen distribution mode: easy or hard."""
-    num_levels: int = 0
-    """Number of distinct levels; 0 means unbounded."""
-    start_level: int = 0
-    """First level seed of the level range."""
-    seed: int = 0
-    """Seed of the environments' random number generator."""
-
-
 class ProcgenVecEnv:
     """``num_envs`` Procgen environments stepped together, Gymnasium vector style.
 
@@ -254,15 +235,3 @@ class ProcgenVecEnv:
         if self._env is not None:
             self._env.close()
             self._env = None
-
-
-def make_env(cfg: EnvConfig) -> ProcgenVecEnv:
-    """Build a :class:`ProcgenVecEnv` from an :class:`EnvConfig`."""
-    return ProcgenVecEnv(
-        cfg.game,
-        num_envs=cfg.num_envs,
-        distribution_mode=cfg.distribution_mode,
-        num_levels=cfg.num_levels,
-        start_level=cfg.start_level,
-        seed=cfg.seed,
-    )
