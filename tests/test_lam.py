@@ -9,7 +9,15 @@ import torch
 from lapo.checkpoint import load_tensors
 from lapo.cli import main
 from lapo.data.collect import collect
-from lapo.lam import LAMConfig, LatentActionModel, lam_loss, lr_scale, preset, train_lam
+from lapo.lam import (
+    LAMConfig,
+    LatentActionModel,
+    lam_loss,
+    lr_scale,
+    preset,
+    shuffled_latent_loss,
+    train_lam,
+)
 from lapo.models.quantizers import QuantizerConfig
 
 TOY = dict(
@@ -59,6 +67,18 @@ def test_lr_schedule_by_hand():
     assert lr_scale(1050, cfg) == pytest.approx(0.01)
 
 
+def test_shuffled_latent_loss_differs_only_through_the_latent():
+    torch.manual_seed(0)
+    model = LatentActionModel(LAMConfig(**{**TOY, "threads": 0})).eval()
+    frames = torch.rand(4, 3, 3, 64, 64) - 0.5
+    same = frames[:1].expand(4, -1, -1, -1, -1).contiguous()
+    _, logs = lam_loss(model, same)
+    # identical windows have identical latents: shuffling them changes nothing
+    assert shuffled_latent_loss(model, same) == pytest.approx(logs["wm_loss"], rel=1e-5)
+    _, logs = lam_loss(model, frames)
+    assert shuffled_latent_loss(model, frames) != pytest.approx(logs["wm_loss"], rel=1e-5)
+
+
 def test_loss_shapes_and_gradients_reach_both_models():
     cfg = LAMConfig(**{**TOY, "threads": 0})
     model = LatentActionModel(cfg)
@@ -79,10 +99,15 @@ def test_train_writes_run_and_resumes_with_identical_state(data, tmp_path):
     assert list((run / "tb").iterdir())
     _, meta = load_tensors(run / "checkpoint.safetensors")
     assert meta["step"] == 8
+    baseline = json.loads((run / "probe_untrained.json").read_text())
+    assert baseline["n_train"] == 256 and baseline["n_test"] == 128
     # a longer budget continues from step 8 (restore itself: test_checkpoint.py)
     summary = train_lam(LAMConfig(steps=12, **TOY), data, run, progress=False)
     _, meta = load_tensors(run / "checkpoint.safetensors")
     assert meta["step"] == 12 and summary["steps"] == 12
+    # the untrained baseline is measured once, at step 0, and reported after a resume too
+    assert summary["probe_untrained_accuracy"] == baseline["accuracy"]
+    assert summary["test_wm_loss_shuffled_latent"] > 0
     steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [4, 8, 12]
 

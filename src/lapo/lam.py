@@ -139,6 +139,20 @@ def lam_loss(model: LatentActionModel, frames: torch.Tensor) -> tuple[torch.Tens
     return wm_loss + q.loss, logs
 
 
+@torch.no_grad()
+def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> float:
+    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames when each window gets *another*
+    window's latent (a fixed cyclic shift of the batch).
+
+    Its gap to the MSE with the window's own latent says how much the world model relies on
+    the latent at all; a latent can be relied on and still not encode the action, which is
+    what the probe measures.
+    """
+    _, q = model.idm(frames)
+    pred = model.world_model(frames[:, :2], q.z_q.roll(1, dims=0))
+    return F.mse_loss(pred, frames[:, 2]).item()
+
+
 def lr_scale(step: int, cfg: LAMConfig) -> float:
     """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear to ``final_lr_scale``."""
     if step < cfg.warmup_steps:
@@ -248,9 +262,29 @@ def train_lam(
     csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
     csv_out = csv.writer(csv_file)
     if new_csv:
-        csv_out.writerow(["step", "train_wm_loss", "test_wm_loss", "perplexity", "probe_acc"])
+        csv_out.writerow(
+            [
+                "step",
+                "train_wm_loss",
+                "test_wm_loss",
+                "test_wm_loss_shuffled",
+                "perplexity",
+                "probe_acc",
+            ]
+        )
+    last: dict = {}
+    baseline_path = out / "probe_untrained.json"
+    if has_actions and cfg.probe_every > 0 and start == 0:
+        # the probe on the untrained IDM's latent: random features of three frames already
+        # carry some action information, so this (not chance) is what training must beat
+        rep = probe_windows(model, probe_tr, probe_te, device, seed=cfg.seed)
+        write_json(baseline_path, rep)
+        writer.add_scalar("probe/accuracy", rep["accuracy"], 0)
+        writer.add_scalar("probe/balanced_accuracy", rep["balanced_accuracy"], 0)
+    if baseline_path.exists():
+        last["probe_untrained_accuracy"] = read_json(baseline_path)["accuracy"]
     bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress, desc="stage 1")
-    t0, last = time.time(), {}
+    t0 = time.time()
     try:
         for step in range(start, cfg.steps):
             for g in optimizer.param_groups:
@@ -280,10 +314,20 @@ def train_lam(
                 with torch.no_grad():
                     x = frames_to_float(torch.from_numpy(test_batch["obs"]).to(device))
                     _, test_logs = lam_loss(model, x)
+                    shuffled = shuffled_latent_loss(model, x)
                 model.train()
                 writer.add_scalar("test/wm_loss", test_logs["wm_loss"], done)
+                writer.add_scalar("test/wm_loss_shuffled_latent", shuffled, done)
                 last["test_wm_loss"] = test_logs["wm_loss"]
-                row = [done, logs["wm_loss"], test_logs["wm_loss"], logs.get("perplexity"), ""]
+                last["test_wm_loss_shuffled_latent"] = shuffled
+                row = [
+                    done,
+                    logs["wm_loss"],
+                    test_logs["wm_loss"],
+                    shuffled,
+                    logs.get("perplexity"),
+                    "",
+                ]
             if (
                 has_actions
                 and cfg.probe_every > 0
@@ -295,8 +339,8 @@ def train_lam(
                 last["probe_accuracy"] = rep["accuracy"]
                 last["probe_balanced_accuracy"] = rep["balanced_accuracy"]
                 if row is None:
-                    row = [done, logs["wm_loss"], "", logs.get("perplexity"), ""]
-                row[4] = rep["accuracy"]
+                    row = [done, logs["wm_loss"], "", "", logs.get("perplexity"), ""]
+                row[5] = rep["accuracy"]
             if row is not None:
                 csv_out.writerow(row)
                 csv_file.flush()
