@@ -8,6 +8,7 @@ from lapo.checkpoint import (
     optimizer_from_flat,
     optimizer_to_flat,
     read_json,
+    remove_stale_temporaries,
     restore_training_state,
     save_tensors,
     training_state,
@@ -92,3 +93,12 @@ def test_training_state_restores_model_optimizer_and_both_rngs(tmp_path):
     )
     torch.testing.assert_close(torch.rand(3), torch_next)
     np.testing.assert_array_equal(rng2.random(3), np_next)
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / ".policy.safetensors.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "policy.safetensors").write_bytes(b"whole")
+    (tmp_path / "notes.tmp").write_bytes(b"a user's file, not ours")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [p.name for p in removed] == [".policy.safetensors.abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "policy.safetensors"]

@@ -42,6 +42,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files our atomic writers leave when killed mid-write (SIGKILL
+    cannot be caught); returns what was removed. Call only where no writer is running."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path``, atomically."""
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

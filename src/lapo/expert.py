@@ -26,6 +26,7 @@ from lapo.checkpoint import (
     atomic_write_bytes,
     load_tensors,
     read_json,
+    remove_stale_temporaries,
     restore_training_state,
     save_tensors,
     training_state,
@@ -157,6 +158,7 @@ def train_expert(
         raise ValueError(f"--frames must be positive, got {cfg.frames}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by a run killed mid-write
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

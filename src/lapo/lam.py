@@ -28,6 +28,7 @@ from lapo.checkpoint import (
     CheckpointError,
     load_tensors,
     read_json,
+    remove_stale_temporaries,
     restore_training_state,
     save_tensors,
     training_state,
@@ -213,6 +214,7 @@ def train_lam(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by a run killed mid-write
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
