@@ -26,7 +26,6 @@ from lapo.checkpoint import (
     atomic_write_bytes,
     load_tensors,
     read_json,
-    remove_stale_temporaries,
     restore_training_state,
     save_tensors,
     training_state,
@@ -35,6 +34,7 @@ from lapo.checkpoint import (
 from lapo.envs import NUM_ACTIONS, ProcgenVecEnv, check_game, normalized_return
 from lapo.models.impala import make_encoder, obs_to_float
 from lapo.ppo import RewardNormalizer, compute_gae, ppo_loss
+from lapo.runs import start_run
 
 
 @dataclass
@@ -117,12 +117,6 @@ class ActorCritic(nn.Module):
         return self.actor(h), self.critic(h).squeeze(-1)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def save_policy(
     out: Path, model: ActorCritic, cfg: ExpertConfig, extra: dict | None = None
 ) -> None:
@@ -156,12 +150,7 @@ def train_expert(
     check_game(cfg.game)
     if cfg.frames <= 0:
         raise ValueError(f"--frames must be positive, got {cfg.frames}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # left by a run killed mid-write
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    out, device = start_run(out, cfg.threads, cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 

@@ -28,7 +28,6 @@ from lapo.checkpoint import (
     CheckpointError,
     load_tensors,
     read_json,
-    remove_stale_temporaries,
     restore_training_state,
     save_tensors,
     training_state,
@@ -37,6 +36,7 @@ from lapo.checkpoint import (
 from lapo.models.idm import IDM
 from lapo.models.quantizers import QuantizerConfig
 from lapo.models.world_model import WorldModel
+from lapo.runs import start_run
 
 
 @dataclass
@@ -210,14 +210,8 @@ def train_lam(
 
     from lapo.data.dataset import WindowDataset
     from lapo.data.format import open_dataset
-    from lapo.expert import resolve_device
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # left by a run killed mid-write
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    out, device = start_run(out, cfg.threads, cfg.device)
     manifest = open_dataset(data).manifest
     train = WindowDataset(data, "train", k=3)
     test = WindowDataset(data, "test", k=3)
