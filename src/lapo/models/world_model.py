@@ -5,7 +5,8 @@ the quantised latent action, which it receives twice: tiled over the input image
 from __future__ import annotations
 
 import torch
-from einops import rearrange, repeat
+import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -27,13 +28,49 @@ class ResidualLayer(nn.Module):
         return x + self.block(x)
 
 
+class TiledActionConv(nn.Conv2d):
+    """A 3x3 convolution (padding 1) over ``cat([image, action tiled over H x W], 1)``,
+    computed without building the tiled tensor.
+
+    Over the tiled channels every pixel sees the same action, so their contribution is the
+    weight summed over the kernel taps that fall inside the image: one of 3 x 3 values per
+    pixel (top/inner/bottom row x left/inner/right column). The result equals the plain
+    convolution of the concatenation (tested), with the same parameters, but costs
+    ``B x C_out x 9 x A`` multiply-adds for the action instead of ``B x C_out x 9 x A x H x W``.
+    """
+
+    def __init__(self, image_channels: int, action_dim: int, out_channels: int) -> None:
+        super().__init__(image_channels + action_dim, out_channels, 3, padding=1)
+        self.image_channels = image_channels
+        # valid[k, i]: kernel row (or column) k lies inside the image for pixel class i
+        # (0 = first row, 1 = inner rows, 2 = last row)
+        self.register_buffer(
+            "valid",
+            torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]).T,
+            persistent=False,
+        )
+
+    def forward(self, image: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        # image (B, C_img, H, W), action (B, A) -> (B, C_out, H, W)
+        B, _, H, W = image.shape
+        w_img, w_act = self.weight[:, : self.image_channels], self.weight[:, self.image_channels :]
+        out = F.conv2d(image, w_img, self.bias, padding=1)  # (B, C_out, H, W)
+        taps = torch.einsum("ba,oakl->bokl", action, w_act)  # (B, C_out, 3, 3)
+        cls = torch.einsum("bokl,ki,lj->boij", taps, self.valid, self.valid)  # (B, C_out, 3, 3)
+        rows = torch.ones(H, dtype=torch.long, device=image.device)
+        rows[0], rows[-1] = 0, 2
+        cols = torch.ones(W, dtype=torch.long, device=image.device)
+        cols[0], cols[-1] = 0, 2
+        return out + cls[:, :, rows][:, :, :, cols]  # (B, C_out, H, W)
+
+
 class Down(nn.Module):
     """conv -> batch norm -> residual -> 2x2 max-pool -> ReLU: halves H and W."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.net = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1),
             nn.BatchNorm2d(c_out),
             ResidualLayer(c_out),
             nn.MaxPool2d(2),
@@ -42,7 +79,19 @@ class Down(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, c_in, H, W) -> (B, c_out, H/2, W/2)
-        return self.net(x)
+        return self.net(self.conv(x))
+
+
+class ActionDown(Down):
+    """The first down-block: its convolution sees the image and the tiled latent action."""
+
+    def __init__(self, image_channels: int, action_dim: int, c_out: int) -> None:
+        super().__init__(image_channels + action_dim, c_out)
+        self.conv = TiledActionConv(image_channels, action_dim, c_out)
+
+    def forward(self, x: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        # x (B, C_img, H, W), action (B, A) -> (B, c_out, H/2, W/2)
+        return self.net(self.conv(x, action))
 
 
 class Up(nn.Module):
@@ -80,7 +129,9 @@ class WorldModel(nn.Module):
         c_in = 3 * context_frames
         b = base
         downs = (c_in + action_dim, b, 2 * b, 4 * b, 8 * b, 16 * b, 32 * b)
-        self.down = nn.ModuleList(Down(downs[i], downs[i + 1]) for i in range(5))
+        self.down = nn.ModuleList(
+            [ActionDown(c_in, action_dim, b)] + [Down(downs[i], downs[i + 1]) for i in range(1, 5)]
+        )
         self.bottom = nn.Conv2d(downs[5], downs[6], 2)  # 2x2 -> 1x1
         ups = (32 * b, 16 * b, 8 * b, 4 * b, 2 * b, b, b)
         # the first up-block sees the bottleneck and the latent action again (in place of the
@@ -97,9 +148,9 @@ class WorldModel(nn.Module):
     def forward(self, context: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         B, T, C, H, W = context.shape
         state = rearrange(context, "b t c h w -> b (t c) h w")  # (B, 3T, 64, 64)
-        x = torch.cat([state, repeat(action, "b a -> b a h w", h=H, w=W)], 1)
-        skips = []
-        for block in self.down:
+        x = self.down[0](state, action)  # (B, b, 32, 32): the action tiled over the input
+        skips = [x]
+        for block in self.down[1:]:
             x = block(x)  # ... -> (B, 16b, 2, 2)
             skips.append(x)
         x = self.bottom(x)  # (B, 32b, 1, 1)

@@ -1,0 +1,57 @@
+"""Stage-1 networks: shapes in and out, and the world model's action path pinned to the
+plain convolution it replaces."""
+
+import torch
+import torch.nn.functional as F
+
+from lapo.models.idm import IDM
+from lapo.models.quantizers import QuantizerConfig
+from lapo.models.world_model import TiledActionConv, WorldModel
+
+
+def test_tiled_action_conv_equals_the_convolution_of_the_concatenation():
+    torch.manual_seed(0)
+    conv = TiledActionConv(image_channels=6, action_dim=5, out_channels=4).double()
+    image = torch.randn(3, 6, 9, 7, dtype=torch.double, requires_grad=True)
+    action = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
+    tiled = action[:, :, None, None].expand(-1, -1, 9, 7)
+    ref = F.conv2d(torch.cat([image, tiled], 1), conv.weight, conv.bias, padding=1)
+    out = conv(image, action)
+    assert out.shape == (3, 4, 9, 7)
+    torch.testing.assert_close(out, ref)
+    # same gradients for the image, the action and the weights
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * g).sum(), (image, action, conv.weight))
+    ref_grads = torch.autograd.grad((ref * g).sum(), (image, action, conv.weight))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_tiled_action_conv_corner_by_hand():
+    # one image channel of zeros, one action dim = 1, all weights 1, no bias: each output
+    # pixel counts the kernel taps inside the image (4 in a corner, 6 on an edge, 9 inside)
+    conv = TiledActionConv(image_channels=1, action_dim=1, out_channels=1)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+    out = conv(torch.zeros(1, 1, 4, 4), torch.ones(1, 1))[0, 0]
+    assert out.tolist() == [
+        [4.0, 6.0, 6.0, 4.0],
+        [6.0, 9.0, 9.0, 6.0],
+        [6.0, 9.0, 9.0, 6.0],
+        [4.0, 6.0, 6.0, 4.0],
+    ]
+
+
+def test_world_model_and_idm_shapes():
+    q = QuantizerConfig(num_codebooks=1, latents_per_codebook=2, code_dim=4, num_entries=8)
+    idm = IDM(q, frames=3, width=1)
+    frames = torch.rand(2, 3, 3, 64, 64) - 0.5
+    z, out = idm(frames)
+    assert z.shape == (2, 8) and out.z_q.shape == (2, 8)
+    wm = WorldModel(action_dim=8, context_frames=2, base=4)
+    pred = wm(frames[:, :2], out.z_q)
+    assert pred.shape == (2, 3, 64, 64)
+    assert pred.abs().max() <= 0.5
+    # the prediction depends on the action
+    assert not torch.allclose(pred, wm(frames[:, :2], out.z_q + 1.0))
