@@ -17,12 +17,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from lapo.data.dataset import WindowDataset
 from lapo.envs import NUM_ACTIONS
 from lapo.lam import frames_to_float
+from lapo.models.idm import stack_frames
 from lapo.models.impala import ImpalaCNN
 from lapo.probe import classification_report
 
@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--idm-width", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument(
+        "--differences", action="store_true", help="also feed frame differences (idm_differences)"
+    )
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--test", type=int, default=4096, help="test windows")
     ap.add_argument("--eval-every", type=float, default=60.0, help="seconds between evals")
@@ -46,7 +49,8 @@ def main() -> None:
     train, test = WindowDataset(args.data, "train", 3), WindowDataset(args.data, "test", 3)
     te = test.read(np.sort(rng.choice(test.starts, min(args.test, len(test)), replace=False)))
     model = nn.Sequential(
-        ImpalaCNN(in_channels=9, width=args.idm_width), nn.Linear(256, NUM_ACTIONS)
+        ImpalaCNN(in_channels=15 if args.differences else 9, width=args.idm_width),
+        nn.Linear(256, NUM_ACTIONS),
     )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
 
@@ -56,7 +60,7 @@ def main() -> None:
         with torch.no_grad():
             for i in range(0, len(te["obs"]), 256):
                 x = frames_to_float(torch.from_numpy(te["obs"][i : i + 256]))
-                preds.append(model(rearrange(x, "b t c h w -> b (t c) h w")).argmax(-1))
+                preds.append(model(stack_frames(x, args.differences)).argmax(-1))
         model.train()
         rep = classification_report(te["actions"][:, 1], torch.cat(preds).numpy(), NUM_ACTIONS)
         rep.pop("confusion")
@@ -66,7 +70,7 @@ def main() -> None:
     next_eval, step, curve = args.eval_every, 0, []
     while time.time() - t0 < args.minutes * 60:
         b = train.sample(args.batch, rng)
-        x = rearrange(frames_to_float(torch.from_numpy(b["obs"])), "b t c h w -> b (t c) h w")
+        x = stack_frames(frames_to_float(torch.from_numpy(b["obs"])), args.differences)
         loss = F.cross_entropy(model(x), torch.from_numpy(b["actions"][:, 1]))
         opt.zero_grad()
         loss.backward()
@@ -84,6 +88,7 @@ def main() -> None:
                 "data": args.data,
                 "idm_width": args.idm_width,
                 "batch": args.batch,
+                "differences": args.differences,
                 "minutes": args.minutes,
                 "final": final,
             },

@@ -10,24 +10,42 @@ from lapo.models.impala import ImpalaCNN
 from lapo.models.quantizers import QuantizerConfig, QuantizerOutput, make_quantizer
 
 
+def stack_frames(frames: torch.Tensor, differences: bool = False) -> torch.Tensor:
+    """``(B, T, 3, H, W)`` -> ``(B, 3T, H, W)``, or with ``differences``
+    ``(B, 3(2T - 1), H, W)``: the frames, then ``o[i+1] - o[i]`` for each consecutive pair."""
+    if differences:
+        frames = torch.cat([frames, frames[:, 1:] - frames[:, :-1]], 1)
+    return rearrange(frames, "b t c h w -> b (t c) h w")
+
+
 class IDM(nn.Module):
     """IMPALA-CNN over frames stacked on the channel axis, a linear head to the latent action,
     and the quantiser.
 
     ``forward(frames)``: ``(B, T, 3, 64, 64)`` float in [-0.5, 0.5] (T = 3 in LAPO) ->
     ``(z (B, A) continuous, QuantizerOutput with z_q (B, A))``.
+
+    With ``differences`` the encoder also sees the T - 1 frame differences
+    ``o[i+1] - o[i]`` stacked after the frames: moving sprites stand out from the first layer.
     """
 
     def __init__(
-        self, quantizer: QuantizerConfig, frames: int = 3, width: int = 4, features: int = 256
+        self,
+        quantizer: QuantizerConfig,
+        frames: int = 3,
+        width: int = 4,
+        features: int = 256,
+        differences: bool = False,
     ) -> None:
         super().__init__()
-        self.encoder = ImpalaCNN(in_channels=3 * frames, width=width, out_features=features)
+        self.differences = differences
+        images = 2 * frames - 1 if differences else frames
+        self.encoder = ImpalaCNN(in_channels=3 * images, width=width, out_features=features)
         self.head = nn.Linear(features, quantizer.latent_dim)
         self.quantizer = make_quantizer(quantizer)
         self.latent_dim = quantizer.latent_dim
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
-        x = rearrange(frames, "b t c h w -> b (t c) h w")  # (B, 3T, 64, 64)
+        x = stack_frames(frames, self.differences)  # (B, 3T or 3(2T-1), 64, 64)
         z = self.head(self.encoder(x))  # (B, A)
         return z, self.quantizer(z)

@@ -118,12 +118,22 @@ class WorldModel(nn.Module):
     frames, 2 in LAPO), action ``(B, A)`` -> predicted next frame ``(B, 3, 64, 64)`` in
     [-0.5, 0.5] (``tanh(x) / 2``). Five down-sampling blocks and a 2x2 convolution take
     64x64 to 1x1 with channels ``base * (1, 2, 4, 8, 16, 32)``.
+
+    With ``residual`` the network predicts the change instead: ``o[t] + tanh(x)``, starting from
+    exactly ``o[t]`` (zero-initialised output layer), so training spends no steps learning to
+    copy the static background and the loss is about what moved from the first step.
     """
 
     def __init__(
-        self, action_dim: int, context_frames: int = 2, base: int = 24, image_size: int = 64
+        self,
+        action_dim: int,
+        context_frames: int = 2,
+        base: int = 24,
+        image_size: int = 64,
+        residual: bool = False,
     ) -> None:
         super().__init__()
+        self.residual = residual
         if image_size != 64:
             raise ValueError("the world model's U-Net is built for 64x64 frames")
         c_in = 3 * context_frames
@@ -144,6 +154,9 @@ class WorldModel(nn.Module):
             nn.ReLU(),
             nn.Conv2d(b, 3, 1),
         )
+        if residual:
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, context: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         B, T, C, H, W = context.shape
@@ -157,4 +170,7 @@ class WorldModel(nn.Module):
         skips.append(action[:, :, None, None])  # (B, A, 1, 1)
         for i, block in enumerate(self.up):
             x = block(torch.cat([x, skips[-1 - i]], 1))  # ... -> (B, b, 64, 64)
-        return torch.tanh(self.head(torch.cat([x, state], 1))) / 2  # (B, 3, 64, 64)
+        out = torch.tanh(self.head(torch.cat([x, state], 1)))  # (B, 3, 64, 64)
+        if self.residual:
+            return context[:, -1] + out  # o[t] + change
+        return out / 2
