@@ -1,5 +1,6 @@
 """Stage 1 mechanics at toy sizes on real Procgen frames: shapes, schedule, files, resume."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -225,23 +226,21 @@ def test_plot_writes_every_promised_file(data, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def random_coinrun(tmp_path_factory):
     out = tmp_path_factory.mktemp("learn") / "coinrun"
-    collect("coinrun", "random", 8192, out, test_frames=2048, num_envs=8, progress=False)
+    collect("coinrun", "random", 8192, out, test_frames=4096, num_envs=8, progress=False)
     return out
 
 
 def test_a_few_hundred_steps_learn_on_real_frames(random_coinrun, tmp_path):
     # a small, fast configuration on real random-policy coinrun frames
-    cfg = LAMConfig(
-        idm_width=1,
-        wm_base=4,
+    cfg = dataclasses.replace(
+        preset("cpu"),
         batch_size=16,
         steps=300,
         eval_every=300,
         probe_every=300,
-        probe_train=2048,
-        probe_test=1024,
+        probe_train=4096,
+        probe_test=4096,
         threads=1,
-        quantizer=QuantizerConfig(dead_code_threshold=0.01),
     )
     summary = train_lam(cfg, random_coinrun, tmp_path / "run", progress=False)
     # the world model learns: test MSE well below the untrained model's
@@ -249,4 +248,4 @@ def test_a_few_hundred_steps_learn_on_real_frames(random_coinrun, tmp_path):
     # and relies on the latent: another window's latent predicts worse
     assert summary["test_wm_loss_shuffled_latent"] > 1.2 * summary["test_wm_loss"]
     # the latent carries action information: the probe beats chance (1/15) by > 3 s.e.
-    assert summary["probe_accuracy"] > 1 / 15 + 3 * (1 / 15 * 14 / 15 / 1024) ** 0.5
+    assert summary["probe_accuracy"] > 1 / 15 + 3 * (1 / 15 * 14 / 15 / 4096) ** 0.5
