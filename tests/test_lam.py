@@ -2,6 +2,11 @@
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -249,3 +254,40 @@ def test_a_few_hundred_steps_learn_on_real_frames(random_coinrun, tmp_path):
     assert summary["test_wm_loss_shuffled_latent"] > 1.2 * summary["test_wm_loss"]
     # the latent carries action information: the probe beats chance (1/15) by > 3 s.e.
     assert summary["probe_accuracy"] > 1 / 15 + 3 * (1 / 15 * 14 / 15 / 4096) ** 0.5
+
+
+def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path):
+    cmd = [sys.executable, "-m", "lapo.cli", "lam", "train", "--data", str(data), "--quiet"]
+    toy = [
+        "--idm-width", "1", "--wm-base", "4", "--batch-size", "8", "--steps", "40",
+        "--eval-every", "4", "--probe-every", "0", "--threads", "1",
+        "--quantizer.num-codebooks", "1", "--quantizer.num-entries", "8",
+    ]  # fmt: skip
+    straight = tmp_path / "straight"
+    assert main(cmd[3:] + toy + ["--out", str(straight)]) == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + toy + ["--out", str(run)])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run / "checkpoint.safetensors").exists():
+                _, meta = load_tensors(run / "checkpoint.safetensors")
+                if meta["step"] >= 8:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint within 120 s")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, meta = load_tensors(run / "checkpoint.safetensors")
+    assert meta["step"] < 40, "the kill came too late to test a resume"
+    assert main(cmd[3:] + toy + ["--out", str(run)]) == 0
+    # same weights, optimiser and codebooks as the run that was never interrupted
+    a, _ = load_tensors(straight / "checkpoint.safetensors")
+    b, meta = load_tensors(run / "checkpoint.safetensors")
+    assert meta["step"] == 40 and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(0, 41, 4))

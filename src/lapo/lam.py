@@ -26,6 +26,7 @@ from torch import nn
 
 from lapo.checkpoint import (
     CheckpointError,
+    atomic_write_bytes,
     load_tensors,
     read_json,
     restore_training_state,
@@ -277,6 +278,11 @@ def train_lam(
 
     writer = SummaryWriter(str(out / "tb"))
     csv_path = out / "metrics.csv"
+    if start > 0 and csv_path.exists():
+        # rows a killed run logged after its last checkpoint are redone: drop them
+        lines = csv_path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [r for r in lines[1:] if int(r.split(",")[0]) <= start]
+        atomic_write_bytes(csv_path, "".join(kept).encode())
     new_csv = not csv_path.exists()
     csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
     csv_out = csv.writer(csv_file)
