@@ -1,11 +1,6 @@
 import csv
-import os
-import signal
-import subprocess
 import sys
-import time
 
-import pytest
 import torch
 
 from lapo.checkpoint import load_tensors
@@ -58,7 +53,7 @@ def test_resume_continues_from_checkpoint_with_identical_state(tmp_path):
     assert meta["update"] == 3 and meta["frames"] == 192
 
 
-def test_resume_after_kill(tmp_path):
+def test_resume_after_kill(tmp_path, kill_after_checkpoint):
     run = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -84,22 +79,7 @@ def test_resume_after_kill(tmp_path):
         "1",
         "--quiet",
     ]
-    proc = subprocess.Popen(
-        cmd + ["--frames", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if (run / "checkpoint.safetensors").exists():
-                _, meta = load_tensors(run / "checkpoint.safetensors")
-                if meta["update"] >= 2:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail("no checkpoint within 120 s")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoint(cmd + ["--frames", "100000"], run / "checkpoint.safetensors", "update", 2)
     # the kill may land mid-write: the visible files are still whole and load
     _, meta = load_tensors(run / "checkpoint.safetensors")
     done = meta["update"]

@@ -2,11 +2,7 @@
 
 import dataclasses
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -256,7 +252,7 @@ def test_a_few_hundred_steps_learn_on_real_frames(random_coinrun, tmp_path):
     assert summary["probe_accuracy"] > 1 / 15 + 3 * (1 / 15 * 14 / 15 / 4096) ** 0.5
 
 
-def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path):
+def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path, kill_after_checkpoint):
     cmd = [sys.executable, "-m", "lapo.cli", "lam", "train", "--data", str(data), "--quiet"]
     toy = [
         "--idm-width", "1", "--wm-base", "4", "--batch-size", "8", "--steps", "40",
@@ -266,20 +262,9 @@ def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path):
     straight = tmp_path / "straight"
     assert main(cmd[3:] + toy + ["--out", str(straight)]) == 0
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + toy + ["--out", str(run)])
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if (run / "checkpoint.safetensors").exists():
-                _, meta = load_tensors(run / "checkpoint.safetensors")
-                if meta["step"] >= 8:
-                    break
-            time.sleep(0.05)
-        else:
-            pytest.fail("no checkpoint within 120 s")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoint(
+        cmd + toy + ["--out", str(run)], run / "checkpoint.safetensors", "step", 8
+    )
     _, meta = load_tensors(run / "checkpoint.safetensors")
     assert meta["step"] < 40, "the kill came too late to test a resume"
     assert main(cmd[3:] + toy + ["--out", str(run)]) == 0
