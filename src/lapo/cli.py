@@ -42,25 +42,126 @@ def _cmd_expert_package(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from lapo.envs import check_game
-    from lapo.eval import evaluate
-    from lapo.policies import load_policy
+    from lapo.eval import evaluate_seeds
+    from lapo.policies import demonstrator_return_of, load_policy
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     if args.env is None and str(args.policy) == "random":
         raise UserError("--env is required with --policy random")
-    policy = load_policy(args.policy, args.env, seed=args.seed)
+    policy = load_policy(args.policy, args.env, seed=args.seed)  # checks it before playing
     game = check_game(args.env or policy.game)
-    result = evaluate(
-        policy,
+    demo = args.demonstrator_return
+    if demo is None:
+        demo = demonstrator_return_of(args.policy)
+    result = evaluate_seeds(
+        args.policy,
         game,
+        args.seeds,
         episodes=args.episodes,
         seed=args.seed,
         num_envs=args.num_envs,
-        demonstrator_return=args.demonstrator_return,
+        demonstrator_return=demo,
         distribution_mode=args.distribution_mode,
     )
     print(json.dumps(result, indent=2))
+
+
+def _command() -> str:
+    return "lapo " + shlex.join(sys.argv[1:])
+
+
+def _cmd_bc_train(args: argparse.Namespace) -> None:
+    from lapo.bc import preset, train_latent_bc
+
+    cfg = apply_overrides(preset(args.preset), args)
+    if cfg.steps <= 0 or cfg.batch_size <= 0:
+        raise UserError("--steps and --batch-size must be positive")
+    summary = train_latent_bc(
+        cfg, Path(args.lam), Path(args.data), Path(args.out), not args.quiet, _command()
+    )
+    print(json.dumps(summary, indent=2))
+
+
+def _cmd_decode_offline(args: argparse.Namespace) -> None:
+    from lapo.decode.offline import OfflineConfig, decode_offline
+
+    cfg = dataclass_from_args(OfflineConfig, args)
+    if cfg.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {cfg.steps}")
+    print(json.dumps(decode_offline(Path(args.policy), Path(args.data), Path(args.out), cfg)))
+
+
+def _cmd_decode_online(args: argparse.Namespace) -> None:
+    from lapo.decode.online import OnlineConfig, decode_online
+
+    cfg = dataclass_from_args(OnlineConfig, args)
+    if cfg.frames <= 0:
+        raise UserError(f"--frames must be a positive number of frames, got {cfg.frames}")
+    summary = decode_online(
+        cfg, Path(args.policy), args.env, Path(args.out), not args.quiet, _command()
+    )
+    print(json.dumps(summary, indent=2))
+
+
+def _cmd_baseline_bc(args: argparse.Namespace) -> None:
+    from lapo.baselines import bc_on_labels, idm_labels_bc
+    from lapo.bc import preset
+
+    cfg = apply_overrides(preset(args.preset), args)
+    if args.labels < 1:
+        raise UserError(f"--labels must be at least 1, got {args.labels}")
+    labels_from = Path(args.labels_from) if args.labels_from else None
+    if args.baseline_command == "bc":
+        summary = bc_on_labels(
+            cfg,
+            Path(args.data),
+            Path(args.out),
+            args.labels,
+            labels_from,
+            not args.quiet,
+            _command(),
+        )
+    else:
+        from lapo.baselines import SupervisedIDMConfig
+
+        idm_cfg = SupervisedIDMConfig(
+            width=args.idm_width, differences=args.idm_differences, steps=args.idm_steps
+        )
+        summary = idm_labels_bc(
+            cfg,
+            idm_cfg,
+            Path(args.data),
+            Path(args.out),
+            args.labels,
+            labels_from,
+            not args.quiet,
+            _command(),
+        )
+    print(json.dumps(summary, indent=2))
+
+
+def _cmd_baseline_ppo(args: argparse.Namespace) -> None:
+    from lapo.baselines import ppo_from_scratch
+    from lapo.envs import check_game
+
+    check_game(args.env)
+    if args.frames <= 0:
+        raise UserError(f"--frames must be a positive number of frames, got {args.frames}")
+    summary = ppo_from_scratch(
+        args.env,
+        args.frames,
+        Path(args.out),
+        args.width,
+        args.seed,
+        args.threads,
+        args.device,
+        not args.quiet,
+        _command(),
+    )
+    print(json.dumps(summary, indent=2))
 
 
 def _cmd_lam_train(args: argparse.Namespace) -> None:
@@ -89,7 +190,11 @@ def _cmd_lam_plot(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lapo.bc import PRESETS as BC_PRESETS
+    from lapo.bc import BCConfig
     from lapo.data.commands import add_data_commands
+    from lapo.decode.offline import OfflineConfig
+    from lapo.decode.online import OnlineConfig
     from lapo.envs import GAMES
     from lapo.expert import ExpertConfig
     from lapo.lam import PRESETS, LAMConfig
@@ -149,12 +254,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="environment and sampling seed")
     p.add_argument("--num-envs", type=int, default=16, help="parallel environments")
     p.add_argument("--distribution-mode", default="easy", help="easy or hard")
+    p.add_argument("--seeds", type=int, default=1, help="seeds to run (seed, seed+1, ...)")
     p.add_argument(
         "--demonstrator-return",
         type=float,
-        help="also normalise between random and this demonstrator mean return",
+        help="also normalise between random and this demonstrator mean return (default: the "
+        "return recorded for the data a lapo policy was trained from)",
     )
     p.set_defaults(func=_cmd_eval)
+
+    bc = sub.add_parser("bc", help="stage 2: latent behaviour cloning").add_subparsers(
+        dest="bc_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = bc.add_parser("train", help="regress a policy onto the frozen IDM's latent actions")
+    p.add_argument("--lam", required=True, help="stage-1 run folder")
+    p.add_argument("--data", required=True, help="dataset of the same game (actions not needed)")
+    p.add_argument("--out", required=True, help="run folder (resumes if present)")
+    p.add_argument("--preset", default="cpu", choices=list(BC_PRESETS), help="base configuration")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, BCConfig, overrides_only=True, defaults=BC_PRESETS["cpu"])
+    p.set_defaults(func=_cmd_bc_train)
+
+    dec = sub.add_parser("decode", help="stage 3: latent actions -> true actions").add_subparsers(
+        dest="decode_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = dec.add_parser("offline", help="fit a decoder on K labelled transitions")
+    p.add_argument("--policy", required=True, help="stage-2 run folder ('lapo bc train')")
+    p.add_argument("--data", required=True, help="dataset with actions, same game")
+    p.add_argument("--out", required=True, help="folder for the decoded policy")
+    add_dataclass_args(p, OfflineConfig)
+    p.set_defaults(func=_cmd_decode_offline)
+    p = dec.add_parser("online", help="PPO with rewards on top of the latent policy")
+    p.add_argument("--policy", required=True, help="stage-2 run folder ('lapo bc train')")
+    p.add_argument("--env", required=True, metavar="GAME", help=f"one of: {', '.join(GAMES)}")
+    p.add_argument("--out", required=True, help="run folder (resumes if present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, OnlineConfig)
+    p.set_defaults(func=_cmd_decode_online)
+
+    base = sub.add_parser("baseline", help="baselines at LAPO's budgets").add_subparsers(
+        dest="baseline_command", required=True, metavar="SUBCOMMAND"
+    )
+    for name, text in (
+        ("bc", "(a) BC from scratch on the K labelled transitions"),
+        ("idm-bc", "(b) supervised IDM on K labels labels the dataset, then BC"),
+    ):
+        p = base.add_parser(name, help=text)
+        p.add_argument("--data", required=True, help="dataset with actions")
+        p.add_argument("--labels", type=int, default=256, help="K labelled train windows")
+        p.add_argument(
+            "--labels-from",
+            metavar="DIR",
+            help="use the windows an offline decoding labelled (its labelled_windows.json)",
+        )
+        p.add_argument("--out", required=True, help="run folder (resumes if present)")
+        p.add_argument("--preset", default="cpu", choices=list(BC_PRESETS), help="BC config")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "idm-bc":
+            p.add_argument("--idm-width", type=int, default=1, help="supervised IDM width")
+            p.add_argument(
+                "--idm-differences",
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="supervised IDM also sees frame differences",
+            )
+            p.add_argument("--idm-steps", type=int, default=1000, help="supervised IDM steps")
+        add_dataclass_args(p, BCConfig, overrides_only=True, defaults=BC_PRESETS["cpu"])
+        p.set_defaults(func=_cmd_baseline_bc)
+    p = base.add_parser("ppo", help="(c) PPO from scratch with the policy's IMPALA-CNN")
+    p.add_argument("--env", required=True, metavar="GAME", help=f"one of: {', '.join(GAMES)}")
+    p.add_argument("--frames", type=int, required=True, help="environment frames")
+    p.add_argument("--out", required=True, help="run folder (resumes if present)")
+    p.add_argument("--width", type=int, default=1, help="IMPALA-CNN width (the policy's)")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_baseline_ppo)
     return parser
 
 

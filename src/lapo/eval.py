@@ -91,3 +91,44 @@ def evaluate(
         )
     out["wall_seconds"] = round(time.time() - t0, 2)
     return out
+
+
+def evaluate_seeds(
+    policy_spec: str,
+    game: str,
+    seeds: int,
+    episodes: int = 100,
+    seed: int = 0,
+    num_envs: int = 16,
+    demonstrator_return: float | None = None,
+    **env_kwargs,
+) -> dict:
+    """:func:`evaluate` with ``seeds`` seeds (``seed``, ``seed + 1``, ...), each loading the
+    policy with that sampling seed; reports each seed and the mean and std over seeds."""
+    from lapo.policies import load_policy
+
+    runs = [
+        evaluate(
+            load_policy(policy_spec, game, seed=s),
+            game,
+            episodes=episodes,
+            seed=s,
+            num_envs=num_envs,
+            demonstrator_return=demonstrator_return,
+            **env_kwargs,
+        )
+        for s in range(seed, seed + seeds)
+    ]
+    if seeds == 1:
+        return runs[0]
+    out = {"game": game, "policy": runs[0]["policy"], "seeds": [r["seed"] for r in runs]}
+    for key in ("mean_return", "normalized_return", "demonstrator_normalized_return"):
+        if key in runs[0]:
+            vals = np.array([r[key] for r in runs])
+            out[key] = float(vals.mean())
+            out[f"{key}_std_over_seeds"] = float(vals.std(ddof=1))
+    if demonstrator_return is not None:
+        out["demonstrator_return"] = demonstrator_return
+    out["episodes_per_seed"] = episodes
+    out["per_seed"] = runs
+    return out

@@ -128,14 +128,24 @@ def frames_to_float(obs: torch.Tensor) -> torch.Tensor:
     return obs.permute(0, 1, 4, 2, 3).float().div_(255.0).sub_(0.5)
 
 
+def lam_config_from_dict(d: dict) -> LAMConfig:
+    """The :class:`LAMConfig` that ``dataclasses.asdict`` turned into ``d`` (a run's config)."""
+    c = dict(d)
+    c["quantizer"] = QuantizerConfig(**c["quantizer"])
+    return LAMConfig(**c)
+
+
+def build_idm(cfg: LAMConfig) -> IDM:
+    """The latent IDM of stage-1 configuration ``cfg`` (untrained)."""
+    return IDM(cfg.quantizer, frames=3, width=cfg.idm_width, differences=cfg.idm_differences)
+
+
 class LatentActionModel(nn.Module):
     """The IDM and the world model, trained together."""
 
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__()
-        self.idm = IDM(
-            cfg.quantizer, frames=3, width=cfg.idm_width, differences=cfg.idm_differences
-        )
+        self.idm = build_idm(cfg)
         self.world_model = WorldModel(
             cfg.quantizer.latent_dim, context_frames=2, base=cfg.wm_base, residual=cfg.wm_residual
         )
@@ -413,9 +423,7 @@ def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
     config = read_json(run / "config.json")
     if config.get("kind") != "lam":
         raise CheckpointError(f"{run} is not a stage-1 run (config kind {config.get('kind')!r})")
-    c = dict(config["lam"])
-    c["quantizer"] = QuantizerConfig(**c["quantizer"])
-    model = LatentActionModel(LAMConfig(**c))
+    model = LatentActionModel(lam_config_from_dict(config["lam"]))
     tensors, _ = load_tensors(run / "lam.safetensors")
     model.load_state_dict(tensors)
     return model.to(device).eval(), config

@@ -3,7 +3,8 @@
 Every policy maps uint8 observations ``(N, 64, 64, 3)`` to integer actions ``(N,)``.
 ``load_policy("random", game)``, ``load_policy("demonstrator", game)`` (the demonstrator shipped
 with lapo for that game) or ``load_policy(DIR)`` gives one; ``DIR`` is a folder with
-``config.json`` + ``policy.safetensors`` (what ``lapo expert train`` writes).
+``config.json`` + ``policy.safetensors`` (what ``lapo expert train``, ``lapo decode`` and
+``lapo baseline`` write).
 """
 
 from __future__ import annotations
@@ -105,6 +106,47 @@ class ExpertPolicy:
         }
 
 
+class NetworkPolicy:
+    """A policy network of stages 2-3 or the baselines (a :mod:`lapo.models.policy` network
+    that maps observations to action logits), sampling from its action distribution."""
+
+    KINDS = ("decoded-policy", "action-policy", "online-agent")
+
+    def __init__(self, path: Path, seed: int = 0, device: str = "cpu") -> None:
+        from lapo.bc import load_policy_run
+
+        self.path = Path(path)
+        self.device = torch.device(device)
+        self.model, self.config = load_policy_run(self.path, self.KINDS)
+        self.model.to(self.device)
+        self.name = str(self.path)
+        self.game = self.config.get("game")
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        logits = self.model(torch.from_numpy(np.ascontiguousarray(obs)).to(self.device))
+        probs = Categorical(logits=logits.float().cpu()).probs
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1).numpy()
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.config["kind"],
+            "path": str(self.path),
+            "game": self.game,
+            **{k: self.config[k] for k in ("baseline", "labels") if k in self.config},
+        }
+
+
+def demonstrator_return_of(spec: str | Path) -> float | None:
+    """The mean return of the demonstrator whose data trained the policy folder ``spec``."""
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        return None
+    ret = read_json(path / "config.json").get("demonstrator_return")
+    return float(ret) if ret is not None else None
+
+
 def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Policy:
     """``"random"``, ``"demonstrator"`` or a policy folder; raises :class:`CheckpointError`."""
     if str(spec) == "random":
@@ -121,14 +163,23 @@ def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Pol
     if not path.is_dir():
         raise CheckpointError(
             f"policy {spec!r} is neither 'random' nor a folder; pass a folder written by "
-            "'lapo expert train' (config.json + policy.safetensors)"
+            "'lapo expert train', 'lapo decode' or 'lapo baseline' (config.json + "
+            "policy.safetensors)"
         )
     if not (path / "config.json").is_file() or not (path / "policy.safetensors").is_file():
         raise CheckpointError(
             f"{path} has no config.json + policy.safetensors; pass a folder written by "
             "'lapo expert train'"
         )
-    policy = ExpertPolicy(path, seed)
+    kind = read_json(path / "config.json").get("kind")
+    if kind == "latent-policy":
+        raise CheckpointError(
+            f"{path} is a stage-2 latent policy: it outputs latent actions, not actions; "
+            "decode it with 'lapo decode offline' or 'lapo decode online' and evaluate that"
+        )
+    policy: Policy = (
+        NetworkPolicy(path, seed) if kind in NetworkPolicy.KINDS else ExpertPolicy(path, seed)
+    )
     if game is not None and policy.game != game:
         raise CheckpointError(f"policy {path} plays {policy.game}, not {game}: pick its game")
     return policy

@@ -1,0 +1,224 @@
+"""The baselines a reviewer asks for, at the same budgets as LAPO's stages 2 and 3.
+
+- (a) :func:`bc_on_labels`: BC from scratch on the same K labelled transitions that offline
+  decoding used (the same seed draws the same windows).
+- (b) :func:`idm_labels_bc`: a supervised IDM trained on those K labels labels the whole
+  dataset, then BC on its labels (the recipe of VPT and BCO).
+- (c) :func:`ppo_from_scratch`: PPO with the policy's architecture for the same frames.
+
+(a) and (b) write ``action-policy`` runs; (c) writes a PPO run (kind ``ppo-expert``); all
+three are policies ``lapo eval`` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lapo.bc import BCConfig, train_action_bc
+from lapo.checkpoint import load_tensors, save_tensors, write_json
+from lapo.data.dataset import WindowDataset
+from lapo.data.format import DatasetError, open_dataset
+from lapo.decode.offline import choose_labelled, read_labelled
+from lapo.envs import NUM_ACTIONS
+from lapo.lam import frames_to_float
+from lapo.models.idm import stack_frames
+from lapo.models.impala import ImpalaCNN
+from lapo.probe import classification_report
+from lapo.runs import resolve_device
+
+
+def labelled_starts(
+    data: Path, labels: int, seed: int, labels_from: Path | None = None
+) -> np.ndarray:
+    """The K labelled train windows: those of a decoding run, or drawn as it draws them."""
+    manifest = open_dataset(data).manifest
+    if not manifest.get("has_actions"):
+        raise DatasetError(f"{data} has no actions: the baselines train on action labels")
+    train = WindowDataset(data, "train", k=3)
+    if labels_from is not None:
+        starts = read_labelled(labels_from)
+        if not np.isin(starts, train.starts).all():
+            raise DatasetError(f"{labels_from}'s labelled windows are not windows of {data}")
+        return starts
+    return choose_labelled(train, labels, seed, data)
+
+
+def bc_on_labels(
+    cfg: BCConfig,
+    data: Path,
+    out: Path,
+    labels: int,
+    labels_from: Path | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Baseline (a): BC from scratch on K labelled windows (same choice as decoding)."""
+    starts = labelled_starts(data, labels, cfg.seed, labels_from)
+    return train_action_bc(
+        cfg,
+        data,
+        out,
+        train_starts=starts,
+        run_config={"baseline": "bc-on-labels", "labels": len(starts), "command": command},
+        progress=progress,
+        desc=f"bc on {len(starts)} labels",
+    )
+
+
+@dataclass
+class SupervisedIDMConfig:
+    """Baseline (b)'s supervised IDM: the stage-1 IDM's encoder with a 15-way head."""
+
+    width: int = 1
+    """IMPALA-CNN width multiplier."""
+    differences: bool = True
+    """Also see the frame differences (as the cpu preset's latent IDM does)."""
+    steps: int = 1_000
+    """Training steps on the K labelled windows."""
+    batch_size: int = 32
+    """Windows per step (at most K)."""
+    learning_rate: float = 5e-4
+    """Adam learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+
+
+def supervised_idm(cfg: SupervisedIDMConfig) -> nn.Module:
+    """IMPALA-CNN over stacked ``o[t-1], o[t], o[t+1]`` (and differences) -> 15 logits."""
+    channels = 15 if cfg.differences else 9
+    return nn.Sequential(ImpalaCNN(in_channels=channels, width=cfg.width), nn.Linear(256, 15))
+
+
+@torch.no_grad()
+def _idm_predict(
+    model: nn.Module, ds: WindowDataset, starts: np.ndarray, differences: bool, device
+) -> np.ndarray:
+    model.eval()
+    preds = []
+    for i in range(0, len(starts), 512):
+        x = frames_to_float(torch.from_numpy(ds.read(starts[i : i + 512])["obs"]).to(device))
+        preds.append(model(stack_frames(x, differences)).argmax(-1).cpu().numpy())
+    return np.concatenate(preds)
+
+
+def idm_labels_bc(
+    cfg: BCConfig,
+    idm_cfg: SupervisedIDMConfig,
+    data: Path,
+    out: Path,
+    labels: int,
+    labels_from: Path | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Baseline (b): supervised IDM on K labels -> labels for every train window -> BC."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    starts = labelled_starts(data, labels, cfg.seed, labels_from)
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
+    labels_path = out / "idm_labels.safetensors"
+    if labels_path.exists():
+        tensors, report = load_tensors(labels_path)
+        frame_labels = tensors["labels"].numpy()
+    else:
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        model = supervised_idm(idm_cfg).to(device)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=idm_cfg.learning_rate, weight_decay=idm_cfg.weight_decay
+        )
+        bs = min(idm_cfg.batch_size, len(starts))
+        for _ in tqdm(range(idm_cfg.steps), desc="supervised idm", disable=not progress):
+            batch = train.read(starts[rng.integers(0, len(starts), bs)])
+            x = frames_to_float(torch.from_numpy(batch["obs"]).to(device))
+            y = torch.from_numpy(batch["actions"][:, 1]).to(device)
+            loss = F.cross_entropy(model(stack_frames(x, idm_cfg.differences)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        te = np.sort(
+            np.random.default_rng(cfg.seed + 1).choice(
+                test.starts, min(4096, len(test)), replace=False
+            )
+        )
+        rep = classification_report(
+            test.arrays["actions"][te + 1],
+            _idm_predict(model, test, te, idm_cfg.differences, device),
+            NUM_ACTIONS,
+        )
+        # every train window gets the IDM's label; the K labelled ones keep their true label
+        frame_labels = np.full(train.frames, -1, np.int64)
+        frame_labels[train.starts] = _idm_predict(
+            model, train, train.starts, idm_cfg.differences, device
+        )
+        frame_labels[starts] = train.arrays["actions"][starts + 1]
+        agree = float(
+            (frame_labels[train.starts] == train.arrays["actions"][train.starts + 1]).mean()
+        )
+        report = {
+            "idm": dataclasses.asdict(idm_cfg),
+            "idm_test_accuracy": rep["accuracy"],
+            "idm_test_balanced_accuracy": rep["balanced_accuracy"],
+            "train_label_agreement": agree,
+        }
+        save_tensors(labels_path, {"labels": torch.from_numpy(frame_labels)}, report)
+        write_json(out / "supervised_idm.json", report)
+    summary = train_action_bc(
+        cfg,
+        data,
+        out,
+        labels=frame_labels,
+        run_config={
+            "baseline": "idm-labels-bc",
+            "labels": len(starts),
+            "supervised_idm": report,
+            "command": command,
+        },
+        progress=progress,
+        desc=f"bc on idm labels ({len(starts)})",
+    )
+    return {**summary, **{k: v for k, v in report.items() if k != "idm"}}
+
+
+def ppo_from_scratch(
+    game: str,
+    frames: int,
+    out: Path,
+    width: int = 1,
+    seed: int = 0,
+    threads: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Baseline (c): PPO from scratch, the policy's IMPALA-CNN, the online rollout shape.
+
+    Procgen's PPO settings (lr 5e-4, entropy 0.01) on LAPO's stage-3 rollout of 64 envs x 64
+    steps, so both methods update as often per frame.
+    """
+    from lapo.expert import ExpertConfig, train_expert
+
+    cfg = ExpertConfig(
+        game=game,
+        frames=frames,
+        arch="impala",
+        width=width,
+        num_envs=64,
+        num_steps=64,
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
+    return train_expert(cfg, out, progress=progress, command=command)

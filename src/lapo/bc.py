@@ -1,0 +1,433 @@
+"""Stage 2 and the behaviour-cloning baselines: a policy regressed from ``o[t]`` onto a target.
+
+- Stage 2 (:func:`train_latent_bc`): the target is the frozen stage-1 IDM's continuous latent
+  ``z[t]`` of the window ``o[t-1], o[t], o[t+1]``; loss MSE; no action labels are read.
+- Baselines (:func:`train_action_bc`): the target is an action (a true label on a few
+  windows, or labels written by a supervised IDM); loss cross-entropy.
+
+Both share one loop, :func:`train_bc`. A run folder holds ``config.json`` (kind, network,
+game, the data it came from, full config), ``policy.safetensors``, ``checkpoint.safetensors``
+(resume), ``metrics.csv``, ``untrained.json`` (the baselines the test loss must beat) and
+TensorBoard files in ``tb/``. A stage-2 run also holds ``idm.safetensors``: the frozen IDM,
+so that decoding needs only this folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lapo.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_tensors,
+    read_json,
+    restore_training_state,
+    save_tensors,
+    training_state,
+    write_json,
+)
+from lapo.data.dataset import WindowDataset
+from lapo.data.format import DatasetError, open_dataset
+from lapo.lam import build_idm, frames_to_float, lam_config_from_dict, load_lam
+from lapo.models.idm import IDM
+from lapo.models.policy import LatentPolicy, build_network
+from lapo.runs import resolve_device, start_run
+
+
+@dataclass
+class BCConfig:
+    """Stage 2 (latent behaviour cloning) and the BC baselines."""
+
+    width: int = 4
+    """IMPALA-CNN width multiplier of the policy."""
+    learning_rate: float = 2e-4
+    """Peak Adam learning rate."""
+    warmup_steps: int = 1_000
+    """Steps of linear warm-up from warmup_start x the peak rate; then linear decay to 0."""
+    warmup_start: float = 0.01
+    """Learning-rate multiplier at step 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_size: int = 128
+    """Observations per step."""
+    steps: int = 60_000
+    """Training steps."""
+    grad_clip: float = 2.0
+    """Gradient norm clip."""
+    eval_every: int = 1_000
+    """Steps between test-loss evaluations (and checkpoints)."""
+    seed: int = 0
+    """Seed of initialisation and batch sampling."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+
+
+PRESETS: dict[str, BCConfig] = {
+    # ../shared/LAPO_NOTES.md: the published configuration
+    "paper": BCConfig(),
+    # chosen by measurement on 2 CPU cores: see README "Stages 2 and 3"
+    "cpu": BCConfig(
+        width=1,
+        learning_rate=1e-3,
+        warmup_steps=100,
+        batch_size=32,
+        steps=2_000,
+        eval_every=250,
+    ),
+}
+
+RESUMABLE_CHANGES = ("steps", "eval_every", "threads", "device")
+
+
+def preset(name: str) -> BCConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
+
+
+def lr_scale(step: int, cfg: BCConfig) -> float:
+    """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear decay to 0."""
+    if step < cfg.warmup_steps:
+        return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
+    return max(0.0, 1.0 - (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1))
+
+
+def check_same_game(what: str, game: str | None, data: Path, manifest: dict) -> None:
+    """One clear error when ``data`` is of another game or frame size than ``what``."""
+    if game and manifest.get("game") != game:
+        raise DatasetError(
+            f"{what} is for {game} but {data} holds {manifest.get('game')}: use data of {game}"
+        )
+    shape = list(manifest.get("obs_shape", [64, 64, 3]))
+    if shape != [64, 64, 3]:
+        raise DatasetError(
+            f"{data} holds {'x'.join(map(str, shape))} frames; lapo's networks take 64x64x3 "
+            "Procgen frames"
+        )
+
+
+class LatentTargets:
+    """Stage 2's target: the frozen IDM's continuous latent of each window (MSE)."""
+
+    kind = "latent"
+
+    def __init__(self, idm: IDM, device: torch.device) -> None:
+        self.idm = idm.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        # (B, 3, 64, 64, 3) uint8 windows -> (B, A) continuous latents
+        frames = frames_to_float(torch.from_numpy(batch["obs"]).to(self.device))
+        return self.idm(frames)[0].float()
+
+    def test_targets(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        return self(batch)
+
+    @staticmethod
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(pred, target)
+
+
+class ActionTargets:
+    """The baselines' target: the middle frame's action (cross-entropy).
+
+    ``labels`` ``(frames,)`` int64, indexed by window start, replaces the dataset's true
+    actions in training (a supervised IDM's labels); test windows are always scored against
+    the true actions.
+    """
+
+    kind = "action"
+
+    def __init__(self, device: torch.device, labels: np.ndarray | None = None) -> None:
+        self.device = device
+        self.labels = labels
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        y = batch["actions"][:, 1] if self.labels is None else self.labels[batch["index"]]
+        return torch.from_numpy(np.ascontiguousarray(y)).to(self.device)
+
+    def test_targets(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(batch["actions"][:, 1])).to(self.device)
+
+    @staticmethod
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(pred, target)
+
+
+def train_bc(
+    cfg: BCConfig,
+    data: Path,
+    out: Path,
+    network: dict,
+    targets_fn: Any,
+    train_starts: np.ndarray | None = None,
+    run_config: dict | None = None,
+    extra_files: dict[str, dict[str, torch.Tensor]] | None = None,
+    progress: bool = True,
+    desc: str = "stage 2",
+) -> dict:
+    """Regress ``network`` (a :func:`build_network` spec) from ``o[t]`` onto ``targets_fn``.
+
+    ``train_starts``: the train windows allowed (default all); ``run_config`` is merged into
+    ``config.json``; ``extra_files`` (name -> tensors) are written beside the policy.
+    Resumes from ``out/checkpoint.safetensors``. Returns a summary with the final test loss
+    and the untrained and constant-prediction baselines.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    out, device = start_run(out, cfg.threads, cfg.device)
+    train = WindowDataset(data, "train", k=3)
+    test = WindowDataset(data, "test", k=3)
+    starts = train.starts if train_starts is None else np.asarray(train_starts, np.int64)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = build_network(network).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    start = 0
+    ckpt = out / "checkpoint.safetensors"
+    if ckpt.exists():
+        tensors, meta = load_tensors(ckpt)
+        saved = {k: v for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES}
+        now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+        if saved != now or meta.get("network") != network:
+            diff = sorted(k for k in now if saved.get(k) != now[k]) or ["network"]
+            raise CheckpointError(
+                f"{ckpt} was written with other settings ({', '.join(diff)}); resume with the "
+                "same options or use another --out"
+            )
+        restore_training_state(tensors, meta, model, optimizer, rng)
+        start = meta["step"]
+    for name, tensors in (extra_files or {}).items():
+        save_tensors(out / name, tensors)
+    config = {
+        **(run_config or {}),
+        "network": network,
+        "bc": dataclasses.asdict(cfg),
+        "data": str(data),
+        "train_windows": int(len(starts)),
+    }
+    write_json(out / "config.json", config)
+
+    # fixed test windows, drawn once from their own generator
+    fixed = np.random.default_rng(cfg.seed + 1)
+    test_batch = test.sample(min(1024, len(test)), fixed)
+    test_obs = torch.from_numpy(np.ascontiguousarray(test_batch["obs"][:, 1])).to(device)
+    test_y = targets_fn.test_targets(test_batch)
+
+    def test_metrics() -> dict:
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(test_obs[i : i + 256]) for i in range(0, len(test_obs), 256)])
+        model.train()
+        m = {"test_loss": targets_fn.loss(pred.float(), test_y).item()}
+        if targets_fn.kind == "action":
+            m["test_accuracy"] = (pred.argmax(-1) == test_y).float().mean().item()
+        return m
+
+    writer = SummaryWriter(str(out / "tb"))
+    csv_path = out / "metrics.csv"
+    if start > 0 and csv_path.exists():
+        lines = csv_path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [r for r in lines[1:] if int(r.split(",")[0]) <= start]
+        atomic_write_bytes(csv_path, "".join(kept).encode())
+    new_csv = not csv_path.exists()
+    csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
+    csv_out = csv.writer(csv_file)
+    if new_csv:
+        csv_out.writerow(["step", "train_loss", "test_loss", "test_accuracy", "lr"])
+    baseline_path = out / "untrained.json"
+    if start == 0:
+        # baselines the trained policy must beat: the untrained network, and for latents the
+        # best constant prediction (the mean latent of training windows)
+        baseline = test_metrics()
+        if targets_fn.kind == "latent":
+            mean = targets_fn(train.read(rng.choice(starts, 2048))).mean(0)
+            baseline["test_loss_mean_prediction"] = targets_fn.loss(
+                mean.expand_as(test_y), test_y
+            ).item()
+        write_json(baseline_path, baseline)
+        writer.add_scalar("test/loss", baseline["test_loss"], 0)
+        csv_out.writerow([0, "", baseline["test_loss"], baseline.get("test_accuracy", ""), ""])
+    baseline = read_json(baseline_path)
+
+    last: dict = {}
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress, desc=desc)
+    t0 = time.time()
+    try:
+        for step in range(start, cfg.steps):
+            lr = cfg.learning_rate * lr_scale(step, cfg)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            batch = train.read(starts[rng.integers(0, len(starts), cfg.batch_size)])
+            obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(device)
+            loss = targets_fn.loss(model(obs).float(), targets_fn(batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            bar.update(1)
+            done = step + 1
+            if done % 50 == 0 or done == cfg.steps:
+                writer.add_scalar("train/loss", loss.item(), done)
+                writer.add_scalar("train/grad_norm", float(grad_norm), done)
+                writer.add_scalar("train/lr", lr, done)
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                last = test_metrics()
+                for k, v in last.items():
+                    writer.add_scalar(f"test/{k[5:]}", v, done)
+                csv_out.writerow(
+                    [done, loss.item(), last["test_loss"], last.get("test_accuracy", ""), lr]
+                )
+                csv_file.flush()
+                save_tensors(
+                    ckpt,
+                    *training_state(
+                        model,
+                        optimizer,
+                        rng,
+                        step=done,
+                        config=dataclasses.asdict(cfg),
+                        network=network,
+                    ),
+                )
+                save_tensors(out / "policy.safetensors", model.state_dict(), {"step": done})
+    finally:
+        bar.close()
+        writer.close()
+        csv_file.close()
+    wall = time.time() - t0
+    if not last and (out / "metrics.csv").exists():
+        last = test_metrics()
+    return {
+        "out": str(out),
+        "steps": cfg.steps,
+        "wall_seconds": round(wall, 1),
+        "samples_per_second": round((cfg.steps - start) * cfg.batch_size / max(wall, 1e-9), 1),
+        **{f"untrained_{k}": v for k, v in baseline.items()},
+        **last,
+    }
+
+
+def dataset_for(data: Path, what: str, game: str | None) -> dict:
+    """``data``'s manifest, after checking its game and frame size match ``what``."""
+    manifest = open_dataset(data).manifest
+    check_same_game(what, game, data, manifest)
+    return manifest
+
+
+def train_latent_bc(
+    cfg: BCConfig,
+    lam_run: Path,
+    data: Path,
+    out: Path,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Stage 2: behaviour-clone a latent policy from ``data`` onto stage-1 run ``lam_run``."""
+    lam, lam_config = load_lam(lam_run)
+    game = lam_config.get("game")
+    manifest = dataset_for(data, f"stage-1 run {lam_run}", game)
+    device = resolve_device(cfg.device)
+    latent_dim = int(lam_config["latent_dim"])
+    network = {"class": "latent-policy", "latent_dim": latent_dim, "width": cfg.width}
+    run_config = {
+        "kind": "latent-policy",
+        "game": manifest.get("game"),
+        "demonstrator_return": manifest.get("policy_mean_return"),
+        "data_policy": manifest.get("policy"),
+        "lam_run": str(lam_run),
+        "lam": lam_config["lam"],
+        "latent_dim": latent_dim,
+        "command": command,
+    }
+    return train_bc(
+        cfg,
+        data,
+        out,
+        network,
+        LatentTargets(lam.idm, device),
+        run_config=run_config,
+        extra_files={"idm.safetensors": lam.idm.state_dict()},
+        progress=progress,
+        desc="stage 2",
+    )
+
+
+def train_action_bc(
+    cfg: BCConfig,
+    data: Path,
+    out: Path,
+    train_starts: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    run_config: dict | None = None,
+    progress: bool = True,
+    desc: str = "bc",
+) -> dict:
+    """BC on action labels: the true actions of ``train_starts`` windows, or ``labels``."""
+    manifest = open_dataset(data).manifest
+    network = {"class": "action-policy", "width": cfg.width}
+    config = {
+        "kind": "action-policy",
+        "game": manifest.get("game"),
+        "demonstrator_return": manifest.get("policy_mean_return"),
+        "data_policy": manifest.get("policy"),
+        **(run_config or {}),
+    }
+    return train_bc(
+        cfg,
+        data,
+        out,
+        network,
+        ActionTargets(resolve_device(cfg.device), labels),
+        train_starts=train_starts,
+        run_config=config,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def load_policy_run(run: Path, kinds: tuple[str, ...]) -> tuple[nn.Module, dict]:
+    """A trained policy network (eval mode) and its config; ``kinds`` are the accepted kinds."""
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise CheckpointError(f"{run} has no config.json: pass a run folder of {kinds[0]}")
+    config = read_json(run / "config.json")
+    if config.get("kind") not in kinds:
+        raise CheckpointError(
+            f"{run} is a {config.get('kind')!r} run; this needs a {' or '.join(kinds)} run"
+        )
+    model = build_network(config["network"])
+    tensors, _ = load_tensors(run / "policy.safetensors")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{run / 'policy.safetensors'} does not match its config.json: {str(e).splitlines()[0]}"
+        ) from None
+    return model.eval(), config
+
+
+def load_stage2(run: Path) -> tuple[LatentPolicy, IDM, dict]:
+    """A stage-2 run's latent policy, its frozen IDM (both eval mode, CPU) and config."""
+    policy, config = load_policy_run(run, ("latent-policy",))
+    idm = build_idm(lam_config_from_dict(config["lam"]))
+    tensors, _ = load_tensors(Path(run) / "idm.safetensors")
+    idm.load_state_dict(tensors)
+    return policy, idm.eval(), config

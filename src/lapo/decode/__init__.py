@@ -1,0 +1,79 @@
+"""Stage 3: decode latent actions into the environment's true actions.
+
+- :mod:`lapo.decode.offline`: fit a decoder on a few labelled transitions.
+- :mod:`lapo.decode.online`: PPO with rewards, the decoder re-fit from the agent's own play.
+
+:func:`fit_decoder` is the fit both use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lapo.data.dataset import WindowDataset
+from lapo.lam import frames_to_float
+from lapo.models.idm import IDM
+from lapo.models.policy import ActionDecoder
+
+
+def fit_decoder(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    batch_size: int = 512,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    label_smoothing: float = 0.05,
+    seed: int = 0,
+) -> ActionDecoder:
+    """A fresh :class:`ActionDecoder` fit on latents ``z`` ``(N, A)`` -> actions ``y`` ``(N,)``.
+
+    Cross-entropy with label smoothing, Adam(W), ``steps`` minibatches drawn by epochs over a
+    seeded permutation. Latents are standardised by their own mean and std (kept in the
+    decoder's buffers, so the decoder applies the same to a policy's latents).
+    """
+    z, y = z.float().cpu(), y.long().cpu()
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        decoder = ActionDecoder(z.shape[1])
+    decoder.z_mean.copy_(z.mean(0))
+    decoder.z_std.copy_(z.std(0).nan_to_num(1.0) + 1e-6 if len(z) > 1 else torch.ones(z.shape[1]))
+    opt = torch.optim.AdamW(decoder.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    n, bs = len(z), min(batch_size, len(z))
+    perm, pos = torch.randperm(n, generator=g), 0
+    for _ in range(steps):
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        idx = perm[pos : pos + bs]
+        pos += bs
+        loss = F.cross_entropy(decoder(z[idx]), y[idx], label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return decoder.eval()
+
+
+@torch.no_grad()
+def encode_dataset_windows(
+    idm: IDM, ds: WindowDataset, starts: np.ndarray, device: torch.device, chunk: int = 512
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """IDM latents of the windows at ``starts``, read in chunks (the split may be large).
+
+    Returns ``(z (N, A) float CPU, middle frames' actions (N,) or None, middle frames
+    uint8 (N, 64, 64, 3) only when N <= chunk else None)``.
+    """
+    idm = idm.to(device).eval()
+    zs, acts = [], []
+    mid = None
+    for i in range(0, len(starts), chunk):
+        batch = ds.read(starts[i : i + chunk])
+        zs.append(idm(frames_to_float(torch.from_numpy(batch["obs"]).to(device)))[0].float().cpu())
+        if "actions" in batch:
+            acts.append(batch["actions"][:, 1])
+        if len(starts) <= chunk:
+            mid = batch["obs"][:, 1].copy()
+    actions = np.concatenate(acts) if acts else None
+    return torch.cat(zs), actions, mid

@@ -1,0 +1,158 @@
+"""Offline decoding: a latent -> action decoder fit on K labelled transitions.
+
+The decoder learns from the frozen IDM's latents of K labelled train windows; the deployed
+policy is ``decoder(latent_policy(o))`` (a :class:`lapo.models.policy.DecodedPolicy`). The
+K windows are drawn by seed and written to ``labelled_windows.json``, so the baselines can
+be given exactly the same labels.
+
+An output folder holds ``config.json`` (kind ``decoded-policy``), ``policy.safetensors``
+(latent policy + decoder: all ``lapo eval`` needs), ``labelled_windows.json`` and
+``decode.json`` (held-out accuracies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lapo.bc import check_same_game, load_stage2
+from lapo.checkpoint import read_json, save_tensors, write_json
+from lapo.data.dataset import WindowDataset
+from lapo.data.format import DatasetError, open_dataset
+from lapo.decode import encode_dataset_windows, fit_decoder
+from lapo.envs import NUM_ACTIONS
+from lapo.models.policy import DecodedPolicy
+from lapo.probe import classification_report
+
+
+@dataclass
+class OfflineConfig:
+    """Offline decoding from K labelled transitions."""
+
+    labels: int = 256
+    """K: labelled train windows the decoder (and the baselines) may use."""
+    steps: int = 2_000
+    """Decoder gradient steps."""
+    batch_size: int = 128
+    """Decoder minibatch (at most K)."""
+    learning_rate: float = 1e-3
+    """Decoder Adam learning rate."""
+    weight_decay: float = 1e-4
+    """Decoder AdamW weight decay."""
+    label_smoothing: float = 0.05
+    """Cross-entropy label smoothing (as in LAPO's online decoder fit)."""
+    test_windows: int = 4_096
+    """Held-out test windows for the accuracies in decode.json."""
+    seed: int = 0
+    """Seed of the labelled subset and of the decoder's initialisation."""
+
+
+def choose_labelled(ds: WindowDataset, labels: int, seed: int, data: Path) -> np.ndarray:
+    """K distinct train window starts chosen by ``seed`` (sorted), or one clear error."""
+    if labels < 1:
+        raise DatasetError(f"--labels must be at least 1, got {labels}")
+    if labels > len(ds):
+        raise DatasetError(
+            f"--labels {labels} is more than the {len(ds)} labelled train windows in {data}; "
+            f"use at most {len(ds)} or collect more"
+        )
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(ds.starts, labels, replace=False))
+
+
+def read_labelled(folder: Path) -> np.ndarray:
+    """The window starts a decoding run labelled (its ``labelled_windows.json``)."""
+    return np.asarray(read_json(Path(folder) / "labelled_windows.json")["starts"], np.int64)
+
+
+def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) -> dict:
+    """Fit the decoder for stage-2 run ``policy_run`` on ``cfg.labels`` windows of ``data``."""
+    t0 = time.time()
+    policy, idm, config = load_stage2(policy_run)
+    manifest = open_dataset(data).manifest
+    check_same_game(f"stage-2 run {policy_run}", config.get("game"), data, manifest)
+    if not manifest.get("has_actions"):
+        raise DatasetError(
+            f"{data} has no actions: offline decoding needs a dataset with true actions "
+            "(record one with 'lapo collect' or import one with actions)"
+        )
+    train = WindowDataset(data, "train", k=3)
+    starts = choose_labelled(train, cfg.labels, cfg.seed, data)
+    device = torch.device("cpu")
+    z, y, _ = encode_dataset_windows(idm, train, starts, device)
+    decoder = fit_decoder(
+        z,
+        torch.from_numpy(y),
+        cfg.steps,
+        cfg.batch_size,
+        cfg.learning_rate,
+        cfg.weight_decay,
+        cfg.label_smoothing,
+        cfg.seed,
+    )
+
+    # held out: how well the decoder reads the IDM's latents, and how often the deployed
+    # policy picks the demonstrator's action on test frames
+    test = WindowDataset(data, "test", k=3)
+    rng = np.random.default_rng(cfg.seed + 1)
+    te_starts = np.sort(rng.choice(test.starts, min(cfg.test_windows, len(test)), replace=False))
+    deployed = DecodedPolicy(policy.latent_dim, config["network"]["width"])
+    deployed.latent_policy.load_state_dict(policy.state_dict())
+    deployed.decoder.load_state_dict(decoder.state_dict())
+    deployed.eval()
+    idm_pred, pol_pred, y_te = [], [], []
+    with torch.no_grad():
+        for i in range(0, len(te_starts), 512):
+            zt, yt, _ = encode_dataset_windows(idm, test, te_starts[i : i + 512], device)
+            batch = test.read(te_starts[i : i + 512])
+            obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1]))
+            idm_pred.append(decoder(zt).argmax(-1).numpy())
+            pol_pred.append(deployed(obs).argmax(-1).numpy())
+            y_te.append(yt)
+    y_te = np.concatenate(y_te)
+    idm_rep = classification_report(y_te, np.concatenate(idm_pred), NUM_ACTIONS)
+    pol_rep = classification_report(y_te, np.concatenate(pol_pred), NUM_ACTIONS)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "labelled_windows.json",
+        {"data": str(data), "seed": cfg.seed, "labels": cfg.labels, "starts": starts.tolist()},
+    )
+    save_tensors(out / "policy.safetensors", deployed.state_dict())
+    report = {
+        "labels": cfg.labels,
+        "seed": cfg.seed,
+        "test_windows": int(len(y_te)),
+        "decoder_accuracy_on_idm_latents": idm_rep["accuracy"],
+        "decoder_balanced_accuracy_on_idm_latents": idm_rep["balanced_accuracy"],
+        "policy_accuracy_vs_demonstrator": pol_rep["accuracy"],
+        "majority_class_accuracy": idm_rep["majority_class_accuracy"],
+        "chance": idm_rep["chance"],
+        "labelled_action_counts": np.bincount(y, minlength=NUM_ACTIONS).tolist(),
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    write_json(out / "decode.json", report)
+    write_json(
+        out / "config.json",
+        {
+            "kind": "decoded-policy",
+            "network": {
+                "class": "decoded-policy",
+                "latent_dim": policy.latent_dim,
+                "width": config["network"]["width"],
+            },
+            "game": config.get("game"),
+            "demonstrator_return": manifest.get("policy_mean_return"),
+            "data_policy": manifest.get("policy"),
+            "policy_run": str(policy_run),
+            "data": str(data),
+            "offline": dataclasses.asdict(cfg),
+        },
+    )
+    return {"out": str(out), **report}
