@@ -54,6 +54,15 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     policy = load_policy(args.policy, args.env, seed=args.seed)  # checks it before playing
     game = check_game(args.env or policy.game)
     demo = args.demonstrator_return
+    if demo is None and args.demonstrator_return_from:
+        from lapo.data.format import open_dataset
+
+        demo = open_dataset(Path(args.demonstrator_return_from)).manifest.get("policy_mean_return")
+        if demo is None:
+            raise UserError(
+                f"{args.demonstrator_return_from} records no policy return (not recorded by a "
+                "demonstrator); pass --demonstrator-return"
+            )
     if demo is None:
         demo = demonstrator_return_of(args.policy)
     result = evaluate_seeds(
@@ -260,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="also normalise between random and this demonstrator mean return (default: the "
         "return recorded for the data a lapo policy was trained from)",
+    )
+    p.add_argument(
+        "--demonstrator-return-from",
+        metavar="DATA",
+        help="normalise by the demonstrator return recorded in this dataset's manifest",
     )
     p.set_defaults(func=_cmd_eval)
 
