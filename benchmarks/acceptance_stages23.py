@@ -308,7 +308,10 @@ def summarise(args: argparse.Namespace, out: Path) -> None:
     """Collect every evaluation into results.json/csv, summary.md and online_curves.png."""
     rows = []
     for game in args.games:
-        random_ret = json.loads((out / game / "eval_random.json").read_text())["mean_return"]
+        rand_file, manifest_file = out / game / "eval_random.json", out / game / "data.done.json"
+        if not rand_file.exists() or not manifest_file.exists():
+            continue  # this game's data or random evaluation did not finish
+        random_ret = json.loads(rand_file.read_text())["mean_return"]
         manifest = json.loads((out / game / "data" / "manifest.json").read_text())
         demo = manifest["policy_mean_return"]
         for seed in range(args.seeds):
@@ -328,6 +331,9 @@ def summarise(args: argparse.Namespace, out: Path) -> None:
                         "episodes": e["episodes"],
                     }
                 )
+    if not rows:
+        print("no evaluation has finished yet")
+        return
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
