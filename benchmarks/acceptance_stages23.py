@@ -180,7 +180,7 @@ def build_tasks(args: argparse.Namespace, out: Path) -> list[Task]:
                     )
                     policies[f"{name}_k{k}"] = (o, f"{name}_k{k}")
                 policies[f"lapo_offline_k{k}"] = (dec, f"decoded_k{k}")
-            if args.online_frames > 0:
+            if args.online_frames > 0 and "lapo_online" not in args.skip:
                 o = r / "lapo_online"
                 tasks.append(
                     Task(
@@ -206,6 +206,7 @@ def build_tasks(args: argparse.Namespace, out: Path) -> list[Task]:
                     )
                 )
                 policies["lapo_online"] = (o, "lapo_online")
+            if args.online_frames > 0 and "ppo_scratch" not in args.skip:
                 o = r / "ppo_scratch"
                 tasks.append(
                     Task(
@@ -441,9 +442,13 @@ def main() -> None:
     ap.add_argument("--lam-args", default="", help="extra options for 'lapo lam train'")
     ap.add_argument("--bc-args", default="", help="extra options for stage 2 and the BC baselines")
     ap.add_argument("--online-args", default="", help="extra options for 'lapo decode online'")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated steps to leave out, e.g. ppo_scratch"
+    )
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args()
     args.games = args.games.split(",")
+    args.skip = args.skip.split(",")
     args.labels = [int(k) for k in args.labels.split(",")]
     args.lam_args = shlex.split(args.lam_args)
     args.bc_args = shlex.split(args.bc_args)
