@@ -82,7 +82,7 @@ def build_tasks(args: argparse.Namespace, out: Path) -> list[Task]:
                 out / game / "eval_random.json",
             )
         )
-        for seed in range(args.seeds):
+        for seed in args.seed_list:
             r = out / game / f"seed{seed}"
             s = ["--seed", str(seed)]
             tasks.append(
@@ -315,7 +315,7 @@ def summarise(args: argparse.Namespace, out: Path) -> None:
         random_ret = json.loads(rand_file.read_text())["mean_return"]
         manifest = json.loads((out / game / "data" / "manifest.json").read_text())
         demo = manifest["policy_mean_return"]
-        for seed in range(args.seeds):
+        for seed in args.seed_list:
             for f in sorted((out / game / f"seed{seed}").glob("eval_*.json")):
                 e = json.loads(f.read_text())
                 rows.append(
@@ -399,7 +399,7 @@ def plot_curves(args: argparse.Namespace, out: Path) -> None:
             ("ppo_scratch", "PPO from scratch", "tab:orange"),
         ):
             curves = []
-            for seed in range(args.seeds):
+            for seed in args.seed_list:
                 p = out / game / f"seed{seed}" / name / "progress.csv"
                 if not p.exists():
                     continue
@@ -449,6 +449,9 @@ def main() -> None:
     args = ap.parse_args()
     args.games = args.games.split(",")
     args.skip = args.skip.split(",")
+    args.seed_list = (
+        [int(x) for x in args.only_seeds.split(",")] if args.only_seeds else range(args.seeds)
+    )
     args.labels = [int(k) for k in args.labels.split(",")]
     args.lam_args = shlex.split(args.lam_args)
     args.bc_args = shlex.split(args.bc_args)
