@@ -445,6 +445,7 @@ def main() -> None:
     ap.add_argument(
         "--skip", default="", help="comma-separated steps to leave out, e.g. ppo_scratch"
     )
+    ap.add_argument("--only-seeds", default="", help="comma-separated seeds (default: all)")
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args()
     args.games = args.games.split(",")
