@@ -451,7 +451,7 @@ def main() -> None:
     args.games = args.games.split(",")
     args.skip = args.skip.split(",")
     args.seed_list = (
-        [int(x) for x in args.only_seeds.split(",")] if args.only_seeds else range(args.seeds)
+        [int(x) for x in args.only_seeds.split(",")] if args.only_seeds else list(range(args.seeds))
     )
     args.labels = [int(k) for k in args.labels.split(",")]
     args.lam_args = shlex.split(args.lam_args)
