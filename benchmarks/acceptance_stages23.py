@@ -305,6 +305,16 @@ def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path) -> None:
                 print(f"[{time.strftime('%H:%M:%S')}] done  {name} ({time.time() - t0:.0f}s)")
 
 
+def demonstrator_return(out: Path, game: str) -> float:
+    """The demonstrator's mean return on the data: from the manifest, else from an evaluation."""
+    manifest = out / game / "data" / "manifest.json"
+    if manifest.exists():
+        return json.loads(manifest.read_text())["policy_mean_return"]
+    for f in sorted((out / game).glob("seed*/eval_*.json")):
+        return json.loads(f.read_text())["demonstrator_return"]
+    raise FileNotFoundError(f"no manifest or evaluation for {game} under {out}")
+
+
 def summarise(args: argparse.Namespace, out: Path) -> None:
     """Collect every evaluation into results.json/csv, summary.md and online_curves.png."""
     rows = []
@@ -313,8 +323,7 @@ def summarise(args: argparse.Namespace, out: Path) -> None:
         if not rand_file.exists() or not manifest_file.exists():
             continue  # this game's data or random evaluation did not finish
         random_ret = json.loads(rand_file.read_text())["mean_return"]
-        manifest = json.loads((out / game / "data" / "manifest.json").read_text())
-        demo = manifest["policy_mean_return"]
+        demo = demonstrator_return(out, game)
         for seed in args.seed_list:
             for f in sorted((out / game / f"seed{seed}").glob("eval_*.json")):
                 e = json.loads(f.read_text())
@@ -393,7 +402,7 @@ def plot_curves(args: argparse.Namespace, out: Path) -> None:
 
     fig, axes = plt.subplots(1, len(args.games), figsize=(5 * len(args.games), 3.6), squeeze=False)
     for ax, game in zip(axes[0], args.games, strict=True):
-        demo = json.loads((out / game / "data" / "manifest.json").read_text())["policy_mean_return"]
+        demo = demonstrator_return(out, game)
         for name, label, col in (
             ("lapo_online", "LAPO online decoding", "tab:blue"),
             ("ppo_scratch", "PPO from scratch", "tab:orange"),
