@@ -1,0 +1,450 @@
+"""Stages 2 and 3 and the baselines at small sizes on real Procgen data.
+
+One module-scoped pipeline on the shipped coinrun demonstrator's data: a tiny stage 1, a tiny
+stage 2 and an offline decoding, shared by the tests below; each test checks one promise
+(losses fall, the decoder beats chance, the decoded policy beats random in the game, online
+decoding updates only what its schedule allows, the baselines run, bad input is one line).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical
+
+from lapo.baselines import labelled_starts
+from lapo.bc import BCConfig, load_stage2, lr_scale, preset, train_latent_bc
+from lapo.checkpoint import load_tensors, read_json
+from lapo.cli import main
+from lapo.data.collect import collect
+from lapo.data.dataset import WindowDataset
+from lapo.data.format import DatasetWriter, new_manifest, open_dataset
+from lapo.decode.offline import OfflineConfig, choose_labelled, decode_offline, read_labelled
+from lapo.decode.online import (
+    GROUP_SCHEDULES,
+    OnlineConfig,
+    decode_online,
+    decoder_fit_due,
+    group_lr,
+    make_optimizer,
+    ppo_update,
+)
+from lapo.envs import ProcgenVecEnv
+from lapo.eval import run_episodes
+from lapo.lam import load_lam, train_lam
+from lapo.lam import preset as lam_preset
+from lapo.models.policy import ActionDecoder, OnlineAgent
+from lapo.policies import load_policy
+from lapo.ppo import compute_gae
+
+GAME = "coinrun"
+LABELS = 1000  # K labelled train windows for offline decoding
+CHANCE = 1 / 15
+
+# stage 2 at a small, fast size (cpu preset otherwise)
+BC = dataclasses.replace(
+    preset("cpu"), batch_size=16, steps=250, warmup_steps=60, eval_every=125, threads=1
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Real frames of the shipped coinrun demonstrator, with its actions."""
+    out = tmp_path_factory.mktemp("stages23") / "coinrun"
+    collect(GAME, "demonstrator", 4000, out, test_frames=600, num_envs=8, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lam_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lam") / "run"
+    cfg = dataclasses.replace(
+        lam_preset("cpu"), batch_size=16, steps=100, eval_every=100, probe_every=0, threads=1
+    )
+    train_lam(cfg, data, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage2(lam_run, data, tmp_path_factory):
+    """``(run folder, summary)`` of a small stage-2 run."""
+    out = tmp_path_factory.mktemp("bc") / "run"
+    summary = train_latent_bc(BC, lam_run, data, out, progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def decoded(stage2, data, tmp_path_factory):
+    """An offline decoding of the stage-2 run on K labels."""
+    out = tmp_path_factory.mktemp("decoded") / "k"
+    decode_offline(stage2[0], data, out, OfflineConfig(labels=LABELS, steps=500))
+    return out
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def real_obs(n: int = 4) -> np.ndarray:
+    env = ProcgenVecEnv(GAME, n, seed=7)
+    obs, _ = env.reset()
+    env.close()
+    return obs
+
+
+def assert_acts(policy_dir: Path) -> None:
+    actions = load_policy(policy_dir, GAME).act(real_obs())
+    assert actions.shape == (4,) and ((actions >= 0) & (actions < 15)).all()
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("lapo: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2
+
+
+def test_lr_scale_by_hand():
+    cfg = BCConfig(steps=1100, warmup_steps=100, warmup_start=0.01)
+    assert lr_scale(0, cfg) == pytest.approx(0.01)
+    assert lr_scale(50, cfg) == pytest.approx(0.505)
+    assert lr_scale(100, cfg) == pytest.approx(1.0)
+    assert lr_scale(600, cfg) == pytest.approx(0.5)
+    assert lr_scale(1099, cfg) == pytest.approx(0.001)
+    assert lr_scale(1100, cfg) == 0.0
+    assert lr_scale(5000, cfg) == 0.0  # never negative past the end
+
+
+def test_presets():
+    paper, cpu = preset("paper"), preset("cpu")
+    assert (paper.width, paper.learning_rate, paper.warmup_steps) == (4, 2e-4, 1_000)
+    assert (paper.batch_size, paper.steps) == (128, 60_000)
+    assert (cpu.width, cpu.learning_rate, cpu.warmup_steps) == (1, 1e-3, 100)
+    assert (cpu.batch_size, cpu.steps) == (32, 2_000)
+    cpu.steps = 1
+    assert preset("cpu").steps == 2_000  # a copy, not the table's entry
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("gpu")
+
+
+def test_stage2_lowers_its_test_loss_on_real_data(stage2, lam_run):
+    run, summary = stage2
+    # better than the untrained network, and than the best constant (the mean latent)
+    assert summary["test_loss"] < summary["untrained_test_loss"]
+    assert summary["test_loss"] < summary["untrained_test_loss_mean_prediction"]
+    for name in ("config.json", "policy.safetensors", "idm.safetensors", "metrics.csv"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").iterdir())
+    config = read_json(run / "config.json")
+    lam_config = read_json(lam_run / "config.json")
+    assert config["kind"] == "latent-policy" and config["game"] == GAME
+    assert config["latent_dim"] == lam_config["latent_dim"]
+    assert config["network"] == {
+        "class": "latent-policy",
+        "latent_dim": lam_config["latent_dim"],
+        "width": 1,
+    }
+    # the IDM beside the policy is stage 1's, unchanged: stage 2 trains only the policy
+    _, idm, _ = load_stage2(run)
+    lam, _ = load_lam(lam_run)
+    for k, v in lam.idm.state_dict().items():
+        assert torch.equal(idm.state_dict()[k], v), k
+    rows = read_csv(run / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [0, 125, 250]
+    assert float(rows[0]["test_loss"]) == pytest.approx(summary["untrained_test_loss"])
+    assert float(rows[-1]["test_loss"]) == pytest.approx(summary["test_loss"])
+    # the logged rate is the schedule's at the last step taken
+    assert float(rows[-1]["lr"]) == pytest.approx(BC.learning_rate * lr_scale(BC.steps - 1, BC))
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline decoding
+
+
+def test_offline_decoder_beats_chance_on_held_out_labels(decoded, data):
+    report = read_json(decoded / "decode.json")
+    n = report["test_windows"]
+    assert n == len(WindowDataset(data, "test", k=3))  # fewer than 4096: all of them
+    se = (CHANCE * (1 - CHANCE) / n) ** 0.5
+    assert report["decoder_accuracy_on_idm_latents"] > CHANCE + 3 * se
+    assert report["chance"] == pytest.approx(CHANCE)
+    assert sum(report["labelled_action_counts"]) == LABELS
+    config = read_json(decoded / "config.json")
+    assert config["kind"] == "decoded-policy" and config["game"] == GAME
+    assert_acts(decoded)
+
+
+def test_labelled_windows_are_k_distinct_starts_chosen_by_seed(decoded, data):
+    starts = read_labelled(decoded)
+    train = WindowDataset(data, "train", k=3)
+    assert len(starts) == LABELS and len(np.unique(starts)) == LABELS
+    assert np.isin(starts, train.starts).all()
+    # the same seed draws the same windows, another seed others
+    assert np.array_equal(choose_labelled(train, LABELS, 0, data), starts)
+    other = choose_labelled(train, LABELS, 1, data)
+    assert len(np.intersect1d(other, starts)) < LABELS
+    # the baselines draw them as decoding does, or read them from the decoding run
+    assert np.array_equal(labelled_starts(data, LABELS, 0), starts)
+    assert np.array_equal(labelled_starts(data, 64, 5, labels_from=decoded), starts)
+
+
+def test_decoded_policy_beats_random_in_the_game(decoded):
+    # both play from the same env seed: env i's j-th episode is on the same level for both,
+    # so the returns pair up episode by episode (the level's difficulty cancels)
+    episodes, seed = 64, 100
+    dec = run_episodes(load_policy(decoded, GAME, seed=seed), GAME, episodes, seed=seed)
+    rnd = run_episodes(load_policy("random", GAME, seed=seed), GAME, episodes, seed=seed)
+    assert len(dec) == len(rnd) == episodes
+    diff = dec - rnd
+    se = diff.std(ddof=1) / episodes**0.5
+    print(
+        f"decoded {dec.mean():.3f} random {rnd.mean():.3f} difference {diff.mean():.3f} +- {se:.3f}"
+    )
+    assert diff.mean() > 3 * se
+
+
+# ---------------------------------------------------------------------------------------------
+# Online decoding
+
+
+def test_group_lr_by_hand():
+    cfg = OnlineConfig(learning_rate=1e-2, lr_decay_frames=4_000_000)
+    expected = {
+        # frames: (value_head, rl_head, rl_fc)
+        0: (0.0, 0.0, 0.0),
+        30_000: (1e-2 / 4 * 0.2 * 0.9925, 0.0, 0.0),
+        40_000: (1e-2 / 4 * 0.6 * 0.99, 1e-2 / 4 / 3 * 0.99, 0.0),
+        50_000: (1e-2 / 4 * 0.9875, 1e-2 / 4 * 0.9875, 0.0),
+        125_000: (1e-2 / 4 * 0.96875, 1e-2 / 4 * 0.96875, 1e-2 / 10 * 0.5 * 0.96875),
+        200_000: (1e-2 / 4 * 0.95, 1e-2 / 4 * 0.95, 1e-2 / 10 * 0.95),
+        4_000_000: (0.0, 0.0, 0.0),
+        5_000_000: (0.0, 0.0, 0.0),
+    }
+    for frames, rates in expected.items():
+        got = tuple(group_lr(g, frames, cfg) for g in ("value_head", "rl_head", "rl_fc"))
+        assert got == pytest.approx(rates, abs=1e-12), frames
+    assert set(GROUP_SCHEDULES) == {"value_head", "rl_head", "rl_fc"}
+
+
+def test_decoder_fit_due_by_hand():
+    cfg = OnlineConfig()  # fits from 10k to 400k frames; every update to 50k, then every 20th
+    assert not decoder_fit_due(1, 4_096, cfg)
+    assert decoder_fit_due(3, 10_000, cfg)
+    assert decoder_fit_due(7, 50_000, cfg)
+    assert not decoder_fit_due(13, 53_248, cfg)
+    assert decoder_fit_due(20, 81_920, cfg)
+    assert decoder_fit_due(100, 400_000, cfg)
+    assert not decoder_fit_due(120, 491_520, cfg)
+
+
+def rollout(agent: OnlineAgent, cfg: OnlineConfig) -> dict[str, torch.Tensor]:
+    """A real rollout of ``agent`` in coinrun, as :func:`decode_online` collects one."""
+    T, N = cfg.num_steps, cfg.num_envs
+    env = ProcgenVecEnv(GAME, N, seed=3)
+    obs = torch.from_numpy(env.reset()[0])
+    done = torch.zeros(N)
+    buf: dict[str, list] = {k: [] for k in ("feats", "actions", "logprobs", "values", "rewards")}
+    dones = []
+    for _ in range(T):
+        f = agent.trunk_features(obs)
+        with torch.no_grad():
+            logits, value = agent.heads(f)
+        dist = Categorical(logits=logits)
+        action = dist.sample()
+        obs_np, reward, term, trunc, _ = env.step(action.numpy())
+        dones.append(done)
+        step = (f, action, dist.log_prob(action), value, torch.from_numpy(reward))
+        for k, v in zip(buf, step, strict=True):
+            buf[k].append(v)
+        obs, done = torch.from_numpy(obs_np), torch.from_numpy((term | trunc).astype(np.float32))
+    env.close()
+    out = {k: torch.stack(v) for k, v in buf.items()}
+    with torch.no_grad():
+        _, next_value = agent.heads(agent.trunk_features(obs))
+    adv, ret = compute_gae(
+        out["rewards"], out["values"], torch.stack(dones), next_value, done, 0.999, 0.95
+    )
+    return {
+        "feats": out["feats"].reshape(T * N, -1),
+        "actions": out["actions"].reshape(-1),
+        "logprobs": out["logprobs"].reshape(-1),
+        "advantages": adv.reshape(-1),
+        "returns": ret.reshape(-1),
+    }
+
+
+@pytest.mark.parametrize(
+    "frames, moved",
+    [(0, set()), (40_000, {"value_head", "rl_head"})],
+)
+def test_one_ppo_update_moves_only_the_scheduled_groups(stage2, frames, moved):
+    policy, _, _ = load_stage2(stage2[0])
+    torch.manual_seed(0)
+    agent = OnlineAgent.from_latent_policy(policy)
+    cfg = OnlineConfig(num_envs=4, num_steps=8, num_minibatches=2, update_epochs=2)
+    batch = rollout(agent, cfg)
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    optimizer = make_optimizer(agent)
+    agent.train()
+    ppo_update(agent, optimizer, **batch, frames=frames, cfg=cfg, rng=np.random.default_rng(0))
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == {
+        g: group_lr(g, frames, cfg) for g in GROUP_SCHEDULES
+    }
+    after = agent.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # every tensor of a group with a non-zero rate moved; all others are bit-identical
+    assert changed == {k for k in before if k.split(".")[0] in moved}
+
+
+def test_decode_online_end_to_end(stage2, tmp_path):
+    out = tmp_path / "online"
+    cfg = OnlineConfig(
+        frames=64, num_envs=4, num_steps=8, decoder_fit_start=0, threads=1, device="cpu"
+    )
+    summary = decode_online(cfg, stage2[0], GAME, out, progress=False)
+    assert summary["decoder_fits"] == 2 and summary["frames"] == 64
+    rows = read_csv(out / "progress.csv")
+    assert [(int(r["update"]), int(r["frames"])) for r in rows] == [(1, 32), (2, 64)]
+    assert [int(r["decoder_fits"]) for r in rows] == [1, 2]
+    pairs = [int(r["decoder_pairs"]) for r in rows]
+    # each rollout of 8 steps x 4 envs gives at most 6 x 4 in-episode triples
+    assert 0 < pairs[0] <= 24 and pairs[0] < pairs[1] <= 48
+    config = read_json(out / "config.json")
+    assert config["kind"] == "online-agent" and config["game"] == GAME
+    assert config["frames_trained"] == 64
+    # below 25k frames every PPO rate is 0: the trunk and latent path are the stage-2
+    # policy's, the RL head still zero; only the decoder was re-fit
+    agent, _ = load_tensors(out / "policy.safetensors")
+    policy, _, _ = load_stage2(stage2[0])
+    for k, v in policy.encoder.stacks.state_dict().items():
+        assert torch.equal(agent[f"trunk.{k}"], v), k
+    for k, v in policy.head.state_dict().items():
+        assert torch.equal(agent[f"latent_head.{k}"], v), k
+    assert not agent["rl_head.weight"].any() and not agent["rl_head.bias"].any()
+    fresh = ActionDecoder(policy.latent_dim)
+    assert not torch.equal(agent["decoder.z_mean"], fresh.z_mean)
+    assert_acts(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+
+
+def first_chunks(src: Path, dst: Path, actions: bool) -> Path:
+    """A small dataset of real frames: the first chunk of each split of ``src``, with or
+    without its actions and rewards."""
+    info = open_dataset(src)
+    m = info.manifest
+    manifest = new_manifest(GAME, m["env"], m["policy"], actions, m["chunk_frames"], 0, {})
+    writer = DatasetWriter(dst, manifest)
+    dst.mkdir(parents=True)
+    writer.write_manifest()
+    names = ["obs", "dones", "episode_ids", "level_seeds"] + ["actions", "rewards"] * actions
+    for split in ("train", "test"):
+        chunk = info.chunks[split][0]
+        w = writer.new_chunk(split)
+        w.append(**{k: np.load(chunk.path / f"{k}.npy") for k in names})
+        writer.commit(split, w, [])
+    return dst
+
+
+BASELINE_TOY = [
+    "--steps", "20", "--batch-size", "8", "--threads", "1", "--eval-every", "10",
+    "--width", "1", "--quiet",
+]  # fmt: skip
+
+
+def test_bc_baseline_runs_and_reuses_the_decoders_windows(data, decoded, tmp_path, capsys):
+    out = tmp_path / "bc"
+    args = ["baseline", "bc", "--data", str(data), "--labels", "64", "--out", str(out)]
+    assert main(args + ["--labels-from", str(decoded)] + BASELINE_TOY) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "test_accuracy" in summary
+    config = read_json(out / "config.json")
+    assert config["kind"] == "action-policy" and config["baseline"] == "bc-on-labels"
+    # --labels-from wins over --labels: the decoder's K windows
+    assert config["labels"] == LABELS and config["train_windows"] == LABELS
+    assert [int(r["step"]) for r in read_csv(out / "metrics.csv")] == [0, 10, 20]
+    assert_acts(out)
+
+
+def test_idm_bc_baseline_runs_and_keeps_the_true_labels(data, decoded, tmp_path, capsys):
+    # the supervised IDM labels every train window: a small dataset keeps that quick
+    small = first_chunks(data, tmp_path / "small", actions=True)
+    out = tmp_path / "idm-bc"
+    args = ["baseline", "idm-bc", "--data", str(small), "--labels", "64", "--out", str(out)]
+    assert main(args + ["--idm-steps", "10"] + BASELINE_TOY) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 0 <= summary["idm_test_accuracy"] <= 1
+    config = read_json(out / "config.json")
+    assert config["baseline"] == "idm-labels-bc" and config["labels"] == 64
+    # every train window got a label; the K labelled windows keep their true action
+    labels = load_tensors(out / "idm_labels.safetensors")[0]["labels"].numpy()
+    train = WindowDataset(small, "train", k=3)
+    starts = labelled_starts(small, 64, 0)
+    assert (labels[train.starts] >= 0).all()
+    assert np.array_equal(labels[starts], train.arrays["actions"][starts + 1])
+    assert_acts(out)
+    # another dataset's decoding run names windows this one lacks
+    args = ["baseline", "idm-bc", "--data", str(small), "--labels-from", str(decoded)]
+    assert main(args + ["--out", str(tmp_path / "other"), "--quiet"]) == 2
+    assert "are not windows of" in one_line_error(capsys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, exit status 2
+
+
+def test_bc_train_refuses_data_of_another_game(lam_run, tmp_path, capsys):
+    bigfish = tmp_path / "bigfish"
+    collect("bigfish", "random", 300, bigfish, test_frames=60, num_envs=2, progress=False)
+    out = tmp_path / "bc"
+    args = ["bc", "train", "--lam", str(lam_run), "--data", str(bigfish), "--out", str(out)]
+    assert main(args + ["--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert "coinrun" in err and "bigfish" in err
+    assert not out.exists()
+
+
+def test_decode_offline_refuses_more_labels_than_train_windows(stage2, data, tmp_path, capsys):
+    args = ["decode", "offline", "--policy", str(stage2[0]), "--data", str(data)]
+    assert main(args + ["--out", str(tmp_path / "d"), "--labels", "999999"]) == 2
+    err = one_line_error(capsys)
+    assert "more than the" in err and str(len(WindowDataset(data, "train", k=3))) in err
+
+
+def test_decode_online_refuses_another_game(stage2, tmp_path, capsys):
+    args = ["decode", "online", "--policy", str(stage2[0]), "--env", "jumper"]
+    assert main(args + ["--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "--env coinrun" in one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_action_free_data_cannot_be_decoded(stage2, data, tmp_path, capsys):
+    plain = first_chunks(data, tmp_path / "plain", actions=False)
+    assert not open_dataset(plain).has_actions
+    args = ["decode", "offline", "--policy", str(stage2[0]), "--data", str(plain)]
+    assert main(args + ["--out", str(tmp_path / "d")]) == 2
+    assert "has no actions" in one_line_error(capsys)
+    assert not (tmp_path / "d").exists()
+    # nor can the baselines train on it
+    args = ["baseline", "bc", "--data", str(plain), "--out", str(tmp_path / "b"), "--quiet"]
+    assert main(args) == 2
+    assert "has no actions" in one_line_error(capsys)
+
+
+def test_eval_refuses_a_latent_policy(stage2, capsys):
+    assert main(["eval", "--policy", str(stage2[0]), "--episodes", "1"]) == 2
+    err = one_line_error(capsys)
+    assert "latent" in err and "lapo decode offline" in err
