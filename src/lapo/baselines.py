@@ -202,6 +202,8 @@ def ppo_from_scratch(
     device: str = "auto",
     progress: bool = True,
     command: str | None = None,
+    num_envs: int = 64,
+    num_steps: int = 64,
 ) -> dict:
     """Baseline (c): PPO from scratch, the policy's IMPALA-CNN, the online rollout shape.
 
@@ -215,8 +217,8 @@ def ppo_from_scratch(
         frames=frames,
         arch="impala",
         width=width,
-        num_envs=64,
-        num_steps=64,
+        num_envs=num_envs,
+        num_steps=num_steps,
         seed=seed,
         threads=threads,
         device=device,

@@ -8,6 +8,7 @@ folder and is then renamed over the target, so a kill never leaves a half-writte
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -26,6 +27,14 @@ class CheckpointError(ValueError):
     """A checkpoint or policy file is missing or unreadable; the message says what to do."""
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: setting it to read it is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
@@ -36,6 +45,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

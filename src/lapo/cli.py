@@ -82,6 +82,83 @@ def _command() -> str:
     return "lapo " + shlex.join(sys.argv[1:])
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from lapo.demo import FAST, DemoConfig, default_out, find_resumable, run_demo
+    from lapo.policies import shipped_demonstrators
+
+    base = DemoConfig(**FAST) if args.fast else DemoConfig()
+    cfg = apply_overrides(base, args)
+    shipped = shipped_demonstrators()
+    if cfg.game not in shipped:
+        raise UserError(
+            f"no demonstrator ships for {cfg.game!r}; the demo plays one of: {', '.join(shipped)}"
+        )
+    if min(cfg.frames, cfg.lam_steps, cfg.bc_steps, cfg.labels, cfg.episodes) < 1:
+        raise UserError("--frames, --lam-steps, --bc-steps, --labels and --episodes must be >= 1")
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = find_resumable(Path(args.runs), cfg) or default_out(Path(args.runs))
+    if (out / "stages.json").exists():
+        print(f"lapo demo: resuming {out}", file=sys.stderr)
+    summary = run_demo(cfg, out, progress=not args.quiet)
+    rows = json.loads((out / "stages.json").read_text())["report"]["result"]["summary"]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print(f"report: {out / 'report.html'} ({sum(summary['stages'].values()):.0f} s)")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    import torch
+
+    from lapo.envs import GAMES, check_game
+    from lapo.reproduce import PAPER_LABELS, STEPS, ReproduceConfig, cpu_hours, reproduce
+
+    games = list(GAMES) if args.games == "all" else args.games.split(",")
+    for g in games:
+        check_game(g)
+    steps = args.stages.split(",")
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        raise UserError(f"unknown --stages {', '.join(unknown)}: choose from {', '.join(STEPS)}")
+    paper = args.preset == "paper"
+    try:
+        labels = (
+            [int(k) for k in args.labels.split(",")]
+            if args.labels
+            else list(PAPER_LABELS if paper else (256, 1000))
+        )
+    except ValueError:
+        raise UserError(f"--labels takes comma-separated counts, got {args.labels!r}") from None
+    if args.seeds < 1 or min(labels) < 1:
+        raise UserError("--seeds and every --labels count must be at least 1")
+    cfg = ReproduceConfig(
+        games=games,
+        seeds=args.seeds,
+        preset=args.preset,
+        steps=steps,
+        labels=labels,
+        frames=args.frames or (1_000_000 if paper else 51_200),
+        online_frames=args.online_frames or (4_000_000 if paper else 300_000),
+        data_root=args.data_root,
+        episodes=args.episodes,
+        jobs=args.jobs,
+        threads=args.threads,
+        extra={
+            step: shlex.split(getattr(args, f"{step}_args") or "")
+            for step in ("lam", "bc", "idm", "online", "ppo")
+        },
+    )
+    if paper and not torch.cuda.is_available() and not args.force:
+        raise UserError(
+            f"the paper preset is a GPU job: about {cpu_hours(cfg):,.0f} hours on a 2-core CPU "
+            f"for {len(games)} game(s) x {args.seeds} seed(s); run it on a GPU, use --preset "
+            "cpu, or pass --force"
+        )
+    print(json.dumps(reproduce(cfg, Path(args.out), progress=not args.quiet), indent=2))
+
+
 def _cmd_bc_train(args: argparse.Namespace) -> None:
     from lapo.bc import preset, train_latent_bc
 
@@ -159,6 +236,8 @@ def _cmd_baseline_ppo(args: argparse.Namespace) -> None:
     check_game(args.env)
     if args.frames <= 0:
         raise UserError(f"--frames must be a positive number of frames, got {args.frames}")
+    if args.num_envs < 1 or args.num_steps < 1:
+        raise UserError("--num-envs and --num-steps must be at least 1")
     summary = ppo_from_scratch(
         args.env,
         args.frames,
@@ -169,6 +248,8 @@ def _cmd_baseline_ppo(args: argparse.Namespace) -> None:
         args.device,
         not args.quiet,
         _command(),
+        num_envs=args.num_envs,
+        num_steps=args.num_steps,
     )
     print(json.dumps(summary, indent=2))
 
@@ -204,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lapo.data.commands import add_data_commands
     from lapo.decode.offline import OfflineConfig
     from lapo.decode.online import OnlineConfig
+    from lapo.demo import DemoConfig
     from lapo.envs import GAMES
     from lapo.expert import ExpertConfig
     from lapo.lam import PRESETS, LAMConfig
@@ -277,6 +359,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_eval)
 
+    p = sub.add_parser(
+        "demo", help="the whole method on a CPU in minutes, ending in an HTML report"
+    )
+    p.add_argument("--out", help="run folder (default: runs/demo-<time>, or resume the last)")
+    p.add_argument("--runs", default="runs", help=argparse.SUPPRESS)
+    p.add_argument("--fast", action="store_true", help="toy sizes: a smoke check in ~3 minutes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, DemoConfig, overrides_only=True, defaults=DemoConfig())
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("reproduce", help="the paper's grid: games x seeds x every stage")
+    p.add_argument("--games", default="all", help="'all' or a comma-separated list")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per game")
+    p.add_argument("--preset", default="paper", choices=["paper", "cpu"], help="configuration")
+    p.add_argument(
+        "--stages",
+        default="data,lam,bc,offline,online,ppo",
+        help="steps to run (data is always collected)",
+    )
+    p.add_argument("--labels", help="label counts (default: 16,...,8192 paper; 256,1000 cpu)")
+    p.add_argument("--frames", type=int, help="demonstrator frames (default 1M paper, 51,200)")
+    p.add_argument("--online-frames", type=int, help="online frames (default 4M paper, 300k)")
+    p.add_argument("--data-root", help="use DIR/GAME datasets (e.g. imported) instead")
+    p.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
+    p.add_argument("--jobs", type=int, default=2, help="steps at once")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per step")
+    p.add_argument("--out", default="runs/reproduce", help="grid folder (resumes if present)")
+    for step, what in (
+        ("lam", "lapo lam train"),
+        ("bc", "lapo bc train and the BC baselines"),
+        ("idm", "lapo baseline idm-bc"),
+        ("online", "lapo decode online"),
+        ("ppo", "lapo baseline ppo"),
+    ):
+        p.add_argument(f"--{step}-args", metavar="OPTIONS", help=f"extra options for {what}")
+    p.add_argument("--force", action="store_true", help="run the paper preset without a GPU")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_reproduce)
+
     bc = sub.add_parser("bc", help="stage 2: latent behaviour cloning").add_subparsers(
         dest="bc_command", required=True, metavar="SUBCOMMAND"
     )
@@ -340,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, required=True, help="environment frames")
     p.add_argument("--out", required=True, help="run folder (resumes if present)")
     p.add_argument("--width", type=int, default=1, help="IMPALA-CNN width (the policy's)")
+    p.add_argument("--num-envs", type=int, default=64, help="parallel environments")
+    p.add_argument("--num-steps", type=int, default=64, help="steps per env per rollout")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")

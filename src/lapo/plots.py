@@ -171,12 +171,18 @@ def plot_lam(
     plot_predictions(sel[:, 1], sel[:, 2], _to_uint8(pred), out / "predictions.png", title)
     files["predictions"] = str(out / "predictions.png")
 
-    # the longest stretch of one episode in the test split, up to rollout_frames
-    long = WindowDataset(data, "test", k=rollout_frames)
-    if len(long) == 0:
+    # a stretch of one test episode of rollout_frames frames (fewer if no episode is as long)
+    long = None
+    for k in (rollout_frames, rollout_frames // 2, rollout_frames // 4):
+        try:
+            long = WindowDataset(data, "test", k=max(k, 3))
+            break
+        except DatasetError:
+            continue
+    if long is None:
         raise DatasetError(
-            f"no test episode in {data} has {rollout_frames} frames for the rollout GIF; "
-            "collect more test frames"
+            f"no test episode in {data} has {max(rollout_frames // 4, 3)} frames for the "
+            "rollout GIF; collect more test frames"
         )
     ep = long.read(long.starts[:1])["obs"][0]  # (T, 64, 64, 3)
     roll = open_loop_rollout(model, frames_to_float(torch.from_numpy(ep[None]))[0])

@@ -1,0 +1,565 @@
+"""``lapo reproduce``: the paper's experiment grid, resumable per (game, seed, step).
+
+For each game: data (the shipped demonstrator's, one trained with ``lapo expert train`` for
+games without one, or imported data under ``--data-root``) and a random-policy evaluation.
+For each (game, seed): stage 1, stage 2, offline decoding at each label count with baselines
+(a) BC on the same labels and (b) supervised-IDM labels then BC, online decoding and (c) PPO
+from scratch for the same frames, and an evaluation of every policy.
+
+Every step is a ``lapo`` command run as a subprocess and is skipped when its marker
+(``<step>.done.json`` beside its folder) exists, so a killed grid resumes where it stopped.
+Independent steps run ``jobs`` at a time. The grid writes ``results.csv`` (every
+evaluation), ``summary.md``, ``offline_vs_labels.png`` and ``online_curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PAPER_LABELS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+STEPS = ("data", "lam", "bc", "offline", "online", "ppo")
+
+# measured rates on the 2-core CPU of README's figures (channels-last fp32): stage 1 paper
+# 25.7 samples/s; IMPALA x4 forward ~110 obs/s, so stage 2 (fwd+bwd) ~35 samples/s; online
+# decoding forward-only over frozen trunk ~110 frames/s; PPO from scratch x4 ~30 frames/s
+CPU_HOURS_PAPER = {
+    "lam": 50_000 * 128 / 25.7 / 3600,
+    "bc": 60_000 * 128 / 35 / 3600,
+    "online": 4_000_000 / 110 / 3600,
+    "ppo": 4_000_000 / 30 / 3600,
+}
+
+
+@dataclass
+class ReproduceConfig:
+    """The grid: games x seeds x steps."""
+
+    games: list[str] = field(default_factory=lambda: ["coinrun", "jumper"])
+    seeds: int = 1
+    preset: str = "paper"
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    labels: list[int] = field(default_factory=lambda: list(PAPER_LABELS))
+    frames: int = 1_000_000
+    online_frames: int = 4_000_000
+    expert_frames: int = 25_000_000
+    data_root: str | None = None
+    episodes: int = 100
+    jobs: int = 2
+    threads: int = 1
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    name: str
+    cmd: list[str]
+    done: Path
+    deps: tuple[str, ...] = ()
+
+
+def _lapo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lapo.cli", *args]
+
+
+def build_tasks(cfg: ReproduceConfig, out: Path) -> list[Task]:
+    """Every step of the grid, with the steps it needs."""
+    from lapo.policies import shipped_demonstrators
+
+    tasks: list[Task] = []
+    shipped = shipped_demonstrators()
+    q = ("--quiet",)
+    for game in cfg.games:
+        g = out / game
+        data_deps: tuple[str, ...] = ()
+        if cfg.data_root:
+            data = Path(cfg.data_root) / game
+        else:
+            data = g / "data"
+            policy = "demonstrator"
+            if game not in shipped:
+                policy = str(g / "expert")
+                tasks.append(
+                    Task(
+                        f"{game}/expert",
+                        _lapo(
+                            "expert",
+                            "train",
+                            "--env",
+                            game,
+                            "--frames",
+                            str(cfg.expert_frames),
+                            "--out",
+                            policy,
+                            *q,
+                        ),
+                        g / "expert.done.json",
+                    )
+                )
+                data_deps = (f"{game}/expert",)
+            tasks.append(
+                Task(
+                    f"{game}/data",
+                    _lapo(
+                        "collect",
+                        "--env",
+                        game,
+                        "--policy",
+                        policy,
+                        "--frames",
+                        str(cfg.frames),
+                        "--test-frames",
+                        str(max(cfg.frames // 6, 1024)),
+                        "--out",
+                        str(data),
+                        "--seed",
+                        "0",
+                        *q,
+                    ),
+                    g / "data.done.json",
+                    data_deps,
+                )
+            )
+            data_deps = (f"{game}/data",)
+        tasks.append(
+            Task(
+                f"{game}/eval_random",
+                _lapo(
+                    "eval",
+                    "--policy",
+                    "random",
+                    "--env",
+                    game,
+                    "--episodes",
+                    str(cfg.episodes),
+                    "--seed",
+                    "1000",
+                ),
+                g / "eval_random.json",
+            )
+        )
+        for seed in range(cfg.seeds):
+            r, s = g / f"seed{seed}", ("--seed", str(seed))
+            pre = ("--preset", cfg.preset)
+            policies: dict[str, tuple[Path, str]] = {}
+            if "lam" in cfg.steps:
+                tasks.append(
+                    Task(
+                        f"{game}/{seed}/lam",
+                        _lapo(
+                            "lam",
+                            "train",
+                            "--data",
+                            str(data),
+                            "--out",
+                            str(r / "lam"),
+                            *pre,
+                            *s,
+                            *q,
+                            *cfg.extra.get("lam", []),
+                        ),
+                        r / "lam.done.json",
+                        data_deps,
+                    )
+                )
+            if "bc" in cfg.steps:
+                tasks.append(
+                    Task(
+                        f"{game}/{seed}/bc",
+                        _lapo(
+                            "bc",
+                            "train",
+                            "--lam",
+                            str(r / "lam"),
+                            "--data",
+                            str(data),
+                            "--out",
+                            str(r / "bc"),
+                            *pre,
+                            *s,
+                            *q,
+                            *cfg.extra.get("bc", []),
+                        ),
+                        r / "bc.done.json",
+                        (f"{game}/{seed}/lam",) if "lam" in cfg.steps else data_deps,
+                    )
+                )
+            bc_dep = (f"{game}/{seed}/bc",) if "bc" in cfg.steps else data_deps
+            for k in cfg.labels if "offline" in cfg.steps else []:
+                dec = r / f"lapo_offline_k{k}"
+                tasks.append(
+                    Task(
+                        f"{game}/{seed}/lapo_offline_k{k}",
+                        _lapo(
+                            "decode",
+                            "offline",
+                            "--policy",
+                            str(r / "bc"),
+                            "--data",
+                            str(data),
+                            "--labels",
+                            str(k),
+                            "--out",
+                            str(dec),
+                            *s,
+                        ),
+                        r / f"lapo_offline_k{k}.done.json",
+                        bc_dep,
+                    )
+                )
+                policies[f"lapo_offline_k{k}"] = (dec, f"lapo_offline_k{k}")
+                for name, sub in (("bc", "bc"), ("idm_bc", "idm-bc")):
+                    more = cfg.extra.get("idm", []) if name == "idm_bc" else []
+                    o = r / f"{name}_k{k}"
+                    tasks.append(
+                        Task(
+                            f"{game}/{seed}/{name}_k{k}",
+                            _lapo(
+                                "baseline",
+                                sub,
+                                "--data",
+                                str(data),
+                                "--labels-from",
+                                str(dec),
+                                "--out",
+                                str(o),
+                                *pre,
+                                *s,
+                                *q,
+                                *cfg.extra.get("bc", []),
+                                *more,
+                            ),
+                            r / f"{name}_k{k}.done.json",
+                            (f"{game}/{seed}/lapo_offline_k{k}",),
+                        )
+                    )
+                    policies[f"{name}_k{k}"] = (o, f"{name}_k{k}")
+            if "online" in cfg.steps:
+                o = r / "lapo_online"
+                tasks.append(
+                    Task(
+                        f"{game}/{seed}/lapo_online",
+                        _lapo(
+                            "decode",
+                            "online",
+                            "--policy",
+                            str(r / "bc"),
+                            "--env",
+                            game,
+                            "--frames",
+                            str(cfg.online_frames),
+                            "--out",
+                            str(o),
+                            *s,
+                            *q,
+                            *cfg.extra.get("online", []),
+                        ),
+                        r / "lapo_online.done.json",
+                        bc_dep,
+                    )
+                )
+                policies["lapo_online"] = (o, "lapo_online")
+            if "ppo" in cfg.steps:
+                o = r / "ppo_scratch"
+                width = "4" if cfg.preset == "paper" else "1"
+                tasks.append(
+                    Task(
+                        f"{game}/{seed}/ppo_scratch",
+                        _lapo(
+                            "baseline",
+                            "ppo",
+                            "--env",
+                            game,
+                            "--frames",
+                            str(cfg.online_frames),
+                            "--out",
+                            str(o),
+                            "--width",
+                            width,
+                            *s,
+                            *q,
+                            *cfg.extra.get("ppo", []),
+                        ),
+                        r / "ppo_scratch.done.json",
+                    )
+                )
+                policies["ppo_scratch"] = (o, "ppo_scratch")
+            for name, (folder, task) in policies.items():
+                # imported data records no demonstrator return: normalise by constants only
+                demo = () if cfg.data_root else ("--demonstrator-return-from", str(data))
+                tasks.append(
+                    Task(
+                        f"{game}/{seed}/eval_{name}",
+                        _lapo(
+                            "eval",
+                            "--policy",
+                            str(folder),
+                            "--env",
+                            game,
+                            "--episodes",
+                            str(cfg.episodes),
+                            "--seed",
+                            str(1000 + seed),
+                            *demo,
+                        ),
+                        r / f"eval_{name}.json",
+                        (f"{game}/{seed}/{task}", *data_deps),
+                    )
+                )
+    return tasks  # fmt: skip
+
+
+def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path, progress: bool = True) -> None:
+    """Run ``tasks`` in dependency order, ``jobs`` at a time; stop at the first failure."""
+    from tqdm import tqdm
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    by_name = {t.name: t for t in tasks}
+    missing = {d for t in tasks for d in t.deps} - set(by_name)
+    if missing:
+        raise ValueError(f"steps depend on unknown steps {sorted(missing)}")
+    finished = {t.name for t in tasks if t.done.exists()}
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(tasks), initial=len(finished), unit="step", disable=not progress)
+    with open(log, "a") as logf:
+        try:
+            while len(finished) < len(tasks):
+                for t in tasks:
+                    if len(running) >= jobs:
+                        break
+                    if t.name in finished or t.name in running:
+                        continue
+                    if all(d in finished for d in t.deps):
+                        t.done.parent.mkdir(parents=True, exist_ok=True)
+                        cmd = t.cmd
+                        if "collect" in cmd and Path(cmd[cmd.index("--out") + 1]).exists():
+                            cmd = [*cmd, "--resume"]  # a killed collection continues
+                        stdout = open(t.done.with_suffix(".out"), "w")  # noqa: SIM115
+                        logf.write(f"[{time.strftime('%H:%M:%S')}] start {t.name}\n")
+                        logf.flush()
+                        running[t.name] = (
+                            subprocess.Popen(cmd, stdout=stdout, stderr=logf, env=env),
+                            time.time(),
+                        )
+                bar.set_description(f"{len(running)} running")
+                time.sleep(0.5)
+                for name, (proc, t0) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[name]
+                    t = by_name[name]
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
+                    out_file = t.done.with_suffix(".out")
+                    text = out_file.read_text()
+                    tmp = t.done.with_suffix(".tmp")
+                    tmp.write_text(
+                        json.dumps({"wall_seconds": time.time() - t0, "stdout": text[-4000:]})
+                        if t.done.name.endswith(".done.json")
+                        else text
+                    )
+                    tmp.replace(t.done)
+                    out_file.unlink()
+                    finished.add(name)
+                    bar.update(1)
+        finally:
+            for proc, _ in running.values():
+                proc.terminate()
+            bar.close()
+
+
+def demonstrator_return(out: Path, game: str, data: Path) -> float | None:
+    """The demonstrator's mean return on the data: from its manifest, else an evaluation."""
+    if (data / "manifest.json").exists():
+        return json.loads((data / "manifest.json").read_text()).get("policy_mean_return")
+    for f in sorted((out / game).glob("seed*/eval_*.json")):
+        return json.loads(f.read_text()).get("demonstrator_return")
+    return None
+
+
+def collect_results(cfg: ReproduceConfig, out: Path) -> list[dict]:
+    """One row per finished evaluation."""
+    rows = []
+    for game in cfg.games:
+        rand = out / game / "eval_random.json"
+        random_ret = json.loads(rand.read_text())["mean_return"] if rand.exists() else math.nan
+        for seed in range(cfg.seeds):
+            for f in sorted((out / game / f"seed{seed}").glob("eval_*.json")):
+                e = json.loads(f.read_text())
+                rows.append(
+                    {
+                        "game": game,
+                        "seed": seed,
+                        "method": f.stem[5:],
+                        "mean_return": e["mean_return"],
+                        "stderr_return": e["stderr_return"],
+                        "normalized_return": e["normalized_return"],
+                        "demonstrator_normalized_return": e.get(
+                            "demonstrator_normalized_return", math.nan
+                        ),
+                        "demonstrator_return": e.get("demonstrator_return", math.nan),
+                        "measured_random_return": random_ret,
+                        "episodes": e["episodes"],
+                    }
+                )
+    return rows
+
+
+def summarise(cfg: ReproduceConfig, out: Path) -> dict:
+    """results.csv, summary.md and the two figures from whatever has finished."""
+    rows = collect_results(cfg, out)
+    if not rows:
+        return {"evaluations": 0}
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    methods = sorted({r["method"] for r in rows})
+    lines = [
+        "Mean ± std over seeds. First number: normalised by the published random/expert "
+        "constants; in brackets: between random and the data's demonstrator.",
+        "",
+        "| method | " + " | ".join(cfg.games) + " | mean over games |",
+        "|---|" + "---|" * (len(cfg.games) + 1),
+    ]
+    for m in methods:
+        cells, means = [], []
+        for g in cfg.games:
+            v = [r for r in rows if r["method"] == m and r["game"] == g]
+            if not v:
+                cells.append("")
+                continue
+            a = np.array([r["normalized_return"] for r in v])
+            d = np.array([r["demonstrator_normalized_return"] for r in v])
+            cells.append(f"{a.mean():.2f} ± {a.std():.2f} ({d.mean():.2f}; n={len(v)})")
+            means.append(a.mean())
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(means):.2f} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    figures = {}
+    if any(r["method"].startswith("lapo_offline_k") for r in rows):
+        figures["offline"] = str(plot_offline(cfg, rows, out / "offline_vs_labels.png"))
+    curves = online_curves(cfg, out)
+    if curves:
+        figures["online"] = str(plot_online(curves, out / "online_curves.png"))
+    return {"evaluations": len(rows), "summary": str(out / "summary.md"), **figures}
+
+
+def plot_offline(cfg: ReproduceConfig, rows: list[dict], path: Path) -> Path:
+    """Normalised return vs label count, mean over games and seeds, LAPO and baselines."""
+    from lapo.report import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for prefix, label, col in (
+        ("lapo_offline_k", "LAPO, offline decoding", "tab:blue"),
+        ("idm_bc_k", "(b) supervised IDM labels, then BC", "tab:green"),
+        ("bc_k", "(a) BC on the labels", "tab:orange"),
+    ):
+        ks, ms = [], []
+        for k in sorted(cfg.labels):
+            v = [
+                np.mean([r["normalized_return"] for r in rows
+                         if r["method"] == f"{prefix}{k}" and r["game"] == g])
+                for g in cfg.games
+                if any(r["method"] == f"{prefix}{k}" and r["game"] == g for r in rows)
+            ]  # fmt: skip
+            if v:
+                ks.append(k)
+                ms.append(np.mean(v))
+        if ks:
+            ax.plot(ks, ms, marker="o", color=col, label=label)
+    paper = {16: 0.05, 32: 0.16, 64: 0.23, 128: 0.33, 256: 0.50, 512: 0.55, 1024: 0.57}
+    ax.plot(list(paper), list(paper.values()), "k--", lw=1, label="paper (mean of 16 games)")
+    ax.set_xscale("log", base=2)
+    ax.set(
+        xlabel="labelled transitions K",
+        ylabel="normalised return (0 random, 1 expert)",
+        title=f"Offline decoding, mean over {', '.join(cfg.games)}",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def online_curves(cfg: ReproduceConfig, out: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """method -> (frames, normalised return averaged over seeds, then games); NaN where no
+    episode had ended yet."""
+    import warnings
+
+    from lapo.envs import normalized_return
+
+    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+
+    result = {}
+    for name in ("lapo_online", "ppo_scratch"):
+        per_game = []
+        for game in cfg.games:
+            curves = []
+            for seed in range(cfg.seeds):
+                p = out / game / f"seed{seed}" / name / "progress.csv"
+                if not p.exists():
+                    continue
+                with open(p) as fh:
+                    rs = list(csv.DictReader(fh))
+                x = np.array([float(r["frames"]) for r in rs])
+                y = np.array([normalized_return(game, float(r["mean_return"])) for r in rs])
+                curves.append((x, y))
+            if curves:
+                n = min(len(c[0]) for c in curves)
+                per_game.append((curves[0][0][:n], np.nanmean([c[1][:n] for c in curves], 0)))
+        if per_game:
+            n = min(len(c[0]) for c in per_game)
+            result[name] = (per_game[0][0][:n], np.nanmean([c[1][:n] for c in per_game], 0))
+    return result
+
+
+def plot_online(curves: dict, path: Path) -> Path:
+    from lapo.report import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    labels = {"lapo_online": "LAPO online decoding", "ppo_scratch": "PPO from scratch"}
+    for name, (x, y) in curves.items():
+        ax.plot(x / 1e6, y, label=labels[name])
+    ax.axhline(0, color="grey", ls=":", lw=0.8)
+    ax.axhline(1, color="grey", ls="--", lw=0.8, label="expert (published)")
+    ax.set(
+        xlabel="environment frames (millions)",
+        ylabel="normalised return (0 random, 1 expert)",
+        title="Online decoding vs PPO, mean over games",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def cpu_hours(cfg: ReproduceConfig) -> float:
+    """Rough hours the paper preset takes on the 2-core CPU README measured on."""
+    per = sum(h for step, h in CPU_HOURS_PAPER.items() if step in cfg.steps)
+    return per * len(cfg.games) * cfg.seeds
+
+
+def reproduce(cfg: ReproduceConfig, out: Path, progress: bool = True) -> dict:
+    """Run (or resume) the grid into ``out`` and summarise it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reproduce_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    t0 = time.time()
+    tasks = build_tasks(cfg, out)
+    run_tasks(tasks, cfg.jobs, cfg.threads, out / "stderr.log", progress)
+    return {"out": str(out), "steps": len(tasks), "wall_seconds": round(time.time() - t0, 1),
+            **summarise(cfg, out)}  # fmt: skip

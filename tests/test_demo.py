@@ -1,0 +1,163 @@
+"""`lapo demo --fast` end to end on real Procgen, its report, resuming; `lapo reproduce` on a
+toy grid."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lapo.cli import main
+from lapo.demo import FAST, DemoConfig, find_resumable, run_demo
+
+SECTIONS = [
+    "Summary",
+    "What was run",
+    "Learning curves",
+    "Latent actions by true action",
+    "World-model predictions",
+    "Probe confusion matrix",
+    "Returns",
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo-fast"
+    assert main(["demo", "--fast", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def _images(html: str) -> dict[str, list[Image.Image]]:
+    """Section heading -> the images embedded in it."""
+    found = {}
+    for part in re.split(r"<h2 ", html)[1:]:
+        heading = re.search(r">([^<]+)</h2>", part).group(1)
+        found[heading] = [
+            Image.open(io.BytesIO(base64.b64decode(b)))
+            for b in re.findall(r"src='data:image/(?:png|gif);base64,([^']+)'", part)
+        ]
+    return found
+
+
+def test_report_holds_every_section_with_a_real_image(demo):
+    html = (demo / "report.html").read_text()
+    images = _images(html)
+    assert list(images) == SECTIONS
+    for heading in SECTIONS[2:]:
+        assert images[heading], f"no image in {heading}"
+        for im in images[heading]:
+            assert im.width >= 200 and im.height >= 150
+            # a real picture, not a blank canvas
+            assert np.asarray(im.convert("L")).std() > 5
+    assert images["World-model predictions"][1].format == "GIF"
+    assert images["World-model predictions"][1].n_frames > 3
+    for name in ("random", "demonstrator", "LAPO (decoded)", "BC on the same labels"):
+        assert name in html
+    assert "CPU cores" in html  # the machine is stated
+
+
+def test_demo_numbers_beat_their_baselines(demo):
+    probe = json.loads((demo / "probe.json").read_text())
+    # latent actions from video alone recover the true action better than chance (3 s.e.)
+    se = (probe["chance"] * (1 - probe["chance"]) / probe["n_test"]) ** 0.5
+    assert probe["accuracy"] > probe["chance"] + 3 * se
+    stages = json.loads((demo / "stages.json").read_text())
+    assert list(stages) == [
+        "collect",
+        "stage1",
+        "probe",
+        "plots",
+        "stage2",
+        "decode",
+        "baseline",
+        "evaluate",
+        "report",
+    ]
+    assert all(s["wall_seconds"] >= 0 for s in stages.values())
+
+
+def test_resume_skips_finished_stages(demo, tmp_path):
+    run = tmp_path / "demo-copy"
+    shutil.copytree(demo, run)
+    stages = json.loads((run / "stages.json").read_text())
+    # as if the run had been interrupted during the evaluation
+    for name in ("evaluate", "report"):
+        del stages[name]
+    (run / "stages.json").write_text(json.dumps(stages))
+    (run / "report.html").unlink()
+    weights = (run / "stage1" / "lam.safetensors").stat().st_mtime_ns
+    policy = (run / "stage2" / "policy.safetensors").stat().st_mtime_ns
+    cfg = DemoConfig(**FAST)
+    assert find_resumable(tmp_path, cfg) == run
+    run_demo(cfg, run, progress=False)
+    after = json.loads((run / "stages.json").read_text())
+    for name in ("collect", "stage1", "probe", "plots", "stage2", "decode", "baseline"):
+        assert after[name] == stages[name]
+    assert "evaluate" in after and "report" in after
+    assert (run / "stage1" / "lam.safetensors").stat().st_mtime_ns == weights
+    assert (run / "stage2" / "policy.safetensors").stat().st_mtime_ns == policy
+    assert (run / "report.html").exists()
+    assert find_resumable(tmp_path, cfg) is None  # finished runs are not resumed
+
+
+def test_demo_refuses_a_game_without_a_demonstrator(capsys):
+    assert main(["demo", "--fast", "--game", "bigfish", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no demonstrator ships for 'bigfish'" in err
+
+
+def test_reproduce_refuses_the_paper_preset_on_cpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["reproduce", "--games", "coinrun", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "GPU job" in err and "hours" in err and err.count("\n") == 1
+
+
+def test_reproduce_toy_grid_writes_csv_and_figures(tmp_path, capsys):
+    out = tmp_path / "grid"
+    argv = [
+        "reproduce", "--games", "coinrun,jumper", "--seeds", "1", "--preset", "cpu",
+        "--labels", "64", "--frames", "1500", "--online-frames", "64", "--episodes", "2",
+        "--jobs", "2", "--out", str(out), "--quiet",
+        "--lam-args", "--steps 10 --batch-size 8 --eval-every 5 --probe-every 0",
+        "--bc-args", "--steps 10 --batch-size 8 --eval-every 5",
+        "--idm-args", "--idm-steps 5",
+        "--online-args", "--num-envs 4 --num-steps 8 --decoder-fit-start 0",
+        "--ppo-args", "--num-envs 4 --num-steps 8",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    methods = {"lapo_offline_k64", "bc_k64", "idm_bc_k64", "lapo_online", "ppo_scratch"}
+    found = {tuple(r.split(",")[:3:2]) for r in rows[1:]}  # (game, method)
+    assert found == {(g, m) for g in ("coinrun", "jumper") for m in methods}
+    for fig in ("offline_vs_labels.png", "online_curves.png"):
+        im = Image.open(out / fig)
+        assert im.width > 300 and np.asarray(im.convert("L")).std() > 5
+    assert "lapo_offline_k64" in (out / "summary.md").read_text()
+    # a second run finds every step done and starts none
+    starts = (out / "stderr.log").read_text().count("] start ")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert (out / "stderr.log").read_text().count("] start ") == starts
+
+
+def test_charts_name_actions_and_label_axes():
+    from lapo.envs import ACTION_NAMES
+    from lapo.report import confusion_chart, returns_chart
+
+    conf = np.eye(15, dtype=int).tolist()
+    ax = confusion_chart(conf, "coinrun", "probe").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(ACTION_NAMES)
+    assert ax.get_xlabel() and ax.get_ylabel() and "coinrun" in ax.get_title()
+    ax = returns_chart({"random": {"mean_return": 1.0, "stderr_return": 0.1}}, "coinrun").axes[0]
+    assert ax.get_ylabel() and "coinrun" in ax.get_title()
