@@ -500,8 +500,6 @@ def online_curves(cfg: ReproduceConfig, out: Path) -> dict[str, tuple[np.ndarray
 
     from lapo.envs import normalized_return
 
-    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-
     result = {}
     for name in ("lapo_online", "ppo_scratch"):
         per_game = []
@@ -518,10 +516,16 @@ def online_curves(cfg: ReproduceConfig, out: Path) -> dict[str, tuple[np.ndarray
                 curves.append((x, y))
             if curves:
                 n = min(len(c[0]) for c in curves)
-                per_game.append((curves[0][0][:n], np.nanmean([c[1][:n] for c in curves], 0)))
+                with warnings.catch_warnings():  # all-NaN columns stay NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    y = np.nanmean([c[1][:n] for c in curves], 0)
+                per_game.append((curves[0][0][:n], y))
         if per_game:
             n = min(len(c[0]) for c in per_game)
-            result[name] = (per_game[0][0][:n], np.nanmean([c[1][:n] for c in per_game], 0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                y = np.nanmean([c[1][:n] for c in per_game], 0)
+            result[name] = (per_game[0][0][:n], y)
     return result
 
 
