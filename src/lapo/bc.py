@@ -14,7 +14,6 @@ so that decoding needs only this folder.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from torch import nn
 
 from lapo.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     load_tensors,
     read_json,
     restore_training_state,
@@ -41,7 +39,7 @@ from lapo.data.format import DatasetError, open_dataset
 from lapo.lam import build_idm, frames_to_float, lam_config_from_dict, load_lam
 from lapo.models.idm import IDM
 from lapo.models.policy import LatentPolicy, build_network
-from lapo.runs import resolve_device, start_run
+from lapo.runs import CsvLog, resolve_device, start_run
 
 
 @dataclass
@@ -241,16 +239,9 @@ def train_bc(
         return m
 
     writer = SummaryWriter(str(out / "tb"))
-    csv_path = out / "metrics.csv"
-    if start > 0 and csv_path.exists():
-        lines = csv_path.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [r for r in lines[1:] if int(r.split(",")[0]) <= start]
-        atomic_write_bytes(csv_path, "".join(kept).encode())
-    new_csv = not csv_path.exists()
-    csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
-    csv_out = csv.writer(csv_file)
-    if new_csv:
-        csv_out.writerow(["step", "train_loss", "test_loss", "test_accuracy", "lr"])
+    log = CsvLog(
+        out / "metrics.csv", ["step", "train_loss", "test_loss", "test_accuracy", "lr"], start
+    )
     baseline_path = out / "untrained.json"
     if start == 0:
         # baselines the trained policy must beat: the untrained network, and for latents the
@@ -263,7 +254,7 @@ def train_bc(
             ).item()
         write_json(baseline_path, baseline)
         writer.add_scalar("test/loss", baseline["test_loss"], 0)
-        csv_out.writerow([0, "", baseline["test_loss"], baseline.get("test_accuracy", ""), ""])
+        log.write([0, "", baseline["test_loss"], baseline.get("test_accuracy", ""), ""])
     baseline = read_json(baseline_path)
 
     last: dict = {}
@@ -292,10 +283,7 @@ def train_bc(
                 last = test_metrics()
                 for k, v in last.items():
                     writer.add_scalar(f"test/{k[5:]}", v, done)
-                csv_out.writerow(
-                    [done, loss.item(), last["test_loss"], last.get("test_accuracy", ""), lr]
-                )
-                csv_file.flush()
+                log.write([done, loss.item(), last["test_loss"], last.get("test_accuracy", ""), lr])
                 save_tensors(
                     ckpt,
                     *training_state(
@@ -311,7 +299,7 @@ def train_bc(
     finally:
         bar.close()
         writer.close()
-        csv_file.close()
+        log.close()
     wall = time.time() - t0
     if not last and (out / "metrics.csv").exists():
         last = test_metrics()

@@ -178,6 +178,17 @@ def run_demo(
     data, lam_run, bc_run = out / "data", out / "stage1", out / "stage2"
     decoded, baseline = out / "decoded", out / "bc_on_labels"
 
+    # stage 2 and the BC baseline train with the same settings
+    bc_cfg = dataclasses.replace(
+        bc_preset("cpu"),
+        steps=cfg.bc_steps,
+        batch_size=cfg.bc_batch,
+        warmup_steps=min(100, cfg.bc_steps // 5),
+        eval_every=max(cfg.bc_steps // 5, 1),
+        seed=cfg.seed,
+        threads=cfg.threads,
+    )
+
     def s_collect() -> dict:
         return collect(
             cfg.game,
@@ -217,15 +228,6 @@ def run_demo(
         return plot_lam(lam_run, data, out / "plots", windows=1_500, seed=cfg.seed)
 
     def s_stage2() -> dict:
-        bc_cfg = dataclasses.replace(
-            bc_preset("cpu"),
-            steps=cfg.bc_steps,
-            batch_size=cfg.bc_batch,
-            warmup_steps=min(100, cfg.bc_steps // 5),
-            eval_every=max(cfg.bc_steps // 5, 1),
-            seed=cfg.seed,
-            threads=cfg.threads,
-        )
         return train_latent_bc(bc_cfg, lam_run, data, bc_run, progress=False)
 
     def s_decode() -> dict:
@@ -235,15 +237,6 @@ def run_demo(
         return decode_offline(bc_run, data, decoded, OfflineConfig(labels=k, seed=cfg.seed))
 
     def s_baseline() -> dict:
-        bc_cfg = dataclasses.replace(
-            bc_preset("cpu"),
-            steps=cfg.bc_steps,
-            batch_size=cfg.bc_batch,
-            warmup_steps=min(100, cfg.bc_steps // 5),
-            eval_every=max(cfg.bc_steps // 5, 1),
-            seed=cfg.seed,
-            threads=cfg.threads,
-        )
         return bc_on_labels(bc_cfg, data, baseline, cfg.labels, labels_from=decoded, progress=False)
 
     def s_evaluate() -> dict:

@@ -8,7 +8,6 @@ to resume), ``progress.csv`` and TensorBoard event files.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
@@ -23,7 +22,6 @@ from torch.distributions import Categorical
 
 from lapo.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     load_tensors,
     read_json,
     restore_training_state,
@@ -34,7 +32,7 @@ from lapo.checkpoint import (
 from lapo.envs import NUM_ACTIONS, ProcgenVecEnv, check_game, normalized_return
 from lapo.models.impala import make_encoder, obs_to_float
 from lapo.ppo import RewardNormalizer, compute_gae, ppo_loss
-from lapo.runs import start_run
+from lapo.runs import CsvLog, start_run
 
 
 @dataclass
@@ -196,17 +194,11 @@ def train_expert(
     values = torch.zeros((T, N), device=device)
 
     writer = SummaryWriter(str(out / "tb"))
-    csv_path = out / "progress.csv"
-    if csv_path.exists():
-        # rows logged after the checkpoint we resume from are about to be redone: drop them
-        lines = csv_path.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= start_update]
-        atomic_write_bytes(csv_path, "".join(kept).encode())
-    new_csv = not csv_path.exists()
-    csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
-    csv_writer = csv.writer(csv_file)
-    if new_csv:
-        csv_writer.writerow(["update", "frames", "mean_return", "normalized_return", "fps"])
+    log = CsvLog(
+        out / "progress.csv",
+        ["update", "frames", "mean_return", "normalized_return", "fps"],
+        start_update,
+    )
     bar = tqdm(
         total=cfg.num_updates * cfg.batch_size,
         initial=start_update * cfg.batch_size,
@@ -292,8 +284,7 @@ def train_expert(
                 "losses/grad_norm": float(grad_norm),
             }.items():
                 writer.add_scalar(name, val, frames)
-            csv_writer.writerow([update + 1, frames, mean_ret, norm_ret, round(fps, 1)])
-            csv_file.flush()
+            log.write([update + 1, frames, mean_ret, norm_ret, round(fps, 1)])
             bar.update(cfg.batch_size)
             bar.set_postfix(ret=f"{mean_ret:.2f}", norm=f"{norm_ret:.2f}", refresh=False)
 
@@ -318,7 +309,7 @@ def train_expert(
     finally:
         bar.close()
         writer.close()
-        csv_file.close()
+        log.close()
         env.close()
     frames_done = cfg.num_updates * cfg.batch_size
     wall = time.time() - t0

@@ -13,7 +13,6 @@ weights, for later stages), ``checkpoint.safetensors`` (+ optimiser, step, RNG: 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from torch import nn
 
 from lapo.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     load_tensors,
     read_json,
     restore_training_state,
@@ -37,7 +35,7 @@ from lapo.checkpoint import (
 from lapo.models.idm import IDM
 from lapo.models.quantizers import QuantizerConfig
 from lapo.models.world_model import WorldModel
-from lapo.runs import start_run
+from lapo.runs import CsvLog, start_run
 
 
 @dataclass
@@ -287,26 +285,18 @@ def train_lam(
         probe_te = test.sample(cfg.probe_test, fixed)
 
     writer = SummaryWriter(str(out / "tb"))
-    csv_path = out / "metrics.csv"
-    if start > 0 and csv_path.exists():
-        # rows a killed run logged after its last checkpoint are redone: drop them
-        lines = csv_path.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [r for r in lines[1:] if int(r.split(",")[0]) <= start]
-        atomic_write_bytes(csv_path, "".join(kept).encode())
-    new_csv = not csv_path.exists()
-    csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
-    csv_out = csv.writer(csv_file)
-    if new_csv:
-        csv_out.writerow(
-            [
-                "step",
-                "train_wm_loss",
-                "test_wm_loss",
-                "test_wm_loss_shuffled",
-                "perplexity",
-                "probe_acc",
-            ]
-        )
+    log = CsvLog(
+        out / "metrics.csv",
+        [
+            "step",
+            "train_wm_loss",
+            "test_wm_loss",
+            "test_wm_loss_shuffled",
+            "perplexity",
+            "probe_acc",
+        ],
+        resume_at=start,
+    )
 
     def test_losses() -> tuple[float, float]:
         """Test world-model MSE with each window's own latent and with shuffled latents."""
@@ -332,7 +322,7 @@ def train_lam(
         writer.add_scalar("test/wm_loss", wm, 0)
         writer.add_scalar("test/wm_loss_shuffled_latent", shuffled, 0)
         write_json(baseline_path, baseline)
-        csv_out.writerow(
+        log.write(
             [0, "", wm, shuffled, "", baseline["probe"]["accuracy"] if baseline["probe"] else ""]
         )
     if baseline_path.exists():
@@ -394,8 +384,7 @@ def train_lam(
                     row = [done, logs["wm_loss"], "", "", logs.get("perplexity"), ""]
                 row[5] = rep["accuracy"]
             if row is not None:
-                csv_out.writerow(row)
-                csv_file.flush()
+                log.write(row)
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 save_tensors(
                     ckpt,
@@ -407,7 +396,7 @@ def train_lam(
     finally:
         bar.close()
         writer.close()
-        csv_file.close()
+        log.close()
     wall = time.time() - t0
     return {
         "steps": cfg.steps,

@@ -20,7 +20,6 @@ A run folder holds ``policy.safetensors`` + ``config.json`` (kind ``online-agent
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
@@ -36,7 +35,6 @@ from torch.distributions import Categorical
 from lapo.bc import load_stage2
 from lapo.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     load_tensors,
     restore_training_state,
     save_tensors,
@@ -48,7 +46,7 @@ from lapo.envs import ProcgenVecEnv, check_game, normalized_return
 from lapo.lam import frames_to_float
 from lapo.models.policy import OnlineAgent
 from lapo.ppo import RewardNormalizer, compute_gae, ppo_loss
-from lapo.runs import start_run
+from lapo.runs import CsvLog, start_run
 
 
 @dataclass
@@ -320,27 +318,20 @@ def decode_online(
     values = torch.zeros((T, N), device=device)
 
     writer = SummaryWriter(str(out / "tb"))
-    csv_path = out / "progress.csv"
-    if csv_path.exists():
-        lines = csv_path.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= start_update]
-        atomic_write_bytes(csv_path, "".join(kept).encode())
-    new_csv = not csv_path.exists()
-    csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
-    csv_writer = csv.writer(csv_file)
-    if new_csv:
-        csv_writer.writerow(
-            [
-                "update",
-                "frames",
-                "mean_return",
-                "normalized_return",
-                "demonstrator_normalized_return",
-                "decoder_pairs",
-                "decoder_fits",
-                "fps",
-            ]
-        )
+    log = CsvLog(
+        out / "progress.csv",
+        [
+            "update",
+            "frames",
+            "mean_return",
+            "normalized_return",
+            "demonstrator_normalized_return",
+            "decoder_pairs",
+            "decoder_fits",
+            "fps",
+        ],
+        start_update,
+    )
     bar = tqdm(
         total=cfg.num_updates * cfg.batch_size,
         initial=start_update * cfg.batch_size,
@@ -445,10 +436,9 @@ def decode_online(
                 **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
             }.items():
                 writer.add_scalar(name, val, frames)
-            csv_writer.writerow(
+            log.write(
                 [update + 1, frames, mean_ret, norm_ret, demo_norm, n_pairs, fits, round(fps, 1)]
             )
-            csv_file.flush()
             bar.update(cfg.batch_size)
             bar.set_postfix(ret=f"{mean_ret:.2f}", norm=f"{norm_ret:.2f}", refresh=False)
 
@@ -479,7 +469,7 @@ def decode_online(
     finally:
         bar.close()
         writer.close()
-        csv_file.close()
+        log.close()
         env.close()
     wall = time.time() - t0
     return {
