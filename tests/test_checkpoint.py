@@ -102,3 +102,14 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == [".policy.safetensors.abc123.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "policy.safetensors"]
+
+
+def test_refuse_changed_settings_names_what_changed(tmp_path):
+    from lapo.checkpoint import refuse_changed_settings
+
+    ckpt = tmp_path / "checkpoint.safetensors"
+    saved = {"lr": 1e-3, "steps": 100, "width": 1}
+    # the budget may change on resume; nothing else
+    refuse_changed_settings(ckpt, saved, {**saved, "steps": 500}, ("steps",))
+    with pytest.raises(CheckpointError, match=r"\(lr, new\)"):
+        refuse_changed_settings(ckpt, saved, {**saved, "lr": 3e-4, "new": 1}, ("steps",))

@@ -29,6 +29,7 @@ from lapo.checkpoint import (
     CheckpointError,
     load_tensors,
     read_json,
+    refuse_changed_settings,
     restore_training_state,
     save_tensors,
     training_state,
@@ -201,14 +202,12 @@ def train_bc(
     ckpt = out / "checkpoint.safetensors"
     if ckpt.exists():
         tensors, meta = load_tensors(ckpt)
-        saved = {k: v for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES}
-        now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
-        if saved != now or meta.get("network") != network:
-            diff = sorted(k for k in now if saved.get(k) != now[k]) or ["network"]
-            raise CheckpointError(
-                f"{ckpt} was written with other settings ({', '.join(diff)}); resume with the "
-                "same options or use another --out"
-            )
+        refuse_changed_settings(
+            ckpt,
+            {**meta["config"], "network": meta.get("network")},
+            {**dataclasses.asdict(cfg), "network": network},
+            RESUMABLE_CHANGES,
+        )
         restore_training_state(tensors, meta, model, optimizer, rng)
         start = meta["step"]
     for name, tensors in (extra_files or {}).items():

@@ -142,6 +142,20 @@ def optimizer_from_flat(
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def refuse_changed_settings(
+    ckpt: Path, saved: dict, now: dict, may_change: tuple[str, ...] = ()
+) -> None:
+    """Raise :class:`CheckpointError` naming the settings in which the run that wrote ``ckpt``
+    (``saved``) differs from this one (``now``), apart from those a resumed run ``may_change``."""
+    keys = (set(saved) | set(now)) - set(may_change)
+    changed = sorted(k for k in keys if saved.get(k) != now.get(k))
+    if changed:
+        raise CheckpointError(
+            f"{ckpt} was written with other settings ({', '.join(changed)}); resume with the "
+            "same options or use another --out"
+        )
+
+
 def training_state(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -27,6 +27,7 @@ from lapo.checkpoint import (
     CheckpointError,
     load_tensors,
     read_json,
+    refuse_changed_settings,
     restore_training_state,
     save_tensors,
     training_state,
@@ -257,14 +258,7 @@ def train_lam(
     ckpt = out / "checkpoint.safetensors"
     if ckpt.exists():
         tensors, meta = load_tensors(ckpt)
-        saved = {k: v for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES}
-        now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
-        if saved != now:
-            diff = sorted(k for k in now if saved.get(k) != now[k])
-            raise CheckpointError(
-                f"{ckpt} was written with other settings ({', '.join(diff)}); resume with the "
-                "same options or use another --out"
-            )
+        refuse_changed_settings(ckpt, meta["config"], dataclasses.asdict(cfg), RESUMABLE_CHANGES)
         restore_training_state(tensors, meta, model, optimizer, rng)
         start = meta["step"]
     run_config = {

@@ -36,6 +36,7 @@ from lapo.bc import load_stage2
 from lapo.checkpoint import (
     CheckpointError,
     load_tensors,
+    refuse_changed_settings,
     restore_training_state,
     save_tensors,
     training_state,
@@ -267,13 +268,12 @@ def decode_online(
     pairs_path = out / "decoder_pairs.safetensors"
     if ckpt_path.exists():
         tensors, meta = load_tensors(ckpt_path)
-        saved = {k: v for k, v in meta["config"].items() if k not in ONLINE_RESUMABLE}
-        now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ONLINE_RESUMABLE}
-        if saved != now or meta["policy_run"] != str(policy_run) or meta["game"] != game:
-            raise CheckpointError(
-                f"{ckpt_path} was written by another run (other settings, policy or game); "
-                "resume with the same command or use another --out"
-            )
+        refuse_changed_settings(
+            ckpt_path,
+            {**meta["config"], "policy": meta["policy_run"], "env": meta["game"]},
+            {**dataclasses.asdict(cfg), "policy": str(policy_run), "env": game},
+            ONLINE_RESUMABLE,
+        )
         restore_training_state(tensors, meta, agent, optimizer, rng)
         normalizer.load_state_dict(meta["normalizer"])
         start_update, elapsed_before, fits = meta["update"], meta["elapsed"], meta["fits"]
