@@ -59,21 +59,14 @@ def fit_decoder(
 @torch.no_grad()
 def encode_dataset_windows(
     idm: IDM, ds: WindowDataset, starts: np.ndarray, device: torch.device, chunk: int = 512
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """IDM latents of the windows at ``starts``, read in chunks (the split may be large).
-
-    Returns ``(z (N, A) float CPU, middle frames' actions (N,) or None, middle frames
-    uint8 (N, 64, 64, 3) only when N <= chunk else None)``.
-    """
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """IDM latents of the windows at ``starts``, read ``chunk`` at a time (the split may not
+    fit in memory): ``(z (N, A) float on CPU, middle frames' actions (N,) or None)``."""
     idm = idm.to(device).eval()
     zs, acts = [], []
-    mid = None
     for i in range(0, len(starts), chunk):
         batch = ds.read(starts[i : i + chunk])
         zs.append(idm(frames_to_float(torch.from_numpy(batch["obs"]).to(device)))[0].float().cpu())
         if "actions" in batch:
             acts.append(batch["actions"][:, 1])
-        if len(starts) <= chunk:
-            mid = batch["obs"][:, 1].copy()
-    actions = np.concatenate(acts) if acts else None
-    return torch.cat(zs), actions, mid
+    return torch.cat(zs), (np.concatenate(acts) if acts else None)

@@ -26,6 +26,7 @@ from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetError, open_dataset
 from lapo.decode import encode_dataset_windows, fit_decoder
 from lapo.envs import NUM_ACTIONS
+from lapo.lam import frames_to_float
 from lapo.models.policy import DecodedPolicy
 from lapo.probe import classification_report
 
@@ -84,7 +85,7 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
     train = WindowDataset(data, "train", k=3)
     starts = choose_labelled(train, cfg.labels, cfg.seed, data)
     device = torch.device("cpu")
-    z, y, _ = encode_dataset_windows(idm, train, starts, device)
+    z, y = encode_dataset_windows(idm, train, starts, device)
     decoder = fit_decoder(
         z,
         torch.from_numpy(y),
@@ -108,12 +109,12 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
     idm_pred, pol_pred, y_te = [], [], []
     with torch.no_grad():
         for i in range(0, len(te_starts), 512):
-            zt, yt, _ = encode_dataset_windows(idm, test, te_starts[i : i + 512], device)
-            batch = test.read(te_starts[i : i + 512])
+            batch = test.read(te_starts[i : i + 512])  # one read for the IDM and the policy
+            zt = idm(frames_to_float(torch.from_numpy(batch["obs"])))[0]
             obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1]))
             idm_pred.append(decoder(zt).argmax(-1).numpy())
             pol_pred.append(deployed(obs).argmax(-1).numpy())
-            y_te.append(yt)
+            y_te.append(batch["actions"][:, 1])
     y_te = np.concatenate(y_te)
     idm_rep = classification_report(y_te, np.concatenate(idm_pred), NUM_ACTIONS)
     pol_rep = classification_report(y_te, np.concatenate(pol_pred), NUM_ACTIONS)
