@@ -378,15 +378,6 @@ def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path, progress: b
             bar.close()
 
 
-def demonstrator_return(out: Path, game: str, data: Path) -> float | None:
-    """The demonstrator's mean return on the data: from its manifest, else an evaluation."""
-    if (data / "manifest.json").exists():
-        return json.loads((data / "manifest.json").read_text()).get("policy_mean_return")
-    for f in sorted((out / game).glob("seed*/eval_*.json")):
-        return json.loads(f.read_text()).get("demonstrator_return")
-    return None
-
-
 def collect_results(cfg: ReproduceConfig, out: Path) -> list[dict]:
     """One row per finished evaluation."""
     rows = []

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lapo.bc import check_same_game, load_stage2
+from lapo.bc import dataset_for, load_stage2
 from lapo.checkpoint import read_json, save_tensors, write_json
 from lapo.data.dataset import WindowDataset
-from lapo.data.format import DatasetError, open_dataset
+from lapo.data.format import DatasetError
 from lapo.decode import encode_dataset_windows, fit_decoder
 from lapo.envs import NUM_ACTIONS
 from lapo.lam import frames_to_float
@@ -75,8 +75,7 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
     """Fit the decoder for stage-2 run ``policy_run`` on ``cfg.labels`` windows of ``data``."""
     t0 = time.time()
     policy, idm, config = load_stage2(policy_run)
-    manifest = open_dataset(data).manifest
-    check_same_game(f"stage-2 run {policy_run}", config.get("game"), data, manifest)
+    manifest = dataset_for(data, f"stage-2 run {policy_run}", config.get("game"))
     if not manifest.get("has_actions"):
         raise DatasetError(
             f"{data} has no actions: offline decoding needs a dataset with true actions "
