@@ -66,9 +66,10 @@ def main() -> None:
         rep.pop("confusion")
         return rep
 
-    t0 = time.time()
+    # the clock counts training steps only (as lam train's train_seconds does), not evaluations
+    t0, evaluating = time.time(), 0.0
     next_eval, step, curve = args.eval_every, 0, []
-    while time.time() - t0 < args.minutes * 60:
+    while time.time() - t0 - evaluating < args.minutes * 60:
         b = train.sample(args.batch, rng)
         x = stack_frames(frames_to_float(torch.from_numpy(b["obs"])), args.differences)
         loss = F.cross_entropy(model(x), torch.from_numpy(b["actions"][:, 1]))
@@ -76,12 +77,14 @@ def main() -> None:
         loss.backward()
         opt.step()
         step += 1
-        if time.time() - t0 >= next_eval:
+        if time.time() - t0 - evaluating >= next_eval:
+            seconds, t_eval = time.time() - t0 - evaluating, time.time()
             rep = evaluate()
-            curve.append({"seconds": round(time.time() - t0), "step": step, **rep})
+            evaluating += time.time() - t_eval
+            curve.append({"seconds": round(seconds), "step": step, **rep})
             print(json.dumps(curve[-1]), flush=True)
             next_eval += args.eval_every
-    final = {"seconds": round(time.time() - t0), "step": step, **evaluate()}
+    final = {"seconds": round(time.time() - t0 - evaluating), "step": step, **evaluate()}
     print(
         json.dumps(
             {

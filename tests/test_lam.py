@@ -58,6 +58,9 @@ def test_paper_preset_matches_the_notes():
     q = cfg.quantizer
     assert (q.num_codebooks, q.latents_per_codebook, q.code_dim, q.num_entries) == (2, 4, 16, 64)
     assert (q.commitment_cost, q.decay, q.latent_dim) == (0.05, 0.999, 128)
+    # the reference's quantiser: counts from zero, stored smoothed, no restarts
+    assert q.reference_counts and q.restart_unused_steps == 0 and q.dead_code_threshold == 0
+    assert (cfg.idm_lookahead, cfg.aug_shift, cfg.wm_target) == (1, 0, "pixels")
 
 
 def test_lr_schedule_by_hand():
@@ -276,3 +279,70 @@ def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path, kill_a
         assert torch.equal(a[k], b[k]), k
     steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == list(range(0, 41, 4))
+
+
+REMEDIES = {
+    "lookahead": dict(idm_lookahead=3),
+    "shift": dict(aug_shift=4),
+    "embedding": dict(wm_target="embedding"),
+    "no_ignore": dict(wm_mask_past=1.0, latent_var_floor=0.01),
+    "wide_continuous": dict(quantizer=QuantizerConfig(kind="none", continuous_dim=512)),
+}
+
+
+@pytest.mark.parametrize("name", list(REMEDIES))
+def test_each_remedy_trains_with_the_stated_shapes(name, data, tmp_path):
+    cfg = LAMConfig(**{**TOY, "steps": 3, "probe_every": 0, "eval_every": 3, **REMEDIES[name]})
+    model = LatentActionModel(cfg)
+    T = cfg.idm_lookahead + 2
+    frames = torch.rand(4, T, 3, 64, 64) - 0.5
+    torch.manual_seed(0)
+    loss, logs = lam_loss(model, frames, cfg)
+    assert loss.shape == () and torch.isfinite(loss)
+    loss.backward()
+    assert model.idm.encoder.fc.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # later stages see LAPO's three frames: (B, 3, 3, 64, 64) -> (B, A)
+        z, q = model.idm(frames[:, :3])
+    assert z.shape == q.z_q.shape == (4, cfg.quantizer.latent_dim)
+    pred = model.world_model(frames[:, :2], q.z_q)
+    assert pred.shape == ((4, 256) if name == "embedding" else (4, 3, 64, 64))
+    summary = train_lam(cfg, data, tmp_path / name, progress=False)
+    assert summary["steps"] == 3 and np.isfinite(summary["test_wm_loss"])
+
+
+def test_lookahead_shows_the_idm_a_later_frame_and_the_world_model_o_t_plus_1():
+    from lapo.lam import idm_input
+
+    cfg = LAMConfig(**{**TOY, "idm_lookahead": 4})
+    frames = torch.arange(6.0).view(1, 6, 1, 1, 1).expand(64, 6, 3, 8, 8)  # frame i holds i
+    torch.manual_seed(0)
+    x = idm_input(frames, cfg)
+    assert x.shape == (64, 3, 3, 8, 8)
+    assert (x[:, 0] == 0).all() and (x[:, 1] == 1).all()
+    assert set(x[:, 2, 0, 0, 0].tolist()) == {2.0, 3.0, 4.0, 5.0}  # o[t+k], k = 1..4
+    assert torch.equal(idm_input(frames), frames[:, :3])  # evaluation: o[t-1], o[t], o[t+1]
+
+
+def test_random_shift_moves_each_frame_by_its_own_offset():
+    from lapo.models.augment import random_shift
+
+    img = torch.zeros(8, 2, 1, 16, 16)
+    img[..., 8, 8] = 1.0  # one bright pixel in the middle of every frame
+    torch.manual_seed(0)
+    out = random_shift(img, 3)
+    pos = out.flatten(3).argmax(-1).squeeze(-1)  # (8, 2) flat positions of the pixel
+    dy, dx = pos // 16 - 8, pos % 16 - 8
+    assert dy.abs().max() <= 3 and dx.abs().max() <= 3
+    assert len(set(zip(dy.flatten().tolist(), dx.flatten().tolist(), strict=True))) > 4
+    assert torch.equal(random_shift(img, 0), img)
+
+
+def test_time_budget_stops_training_and_a_rerun_does_not_go_on(data, tmp_path):
+    run = tmp_path / "timed"
+    cfg = LAMConfig(**{**TOY, "steps": 10_000, "probe_every": 0, "max_minutes": 0.02})
+    summary = train_lam(cfg, data, run, progress=False)
+    assert 0 < summary["steps"] < 10_000 and summary["train_seconds"] >= 1.2
+    again = train_lam(cfg, data, run, progress=False)
+    assert again["steps"] == summary["steps"]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].endswith("train_seconds") and float(rows[-1].split(",")[-1]) >= 1.2

@@ -106,3 +106,79 @@ def test_no_quantizer_is_identity():
     assert torch.equal(q(z).z_q, z)
     with pytest.raises(ValueError, match="unknown quantizer"):
         make_quantizer(QuantizerConfig(kind="gumbel"))
+
+
+def four_code_vq(**kw):
+    """One codebook of four 2-d codes at the corners of a square, counts as in training."""
+    cfg = QuantizerConfig(num_codebooks=1, latents_per_codebook=1, code_dim=2, num_entries=4, **kw)
+    vq = EMAVectorQuantizer(cfg)
+    corners = torch.tensor([[[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]]])
+    vq.embedding.copy_(corners)
+    vq.ema_weight.copy_(corners * vq.ema_count.unsqueeze(-1))
+    return vq.train(), corners[0]
+
+
+def batch_near(corners, codes, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.tensor(codes)[torch.randint(0, len(codes), (n,), generator=g)]
+    return corners[pick] + 0.05 * torch.randn(n, 2, generator=g)
+
+
+def test_restart_fires_for_a_code_that_stops_being_used_at_decay_0999():
+    vq, corners = four_code_vq(decay=0.999, restart_unused_steps=200)
+    for s in range(300):  # all four codes in use
+        vq(batch_near(corners, [0, 1, 2, 3], seed=s))
+    assert int(vq.steps_unused.max()) < 5
+    moved_at = None
+    for s in range(400):  # code 3 is nobody's nearest any more
+        z = batch_near(corners, [0, 1, 2], seed=1000 + s)
+        vq(z)
+        if moved_at is None and not torch.allclose(vq.embedding[0, 3], corners[3], atol=0.2):
+            moved_at = s + 1
+            # restarted onto a latent of that batch, near one of the codes still in use
+            assert torch.cdist(vq.embedding[0, 3:4], corners[:3]).min() < 0.3
+    assert moved_at == 200
+
+
+def test_legacy_threshold_restart_does_not_fire_within_a_cpu_run_at_decay_0999():
+    # the bug that restart_unused_steps fixes: a count near 16 uses per batch takes about
+    # ln(0.01 / 16) / ln(0.999) = 7,400 steps to decay below 0.01
+    vq, corners = four_code_vq(decay=0.999, dead_code_threshold=0.01)
+    for s in range(100):
+        vq(batch_near(corners, [0, 1, 2, 3], seed=s))
+    for s in range(3_000):
+        vq(batch_near(corners, [0, 1, 2], n=48, seed=1000 + s))
+    torch.testing.assert_close(vq.embedding[0, 3], corners[3], atol=0.1, rtol=0)
+
+
+def test_usage_reads_what_was_used_recently():
+    vq, corners = four_code_vq(decay=0.999)  # no restarts: usage horizon 100 steps
+    for s in range(50):
+        out = vq(batch_near(corners, [0, 1, 2, 3], seed=s))
+    assert out.stats["usage"] == 1.0
+    for s in range(101):
+        out = vq(batch_near(corners, [0, 1, 2], seed=1000 + s))
+    assert out.stats["usage"] == pytest.approx(0.75)
+
+
+def test_reference_counts_start_at_zero_and_store_the_smoothed_counts():
+    cfg = QuantizerConfig(
+        num_codebooks=1,
+        latents_per_codebook=1,
+        code_dim=1,
+        num_entries=2,
+        decay=0.5,
+        reference_counts=True,
+    )
+    vq = EMAVectorQuantizer(cfg, eps=0.1)
+    assert vq.ema_count.sum() == 0
+    vq.embedding.copy_(torch.tensor([[[0.0], [1.0]]]))
+    vq.train()(torch.tensor([[0.2], [0.4], [0.9]]))  # uses: code 0 twice, code 1 once
+    # EMA counts 0.5 * (2, 1) = (1.0, 0.5), n = 1.5, stored as (c + 0.1) / (1.5 + 0.2) * 1.5
+    torch.testing.assert_close(vq.ema_count, torch.tensor([[1.1 / 1.7 * 1.5, 0.6 / 1.7 * 1.5]]))
+
+
+def test_state_dicts_from_before_steps_unused_still_load():
+    vq = make_quantizer(QuantizerConfig())
+    old = {k: v for k, v in vq.state_dict().items() if k != "steps_unused"}
+    make_quantizer(QuantizerConfig()).load_state_dict(old)

@@ -268,9 +268,19 @@ def _cmd_lam_train(args: argparse.Namespace) -> None:
 def _cmd_lam_probe(args: argparse.Namespace) -> None:
     from lapo.lam import probe_lam
 
-    if args.labels < 1:
-        raise UserError(f"--labels must be at least 1, got {args.labels}")
-    print(json.dumps(probe_lam(Path(args.run), Path(args.data), args.labels, args.test, args.seed)))
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.protocol == "paper":
+        # the reference's protocol: 65,536 labelled windows, 65,536 test windows, 3 epochs
+        # (as many as the data holds, if fewer)
+        report = probe_lam(Path(args.run), Path(args.data), 65_536, 65_536, args.seed, epochs=3)
+    else:
+        if args.labels < 1:
+            raise UserError(f"--labels must be at least 1, got {args.labels}")
+        report = probe_lam(Path(args.run), Path(args.data), args.labels, args.test, args.seed)
+    print(json.dumps(report))
 
 
 def _cmd_lam_plot(args: argparse.Namespace) -> None:
@@ -329,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=int, default=4096, help="labelled train windows")
     p.add_argument("--test", type=int, default=8192, help="test windows (at most)")
     p.add_argument("--seed", type=int, default=0, help="seed of window choice and probe")
+    p.add_argument(
+        "--protocol",
+        default="quick",
+        choices=["quick", "paper"],
+        help="quick: --labels/--test windows, 30 epochs; paper: the reference's 65,536 labelled "
+        "and 65,536 test windows (capped at what the data holds), 3 epochs",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     p.set_defaults(func=_cmd_lam_probe)
     p = lam.add_parser("plot", help="UMAP of latents, world-model predictions, rollout GIF")
     p.add_argument("--run", required=True, help="stage-1 run folder")

@@ -33,9 +33,10 @@ from lapo.checkpoint import (
     training_state,
     write_json,
 )
+from lapo.models.augment import random_shift
 from lapo.models.idm import IDM
 from lapo.models.quantizers import QuantizerConfig
-from lapo.models.world_model import WorldModel
+from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
 from lapo.runs import CsvLog, start_run
 
 
@@ -53,6 +54,22 @@ class LAMConfig:
     """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
     changed_pixel_weight: float = 0.0
     """Extra MSE weight on pixels that differ between o[t] and o[t+1]; 0 = plain MSE (LAPO)."""
+    idm_lookahead: int = 1
+    """The IDM sees o[t-1], o[t], o[t+k], k drawn per window from 1..this, while the world model
+    still predicts o[t+1] (LAOM); 1 = LAPO. Later stages and the probe use k = 1."""
+    aug_shift: int = 0
+    """Shift each IDM input frame by its own random offset of up to this many pixels; 0 = none."""
+    wm_target: str = "pixels"
+    """pixels (LAPO's U-Net predicts o[t+1]) or embedding (an MLP predicts an EMA target
+    encoder's embedding of o[t+1], as in LAOM; no decoder, so no prediction pictures)."""
+    wm_target_tau: float = 0.01
+    """embedding: EMA rate of the target encoder per step."""
+    wm_mask_past: float = 0.0
+    """Probability of hiding o[t-1] from the world model (so it cannot extrapolate motion and
+    must read the latent); 0 = never (LAPO)."""
+    latent_var_floor: float = 0.0
+    """Hinge that keeps each latent dimension's batch variance above this floor (before the
+    bottleneck), so the latent cannot collapse to a constant; 0 = off (LAPO)."""
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     learning_rate: float = 3e-4
     """Peak Adam learning rate."""
@@ -76,6 +93,9 @@ class LAMConfig:
     """Labelled train windows for the probe during training."""
     probe_test: int = 2_048
     """Test windows for the probe during training."""
+    max_minutes: float = 0.0
+    """Stop after this many minutes of training steps (probes and evaluations not counted); the
+    lr schedule then runs on whichever of steps or time is further along. 0 = steps only."""
     seed: int = 0
     """Seed of initialisation and batch sampling."""
     threads: int = 0
@@ -85,8 +105,8 @@ class LAMConfig:
 
 
 PRESETS: dict[str, LAMConfig] = {
-    # ../shared/LAPO_NOTES.md: the published configuration
-    "paper": LAMConfig(),
+    # ../shared/LAPO_NOTES.md: the published configuration, the reference's quantiser included
+    "paper": LAMConfig(quantizer=QuantizerConfig(reference_counts=True)),
     # chosen by measurement on 2 CPU cores: see README "Stage 1"
     "cpu": LAMConfig(
         idm_width=1,
@@ -98,7 +118,7 @@ PRESETS: dict[str, LAMConfig] = {
         warmup_steps=50,
         eval_every=250,
         probe_every=500,
-        quantizer=QuantizerConfig(dead_code_threshold=0.01),
+        quantizer=QuantizerConfig(restart_unused_steps=100),
     ),
 }
 
@@ -113,6 +133,7 @@ RESUMABLE_CHANGES = (
     "probe_test",
     "threads",
     "device",
+    "max_minutes",
 )
 
 
@@ -145,31 +166,79 @@ class LatentActionModel(nn.Module):
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__()
         self.idm = build_idm(cfg)
-        self.world_model = WorldModel(
-            cfg.quantizer.latent_dim, context_frames=2, base=cfg.wm_base, residual=cfg.wm_residual
-        )
+        if cfg.wm_target not in ("pixels", "embedding"):
+            raise ValueError(f"wm_target must be pixels or embedding, not {cfg.wm_target!r}")
+        self.world_model: WorldModel | EmbeddingWorldModel
+        if cfg.wm_target == "embedding":
+            self.world_model = EmbeddingWorldModel(cfg.quantizer.latent_dim, 2, cfg.idm_width)
+        else:
+            self.world_model = WorldModel(
+                cfg.quantizer.latent_dim, 2, base=cfg.wm_base, residual=cfg.wm_residual
+            )
+
+    @property
+    def predicts_pixels(self) -> bool:
+        return isinstance(self.world_model, WorldModel)
+
+    def prediction_error(
+        self, context: torch.Tensor, target: torch.Tensor, z_q: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-pixel squared error ``(B, 3, 64, 64)`` of the predicted ``o[t+1]``, or per-sample
+        ``(B,)`` embedding error, for context ``(B, 2, 3, 64, 64)``, target ``(B, 3, 64, 64)``."""
+        pred = self.world_model(context, z_q)
+        if self.predicts_pixels:
+            return (pred - target) ** 2
+        return embedding_error(pred, self.world_model.target(target))
+
+
+def idm_input(frames: torch.Tensor, cfg: LAMConfig | None = None) -> torch.Tensor:
+    """The IDM's frames ``(B, 3, 3, 64, 64)`` from a training window ``(B, K+2, 3, 64, 64)``:
+    ``o[t-1], o[t], o[t+k]`` with k drawn per window from 1..K (``idm_lookahead``), each frame
+    shifted by up to ``aug_shift`` pixels. Without ``cfg`` (evaluation): ``o[t-1], o[t], o[t+1]``."""
+    if cfg is None or (cfg.idm_lookahead <= 1 and cfg.aug_shift <= 0):
+        return frames[:, :3]
+    x = frames[:, :3]
+    if cfg.idm_lookahead > 1:
+        B = frames.shape[0]
+        k = torch.randint(1, cfg.idm_lookahead + 1, (B,), device=frames.device)
+        far = frames[torch.arange(B, device=frames.device), 1 + k]  # (B, 3, 64, 64)
+        x = torch.cat([frames[:, :2], far[:, None]], 1)
+    return random_shift(x, cfg.aug_shift)
 
 
 def lam_loss(
-    model: LatentActionModel, frames: torch.Tensor, changed_pixel_weight: float = 0.0
+    model: LatentActionModel, frames: torch.Tensor, cfg: LAMConfig | None = None
 ) -> tuple[torch.Tensor, dict]:
-    """Next-frame MSE + commitment for float frames ``(B, 3, 3, 64, 64)``.
+    """Next-frame prediction loss + commitment for float frames ``(B, K+2, 3, 64, 64)``
+    (``K = cfg.idm_lookahead``; 3 frames without ``cfg``, which evaluates plain LAPO's loss).
 
-    With ``changed_pixel_weight`` w, a pixel that differs between ``o[t]`` and ``o[t+1]``
-    weighs ``1 + w`` in the MSE: the agent's small sprite counts for more against the static
-    background. Returns ``(loss, logs)``; ``logs`` holds the plain world-model MSE and
-    codebook statistics.
+    The world model predicts ``o[t+1]`` from ``o[t-1], o[t]`` (``o[t-1]`` hidden with probability
+    ``wm_mask_past``) and the quantised latent of :func:`idm_input`. With
+    ``changed_pixel_weight`` w, a pixel that differs between ``o[t]`` and ``o[t+1]`` weighs
+    ``1 + w`` in the MSE: the agent's small sprite counts for more against the static
+    background. ``latent_var_floor`` adds a hinge on each latent dimension's batch variance.
+    Returns ``(loss, logs)``; ``logs`` holds the plain prediction error and codebook statistics.
     """
-    z, q = model.idm(frames)  # (B, A), z_q (B, A)
-    pred = model.world_model(frames[:, :2], q.z_q)  # (B, 3, 64, 64)
-    wm_loss = F.mse_loss(pred, frames[:, 2])
+    z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
+    context, target = frames[:, :2], frames[:, 2]
+    if cfg is not None and cfg.wm_mask_past > 0:
+        keep = torch.rand(len(frames), device=frames.device) >= cfg.wm_mask_past  # (B,)
+        context = torch.stack([context[:, 0] * keep[:, None, None, None], context[:, 1]], 1)
+    err = model.prediction_error(context, target, q.z_q)  # (B, 3, 64, 64) or (B,)
+    wm_loss = err.mean()
     logs = {"wm_loss": wm_loss.item(), "vq_loss": q.loss.item(), **q.stats}
-    if changed_pixel_weight > 0:
+    loss = wm_loss + q.loss
+    if cfg is None:
+        return loss, logs
+    if cfg.changed_pixel_weight > 0 and model.predicts_pixels:
         # (B, 1, 64, 64): 1 where any channel changed between o[t] and o[t+1]
-        changed = (frames[:, 2] != frames[:, 1]).any(1, keepdim=True).float()
-        weighted = ((pred - frames[:, 2]) ** 2 * (1 + changed_pixel_weight * changed)).mean()
-        return weighted + q.loss, logs
-    return wm_loss + q.loss, logs
+        changed = (target != frames[:, 1]).any(1, keepdim=True).float()
+        loss = (err * (1 + cfg.changed_pixel_weight * changed)).mean() + q.loss
+    if cfg.latent_var_floor > 0:
+        var_loss = F.relu(cfg.latent_var_floor - z.float().var(0)).mean()
+        logs["latent_var_loss"] = var_loss.item()
+        loss = loss + var_loss
+    return loss, logs
 
 
 @torch.no_grad()
@@ -181,16 +250,17 @@ def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> floa
     the latent at all; a latent can be relied on and still not encode the action, which is
     what the probe measures.
     """
-    _, q = model.idm(frames)
-    pred = model.world_model(frames[:, :2], q.z_q.roll(1, dims=0))
-    return F.mse_loss(pred, frames[:, 2]).item()
+    _, q = model.idm(frames[:, :3])
+    return model.prediction_error(frames[:, :2], frames[:, 2], q.z_q.roll(1, dims=0)).mean().item()
 
 
-def lr_scale(step: int, cfg: LAMConfig) -> float:
-    """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear to ``final_lr_scale``."""
+def lr_scale(step: int, cfg: LAMConfig, time_fraction: float = 0.0) -> float:
+    """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear to ``final_lr_scale``
+    at ``steps`` or, if further along, at the fraction ``time_fraction`` of ``max_minutes``."""
     if step < cfg.warmup_steps:
         return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
     frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    frac = max(frac, time_fraction)
     return 1.0 + (cfg.final_lr_scale - 1.0) * min(frac, 1.0)
 
 
@@ -212,7 +282,12 @@ def encode_windows(
 
 
 def probe_windows(
-    model: LatentActionModel, train: dict, test: dict, device: torch.device, seed: int = 0
+    model: LatentActionModel,
+    train: dict,
+    test: dict,
+    device: torch.device,
+    seed: int = 0,
+    epochs: int = 30,
 ) -> dict:
     """Fit the probe on the IDM latents of ``train`` windows and score it on ``test`` windows.
 
@@ -230,6 +305,7 @@ def probe_windows(
         zte,
         torch.from_numpy(test["actions"][:, 1]),
         seed=seed,
+        epochs=epochs,
     )
 
 
@@ -245,8 +321,10 @@ def train_lam(
 
     out, device = start_run(out, cfg.threads, cfg.device)
     manifest = open_dataset(data).manifest
-    train = WindowDataset(data, "train", k=3)
+    # training windows reach o[t+K] for the IDM's lookahead; test windows are LAPO's three frames
+    train = WindowDataset(data, "train", k=cfg.idm_lookahead + 2)
     test = WindowDataset(data, "test", k=3)
+    probe_source = WindowDataset(data, "train", k=3) if cfg.idm_lookahead > 1 else train
     has_actions = bool(manifest.get("has_actions"))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -254,13 +332,13 @@ def train_lam(
     # channels-last runs the convolutions ~1.4x faster on CPU (benchmarks/stage1_speed.py)
     model = LatentActionModel(cfg).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    start = 0
+    start, train_seconds = 0, 0.0  # seconds spent in training steps, across resumptions
     ckpt = out / "checkpoint.safetensors"
     if ckpt.exists():
         tensors, meta = load_tensors(ckpt)
         refuse_changed_settings(ckpt, meta["config"], dataclasses.asdict(cfg), RESUMABLE_CHANGES)
         restore_training_state(tensors, meta, model, optimizer, rng)
-        start = meta["step"]
+        start, train_seconds = meta["step"], meta.get("train_seconds", 0.0)
     run_config = {
         "kind": "lam",
         "lam": dataclasses.asdict(cfg),
@@ -275,7 +353,7 @@ def train_lam(
     fixed = np.random.default_rng(cfg.seed + 1)
     test_batch = test.sample(min(512, len(test)), fixed)
     if has_actions and cfg.probe_every > 0:
-        probe_tr = train.sample(cfg.probe_train, fixed)
+        probe_tr = probe_source.sample(cfg.probe_train, fixed)
         probe_te = test.sample(cfg.probe_test, fixed)
 
     writer = SummaryWriter(str(out / "tb"))
@@ -288,6 +366,8 @@ def train_lam(
             "test_wm_loss_shuffled",
             "perplexity",
             "probe_acc",
+            "probe_balanced_acc",
+            "train_seconds",
         ],
         resume_at=start,
     )
@@ -316,8 +396,9 @@ def train_lam(
         writer.add_scalar("test/wm_loss", wm, 0)
         writer.add_scalar("test/wm_loss_shuffled_latent", shuffled, 0)
         write_json(baseline_path, baseline)
+        p = baseline["probe"] or {}
         log.write(
-            [0, "", wm, shuffled, "", baseline["probe"]["accuracy"] if baseline["probe"] else ""]
+            [0, "", wm, shuffled, "", p.get("accuracy", ""), p.get("balanced_accuracy", ""), 0.0]
         )
     if baseline_path.exists():
         baseline = read_json(baseline_path)
@@ -325,21 +406,33 @@ def train_lam(
         if baseline["probe"]:
             last["probe_untrained_accuracy"] = baseline["probe"]["accuracy"]
     bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress, desc="stage 1")
+    budget = cfg.max_minutes * 60
+    done = start
     t0 = time.time()
     try:
         for step in range(start, cfg.steps):
+            if budget and train_seconds >= budget:
+                break
+            t_step = time.perf_counter()
             for g in optimizer.param_groups:
-                g["lr"] = cfg.learning_rate * lr_scale(step, cfg)
+                g["lr"] = cfg.learning_rate * lr_scale(
+                    step, cfg, train_seconds / budget if budget else 0.0
+                )
             obs = torch.from_numpy(train.sample(cfg.batch_size, rng)["obs"]).to(device)
-            loss, logs = lam_loss(model, frames_to_float(obs), cfg.changed_pixel_weight)
+            loss, logs = lam_loss(model, frames_to_float(obs), cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if not model.predicts_pixels:
+                model.world_model.update_target(cfg.wm_target_tau)
+            train_seconds += time.perf_counter() - t_step
             bar.update(1)
 
             done = step + 1
-            if done % 50 == 0 or done == cfg.steps:
+            # the last step: the step budget, or the time budget about to run out
+            final = done == cfg.steps or bool(budget and train_seconds >= budget)
+            if done % 50 == 0 or final:
                 for k, v in logs.items():
                     writer.add_scalar(f"train/{k}", v, done)
                 writer.add_scalar("train/grad_norm", float(grad_norm), done)
@@ -350,7 +443,7 @@ def train_lam(
                     refresh=False,
                 )
             row = None
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            if done % cfg.eval_every == 0 or final:
                 wm, shuffled = test_losses()
                 writer.add_scalar("test/wm_loss", wm, done)
                 writer.add_scalar("test/wm_loss_shuffled_latent", shuffled, done)
@@ -363,27 +456,31 @@ def train_lam(
                     shuffled,
                     logs.get("perplexity"),
                     "",
+                    "",
+                    round(train_seconds, 2),
                 ]
-            if (
-                has_actions
-                and cfg.probe_every > 0
-                and (done % cfg.probe_every == 0 or done == cfg.steps)
-            ):
+            if has_actions and cfg.probe_every > 0 and (done % cfg.probe_every == 0 or final):
                 rep = probe_windows(model, probe_tr, probe_te, device, seed=cfg.seed)
                 writer.add_scalar("probe/accuracy", rep["accuracy"], done)
                 writer.add_scalar("probe/balanced_accuracy", rep["balanced_accuracy"], done)
                 last["probe_accuracy"] = rep["accuracy"]
                 last["probe_balanced_accuracy"] = rep["balanced_accuracy"]
                 if row is None:
-                    row = [done, logs["wm_loss"], "", "", logs.get("perplexity"), ""]
-                row[5] = rep["accuracy"]
+                    row = [done, logs["wm_loss"], "", "", logs.get("perplexity"), "", "", ""]
+                    row[7] = round(train_seconds, 2)
+                row[5], row[6] = rep["accuracy"], rep["balanced_accuracy"]
             if row is not None:
                 log.write(row)
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            if done % cfg.eval_every == 0 or final:
                 save_tensors(
                     ckpt,
                     *training_state(
-                        model, optimizer, rng, step=done, config=dataclasses.asdict(cfg)
+                        model,
+                        optimizer,
+                        rng,
+                        step=done,
+                        train_seconds=train_seconds,
+                        config=dataclasses.asdict(cfg),
                     ),
                 )
                 save_tensors(out / "lam.safetensors", model.state_dict(), {"step": done})
@@ -393,9 +490,10 @@ def train_lam(
         log.close()
     wall = time.time() - t0
     return {
-        "steps": cfg.steps,
+        "steps": done,
+        "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(wall, 1),
-        "samples_per_second": round((cfg.steps - start) * cfg.batch_size / max(wall, 1e-9), 1),
+        "samples_per_second": round((done - start) * cfg.batch_size / max(wall, 1e-9), 1),
         **last,
     }
 
@@ -413,9 +511,18 @@ def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
 
 
 def probe_lam(
-    run: Path, data: Path, labels: int = 4_096, test_windows: int = 8_192, seed: int = 0
+    run: Path,
+    data: Path,
+    labels: int = 4_096,
+    test_windows: int = 8_192,
+    seed: int = 0,
+    epochs: int | None = None,
 ) -> dict:
     """Fit the latent probe on ``labels`` labelled train windows of ``data``; score on test.
+
+    ``epochs=None`` (the quick protocol, 30 epochs) refuses more labels than the data holds;
+    with ``epochs`` given (the paper's protocol: 65,536 windows, 3 epochs) ``labels`` is capped
+    at the train windows there are, and the report says how many were used.
 
     Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
     matrix (rows: true action, columns: predicted) of the continuous IDM latent.
@@ -433,6 +540,8 @@ def probe_lam(
             "probe with data of the same game"
         )
     train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
+    if epochs is not None:
+        labels = min(labels, len(train))
     if labels > len(train):
         raise DatasetError(
             f"--labels {labels} is more than the {len(train)} train windows in {data}"
@@ -441,5 +550,12 @@ def probe_lam(
     tr = train.read(np.sort(rng.choice(train.starts, labels, replace=False)))
     n_test = min(test_windows, len(test))
     te = test.read(np.sort(rng.choice(test.starts, n_test, replace=False)))
-    report = probe_windows(model, tr, te, torch.device("cpu"), seed=seed)
-    return {"run": str(run), "data": str(data), "labels": labels, "seed": seed, **report}
+    report = probe_windows(model, tr, te, torch.device("cpu"), seed, epochs or 30)
+    return {
+        "run": str(run),
+        "data": str(data),
+        "labels": labels,
+        "epochs": epochs or 30,
+        "seed": seed,
+        **report,
+    }

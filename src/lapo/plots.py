@@ -163,6 +163,9 @@ def plot_lam(
         )
         files["latents"] = str((out / "latent_tmp.png").rename(out / f"latent_{method}.png"))
 
+    if not model.predicts_pixels:
+        # a world model that predicts embeddings has no frames to show
+        return {"run": str(run), "data": str(data), "game": game, "files": files}
     sel = batch["obs"][np.linspace(0, len(batch["obs"]) - 1, 6).astype(int)]  # spread out
     x = frames_to_float(torch.from_numpy(sel))
     with torch.no_grad():

@@ -58,14 +58,16 @@ def fit_probe(
     g = torch.Generator().manual_seed(seed)
     mean, std = train_z.mean(0), train_z.std(0) + 1e-6
     xtr, xte = (train_z - mean) / std, (test_z - mean) / std
-    torch.manual_seed(seed)
-    mlp = nn.Sequential(
-        nn.Linear(xtr.shape[1], hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    )
+    # a forked RNG: the probe runs inside training loops, whose own RNG stream it must not reset
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mlp = nn.Sequential(
+            nn.Linear(xtr.shape[1], hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
     opt = torch.optim.Adam(mlp.parameters(), lr=lr)
     n = len(xtr)
     for _ in range(epochs):

@@ -5,10 +5,12 @@ Every quantiser maps a continuous latent action ``z`` ``(B, latent_dim)`` to
 gradient, so the inverse dynamics model learns through the bottleneck.
 
 - :class:`EMAVectorQuantizer`: VQ-VAE with exponential-moving-average codebooks
-  (van den Oord et al. 2017, appendix; as in LAPO), plus dead-code restarts: a code whose
-  EMA usage falls below ``dead_code_threshold`` is moved onto a random latent of the current
-  batch (as in Jukebox, Dhariwal et al. 2020, and SoundStream, Zeghidour et al. 2021). LAPO's
-  published quantiser has no restarts and collapses to a few codes at small budgets.
+  (van den Oord et al. 2017, appendix; as in LAPO), plus dead-code restarts: a code that no
+  latent of the last ``restart_unused_steps`` training batches chose is moved onto a random
+  latent of the current batch (as in Jukebox, Dhariwal et al. 2020, SoundStream, Zeghidour
+  et al. 2021, and the Genie-style LAMs that reset codes unused for 50 steps). LAPO's
+  published quantiser has no restarts and collapses to a few codes at small budgets;
+  ``reference_counts`` reproduces its count bookkeeping exactly.
 - :class:`FSQ`: finite scalar quantisation (Mentzer et al. 2023): each dimension is bounded
   and rounded to a few levels; no codebook, so nothing can collapse.
 - :class:`NoQuantizer`: the continuous latent, for ablations.
@@ -43,8 +45,14 @@ class QuantizerConfig:
     """VQ: weight of the commitment loss ||z - sg(z_q)||^2."""
     decay: float = 0.999
     """VQ: EMA decay of the codebooks."""
+    restart_unused_steps: int = 0
+    """VQ: restart a code that no latent chose in this many consecutive training steps; 0 = never."""
+    reference_counts: bool = False
+    """VQ: the reference code's counts: start at 0 and store the Laplace-smoothed counts each step
+    (the paper's quantiser); otherwise counts start at 1 and are smoothed only when used."""
     dead_code_threshold: float = 0.0
-    """VQ: restart codes whose EMA usage (expected uses per batch) is below this; 0 = never."""
+    """VQ (legacy): also restart codes whose EMA count is below this; with decay 0.999 a code
+    counted at 1 takes ~4,600 steps to fall below 0.01, so prefer restart_unused_steps."""
     fsq_levels: str = "8,5,5,5"
     """FSQ: levels per dimension of one group; the latent is split into groups of these."""
     fsq_groups: int = 4
@@ -99,8 +107,16 @@ class EMAVectorQuantizer(nn.Module):
         # LAPO's init: uniform in +-5/M
         embedding = torch.empty(N, M, D).uniform_(-5.0 / M, 5.0 / M)
         self.register_buffer("embedding", embedding)
-        self.register_buffer("ema_count", torch.ones(N, M))
+        count = torch.zeros(N, M) if cfg.reference_counts else torch.ones(N, M)
+        self.register_buffer("ema_count", count)
         self.register_buffer("ema_weight", embedding.clone())
+        # training steps since each code was last chosen by any latent of a batch
+        self.register_buffer("steps_unused", torch.zeros(N, M, dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # runs saved before steps_unused existed load with every code counted as just used
+        state_dict.setdefault(prefix + "steps_unused", torch.zeros_like(self.steps_unused))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         # z: (B, N*L*D) -> x: (N, B*L, D), one set of vectors per codebook
@@ -127,7 +143,10 @@ class EMAVectorQuantizer(nn.Module):
         indices = rearrange(idx, "n (b l) -> b n l", b=B, l=L)
         with torch.no_grad():
             perp = perplexity(idx, M)  # (N,)
-            used = (self.ema_count > max(cfg.dead_code_threshold, 1e-3)).float().mean()
+            # share of codes chosen at least once in the recent window (the restart horizon,
+            # else 100 steps): what the codebook actually uses, not what its EMA remembers
+            horizon = cfg.restart_unused_steps or 100
+            used = (self.steps_unused < horizon).float().mean()
         stats = {
             "perplexity": float(perp.sum()),
             "usage": float(used),
@@ -140,26 +159,41 @@ class EMAVectorQuantizer(nn.Module):
         cfg = self.cfg
         M = cfg.num_entries
         onehot = F.one_hot(idx, M).float()  # (N, n, M)
-        self.ema_count.mul_(cfg.decay).add_(onehot.sum(1), alpha=1 - cfg.decay)
+        uses = onehot.sum(1)  # (N, M)
+        self.ema_count.mul_(cfg.decay).add_(uses, alpha=1 - cfg.decay)
         # Laplace smoothing keeps unused codes from dividing by zero
         n = self.ema_count.sum(-1, keepdim=True)
         count = (self.ema_count + self.eps) / (n + M * self.eps) * n
+        if cfg.reference_counts:
+            self.ema_count.copy_(count)
         dw = onehot.transpose(1, 2) @ x  # (N, M, D)
         self.ema_weight.mul_(cfg.decay).add_(dw, alpha=1 - cfg.decay)
         self.embedding.copy_(self.ema_weight / count.unsqueeze(-1))
+        self.steps_unused.add_(1).masked_fill_(uses > 0, 0)
 
+        dead = torch.zeros_like(uses, dtype=torch.bool)
+        if cfg.restart_unused_steps > 0:
+            dead |= self.steps_unused >= cfg.restart_unused_steps
         if cfg.dead_code_threshold > 0:
-            # ema_count estimates uses per batch; a dead code is moved onto a random latent
-            # of this batch, with its EMA statistics reset to that single use
-            dead = self.ema_count < cfg.dead_code_threshold  # (N, M)
-            for c in range(cfg.num_codebooks):
-                d = dead[c].nonzero().squeeze(-1)
-                if d.numel() == 0:
-                    continue
-                pick = torch.randint(0, x.shape[1], (d.numel(),), device=x.device)
-                self.embedding[c, d] = x[c, pick]
-                self.ema_weight[c, d] = x[c, pick] * cfg.dead_code_threshold
-                self.ema_count[c, d] = cfg.dead_code_threshold
+            dead |= self.ema_count < cfg.dead_code_threshold
+        if dead.any():
+            self._restart(x, dead)
+
+    @torch.no_grad()
+    def _restart(self, x: torch.Tensor, dead: torch.Tensor) -> None:
+        """Move each dead code ``dead`` ``(N, M)`` onto a random latent of ``x`` ``(N, n, D)``,
+        its EMA statistics reset to one use of that latent per batch."""
+        cfg = self.cfg
+        one = max(cfg.dead_code_threshold, 1.0 / cfg.num_entries)
+        for c in range(cfg.num_codebooks):
+            d = dead[c].nonzero().squeeze(-1)
+            if d.numel() == 0:
+                continue
+            pick = torch.randint(0, x.shape[1], (d.numel(),), device=x.device)
+            self.embedding[c, d] = x[c, pick]
+            self.ema_weight[c, d] = x[c, pick] * one
+            self.ema_count[c, d] = one
+            self.steps_unused[c, d] = 0
 
     @torch.no_grad()
     def codes(self, indices: torch.Tensor) -> torch.Tensor:

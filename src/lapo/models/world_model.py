@@ -174,3 +174,73 @@ class WorldModel(nn.Module):
         if self.residual:
             return context[:, -1] + out  # o[t] + change
         return out / 2
+
+
+class EmbeddingWorldModel(nn.Module):
+    """Next-frame prediction in an embedding space instead of pixels (as in LAOM; BYOL/SPR's
+    target network).
+
+    An IMPALA-CNN encodes each frame to ``features`` dims; an MLP predicts the embedding of
+    ``o[t+1]`` from the embeddings of the context frames and the latent action; the target is
+    an exponential-moving-average copy of the encoder (``update_target``), never trained by
+    gradient. No decoder: a step costs a fraction of the U-Net's.
+
+    ``forward(context, action)``: context ``(B, T, 3, 64, 64)``, action ``(B, A)`` ->
+    predicted embedding ``(B, features)``; ``target(frame)``: ``(B, 3, 64, 64)`` ->
+    ``(B, features)``.
+    """
+
+    def __init__(
+        self,
+        action_dim: int,
+        context_frames: int = 2,
+        width: int = 1,
+        features: int = 256,
+        hidden: int = 512,
+    ) -> None:
+        super().__init__()
+        import copy
+
+        from lapo.models.impala import ImpalaCNN
+
+        self.encoder = ImpalaCNN(in_channels=3, width=width, out_features=features)
+        self.predictor = nn.Sequential(
+            nn.Linear(context_frames * features + action_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, features),
+        )
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+
+    def forward(self, context: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        B, T = context.shape[:2]
+        e = self.encoder(rearrange(context, "b t c h w -> (b t) c h w"))  # (B*T, F)
+        e = rearrange(e, "(b t) f -> b (t f)", b=B, t=T)  # (B, T*F)
+        return self.predictor(torch.cat([e, action], 1))  # (B, F)
+
+    @torch.no_grad()
+    def target(self, frame: torch.Tensor) -> torch.Tensor:
+        # (B, 3, 64, 64) -> (B, F)
+        return self.target_encoder(frame)
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """target <- (1 - tau) target + tau online, parameters and buffers alike."""
+        for t, o in zip(
+            self.target_encoder.state_dict().values(),
+            self.encoder.state_dict().values(),
+            strict=True,
+        ):
+            if t.dtype.is_floating_point:
+                t.lerp_(o, tau)
+            else:
+                t.copy_(o)
+
+
+def embedding_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``2 - 2 cos(pred, target)``: ``(B, F), (B, F) -> (B,)``, 0 = same direction.
+
+    Comparing directions rather than raw vectors keeps the loss from shrinking by shrinking
+    the target's scale."""
+    return (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1)

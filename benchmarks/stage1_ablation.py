@@ -1,0 +1,288 @@
+"""Stage-1 ablation: variants of `lapo lam train` beside the supervised ceiling, at equal wall time.
+
+    python benchmarks/stage1_ablation.py --data runs/data/coinrun,runs/data/bigfish \\
+        --variants vq_restarts,laom --minutes 15 --jobs 2 --threads 1 --out runs/ablation
+
+Each (game, variant) trains the `cpu` preset with the variant's options on one dataset for
+``--minutes`` of training steps (`--max-minutes`; probes and test losses are not counted),
+probing the latent every ``--probe-every`` steps; ``ceiling`` runs
+``benchmarks/supervised_idm.py`` (the same IDM encoder trained on the true actions) for the
+same time. ``--jobs`` runs share the machine, one ``--threads`` each: give each the same
+share, so that wall time is comparable. With ``--paper-probe`` each variant is then also
+probed with the paper's protocol (`lapo lam probe --protocol paper`).
+
+Resumable: a finished run leaves ``done.json`` and is skipped; an interrupted stage-1 run
+resumes from its checkpoint (its clock too). Writes ``results.csv`` (every probe point),
+``summary.md`` (one table per game) and ``probe_vs_minutes.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# name -> options added to `lapo lam train --preset cpu`
+VARIANTS: dict[str, list[str]] = {
+    # the `cpu` preset before the quantiser fix: restarts on the EMA count, which never fire
+    # within a 3,000-step run at decay 0.999
+    "vq_old": ["--quantizer.restart-unused-steps", "0", "--quantizer.dead-code-threshold", "0.01"],
+    # EMA VQ whose restarts fire for a code unused for 100 steps (the `cpu` preset's quantiser)
+    "vq_restarts": [],
+    # a wide continuous latent instead of the quantiser
+    "continuous": ["--quantizer.kind", "none", "--quantizer.continuous-dim", "1024"],
+    # the IDM sees o[t+k], k in 1..4, the world model still predicts o[t+1]
+    "lookahead": ["--idm-lookahead", "4"],
+    # each IDM input frame shifted by up to 4 pixels
+    "shift": ["--aug-shift", "4"],
+    # next-frame prediction in an EMA target encoder's embedding space
+    "embedding": ["--wm-target", "embedding"],
+    # the world model cannot extrapolate from o[t-1], and the latent keeps its variance
+    "no_ignore": ["--wm-mask-past", "1.0", "--latent-var-floor", "0.01"],
+    # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
+    "laom": [
+        "--idm-lookahead",
+        "4",
+        "--quantizer.kind",
+        "none",
+        "--quantizer.continuous-dim",
+        "1024",
+        "--aug-shift",
+        "4",
+    ],
+    # the same with prediction in embedding space
+    "laom_embedding": [
+        "--idm-lookahead",
+        "4",
+        "--quantizer.kind",
+        "none",
+        "--quantizer.continuous-dim",
+        "1024",
+        "--aug-shift",
+        "4",
+        "--wm-target",
+        "embedding",
+    ],
+}
+HERE = Path(__file__).resolve().parent
+
+
+def game_of(data: Path) -> str:
+    return json.loads((data / "manifest.json").read_text())["game"]
+
+
+def run_variant(data: Path, out: Path, options: list[str], args: argparse.Namespace) -> None:
+    """Train one stage-1 variant for the time budget, then probe it the paper's way."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "lapo",
+        "lam",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "cpu",
+        "--threads",
+        str(args.threads),
+        "--max-minutes",
+        str(args.minutes),
+        "--steps",
+        "1000000",
+        "--eval-every",
+        str(args.probe_every),
+        "--probe-every",
+        str(args.probe_every),
+        "--seed",
+        str(args.seed),
+        "--quiet",
+        *options,
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.log", "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    if args.paper_probe:
+        probe = subprocess.run(
+            [sys.executable, "-m", "lapo", "lam", "probe", "--run", str(out), "--data", str(data)]
+            + ["--protocol", "paper", "--threads", str(args.threads)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        (out / "probe_paper.json").write_text(probe.stdout)
+
+
+def run_ceiling(data: Path, out: Path, args: argparse.Namespace) -> None:
+    """The supervised IDM on the true actions for the same time; its curve as JSON lines."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(HERE / "supervised_idm.py"), "--data", str(data)]
+    cmd += ["--minutes", str(args.minutes), "--threads", str(args.threads), "--differences"]
+    cmd += ["--lr", "1e-3", "--batch", "32", "--eval-every", str(args.ceiling_eval_every)]
+    cmd += ["--seed", str(args.seed)]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith('{"seconds"')]
+    final = json.loads(res.stdout[res.stdout.index("{\n") :])["final"]
+    (out / "curve.jsonl").write_text("\n".join(lines + [json.dumps(final)]) + "\n")
+
+
+def task(data: Path, variant: str, args: argparse.Namespace) -> str:
+    out = args.out / game_of(data) / variant
+    if (out / "done.json").exists():
+        return f"{out}: done before"
+    t0 = time.time()
+    if variant == "ceiling":
+        run_ceiling(data, out, args)
+    else:
+        run_variant(data, out, VARIANTS[variant], args)
+    (out / "done.json").write_text(json.dumps({"wall_seconds": round(time.time() - t0, 1)}))
+    return f"{out}: {time.time() - t0:.0f} s"
+
+
+def curves(args: argparse.Namespace, games: list[str], variants: list[str]) -> list[dict]:
+    """Every probe point of every finished or running run: game, variant, minutes, step, probe."""
+    rows = []
+    for game in games:
+        for variant in variants:
+            d = args.out / game / variant
+            if variant == "ceiling" and (d / "curve.jsonl").exists():
+                for ln in (d / "curve.jsonl").read_text().splitlines():
+                    r = json.loads(ln)
+                    rows.append(
+                        dict(game=game, variant=variant, minutes=r["seconds"] / 60, step=r["step"])
+                        | dict(probe=r["accuracy"], balanced=r["balanced_accuracy"])
+                    )
+            elif (d / "metrics.csv").exists():
+                for r in csv.DictReader((d / "metrics.csv").read_text().splitlines()):
+                    if r.get("probe_acc") and r.get("train_seconds") not in ("", None):
+                        rows.append(
+                            dict(game=game, variant=variant, step=int(r["step"]))
+                            | dict(minutes=float(r["train_seconds"]) / 60)
+                            | dict(probe=float(r["probe_acc"]))
+                            | dict(balanced=float(r["probe_balanced_acc"] or "nan"))
+                        )
+    return rows
+
+
+def at_time(rows: list[dict], minutes: float) -> dict | None:
+    """The last point at or before ``minutes`` (within 3%)."""
+    before = [r for r in rows if r["minutes"] <= minutes * 1.03]
+    return before[-1] if before else None
+
+
+def summarise(args: argparse.Namespace, games: list[str], variants: list[str]) -> None:
+    rows = curves(args, games, variants)
+    with open(args.out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["game", "variant", "minutes", "step", "probe", "balanced"])
+        w.writeheader()
+        w.writerows(rows)
+    lines = [
+        f"# Stage-1 ablation: probe at {args.minutes:g} minutes of training (one thread each, "
+        f"{args.jobs} runs at once)",
+        "",
+        "Probe: MLP on the IDM latents of 4,096 train windows, 2,048 test windows (ratio: to the "
+        "supervised ceiling at the same time); paper: the reference's protocol (up to 65,536 "
+        "labelled windows, 3 epochs).",
+    ]
+    for game in games:
+        ceil = [r for r in rows if r["game"] == game and r["variant"] == "ceiling"]
+        lines += ["", f"## {game}", ""]
+        lines += [
+            "| variant | untrained | probe / balanced | minutes | steps | ceiling then "
+            "| ratio | paper probe |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for variant in variants:
+            pts = [r for r in rows if r["game"] == game and r["variant"] == variant]
+            if not pts or variant == "ceiling":
+                continue
+            last = pts[-1]
+            c = at_time(ceil, last["minutes"])
+            paper = args.out / game / variant / "probe_paper.json"
+            pp = json.loads(paper.read_text())["accuracy"] if paper.exists() else float("nan")
+            ratio = last["probe"] / c["probe"] if c else float("nan")
+            lines.append(
+                f"| {variant} | {pts[0]['probe']:.3f} | {last['probe']:.3f} / "
+                f"{last['balanced']:.3f} | {last['minutes']:.1f} | {last['step']} | "
+                f"{c['probe'] if c else float('nan'):.3f} | {ratio:.2f} | {pp:.3f} |"
+            )
+        if ceil:
+            lines.append(
+                f"| ceiling (supervised) | | {ceil[-1]['probe']:.3f} / {ceil[-1]['balanced']:.3f}"
+                f" | {ceil[-1]['minutes']:.1f} | {ceil[-1]['step']} | | | |"
+            )
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    plot(rows, games, variants, args.out / "probe_vs_minutes.png")
+
+
+def plot(rows: list[dict], games: list[str], variants: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 4), squeeze=False)
+    for ax, game in zip(axes[0], games, strict=True):
+        for variant in variants:
+            pts = [r for r in rows if r["game"] == game and r["variant"] == variant]
+            if pts:
+                style = dict(color="black", lw=2) if variant == "ceiling" else {}
+                ax.plot([r["minutes"] for r in pts], [r["probe"] for r in pts], ".-", **style)
+                ax.lines[-1].set_label(variant)
+        ax.axhline(1 / 15, color="grey", ls=":", label="chance")
+        ax.set(title=game, xlabel="training minutes (one thread)", ylabel="probe accuracy")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="comma-separated dataset folders (with actions)")
+    ap.add_argument(
+        "--variants",
+        default="vq_restarts,laom,ceiling",
+        help=f"comma-separated, from: {', '.join(VARIANTS)}, ceiling",
+    )
+    ap.add_argument("--minutes", type=float, default=15.0, help="training minutes per run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--probe-every", type=int, default=500, help="steps between probes")
+    ap.add_argument(
+        "--paper-probe", action="store_true", help="also probe each variant the paper's way"
+    )
+    ap.add_argument("--ceiling-eval-every", type=float, default=60.0, help="seconds")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    ap.add_argument("--summary-only", action="store_true", help="only rewrite the summary")
+    args = ap.parse_args()
+    datas = [Path(d) for d in args.data.split(",")]
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v != "ceiling" and v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    for d in datas:
+        if not (d / "manifest.json").exists():
+            sys.exit(f"{d} is not a lapo dataset (no manifest.json): run lapo collect first")
+    games = [game_of(d) for d in datas]
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        # variant-major order: every game gets the first variants before any gets the last
+        todo = [(d, v) for v in variants for d in datas]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for msg in pool.map(lambda t: task(t[0], t[1], args), todo):
+                print(msg, flush=True)
+                summarise(args, games, variants)
+    summarise(args, games, variants)
+    print((args.out / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
