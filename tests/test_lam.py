@@ -346,3 +346,72 @@ def test_time_budget_stops_training_and_a_rerun_does_not_go_on(data, tmp_path):
     assert again["steps"] == summary["steps"]
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0].endswith("train_seconds") and float(rows[-1].split(",")[-1]) >= 1.2
+
+
+def test_labelled_and_unlabelled_batches_both_reach_the_gradient():
+    from lapo.envs import NUM_ACTIONS
+
+    cfg = LAMConfig(**{**TOY, "labels": 16, "label_weight": 0.5})
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).eval()  # eval: the codebook stays put between the calls
+    frames = torch.rand(4, 3, 3, 64, 64) - 0.5
+    lab = (torch.rand(3, 3, 3, 64, 64) - 0.5, torch.tensor([0, 7, 14]))
+    assert NUM_ACTIONS == 15
+
+    def grad(unlabelled: bool, labelled: bool) -> torch.Tensor:
+        model.zero_grad()
+        if unlabelled:
+            loss, _ = lam_loss(model, frames, cfg, lab if labelled else None)
+        else:  # the labelled term alone, by hand
+            z, _ = model.idm(lab[0])
+            loss = 0.5 * torch.nn.functional.cross_entropy(model.action_head(z), lab[1])
+        loss.backward()
+        return model.idm.encoder.fc.weight.grad.clone()
+
+    both, video, labels = grad(True, True), grad(True, False), grad(False, True)
+    assert video.abs().sum() > 0 and labels.abs().sum() > 0
+    torch.testing.assert_close(both, video + labels)  # removing either changes the gradient
+    _, logs = lam_loss(model, frames, cfg, lab)
+    assert 0 <= logs["label_accuracy"] <= 1 and logs["label_loss"] > 0
+
+
+def test_stage1_with_labels_uses_exactly_the_recorded_windows(data, tmp_path, monkeypatch):
+    import lapo.lam as lam_module
+    from lapo.data.labels import read_labelled
+
+    seen = []
+    real = lam_module.labelled_batch
+
+    def spy(ds, starts, cfg, rng, device):
+        seen.append(np.asarray(starts).copy())
+        x, y = real(ds, starts, cfg, rng, device)
+        return x, y
+
+    monkeypatch.setattr(lam_module, "labelled_batch", spy)
+    run = tmp_path / "labelled"
+    cfg = LAMConfig(**{**TOY, "steps": 3, "probe_every": 0, "labels": 20, "labels_seed": 3})
+    train_lam(cfg, data, run, progress=False)
+    recorded = read_labelled(run)
+    assert len(recorded) == 20 and len(seen) == 3
+    assert all(np.array_equal(s, recorded) for s in seen)
+    # the draw is decode offline's: the same seed gives the same windows there
+    from lapo.data.labels import labelled_starts
+
+    assert np.array_equal(labelled_starts(data, 20, 3), recorded)
+    # each labelled batch holds windows from those starts, with their true middle actions
+    from lapo.data.dataset import WindowDataset
+
+    ds = WindowDataset(data, "train", k=3)
+    x, y = real(ds, recorded, cfg, np.random.default_rng(0), torch.device("cpu"))
+    assert x.shape == (cfg.batch_size // 4, 3, 3, 64, 64) and y.shape == (cfg.batch_size // 4,)
+    assert set(y.tolist()) <= set(ds.arrays["actions"][recorded + 1].tolist())
+
+
+def test_stage1_labels_bad_input_is_one_line(data, tmp_path, capsys):
+    base = ["lam", "train", "--data", str(data), "--quiet", "--steps", "1", "--probe-every", "0"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--labels", "999999"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than the" in err
+    assert main(base + ["--out", str(tmp_path / "b"), "--labels-from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "labelled_windows.json" in err

@@ -18,14 +18,14 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from lapo.baselines import labelled_starts
 from lapo.bc import BCConfig, load_stage2, lr_scale, preset, train_latent_bc
 from lapo.checkpoint import load_tensors, read_json
 from lapo.cli import main
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetWriter, new_manifest, open_dataset
-from lapo.decode.offline import OfflineConfig, choose_labelled, decode_offline, read_labelled
+from lapo.data.labels import choose_labelled, labelled_starts, read_labelled
+from lapo.decode.offline import OfflineConfig, decode_offline
 from lapo.decode.online import (
     GROUP_SCHEDULES,
     OnlineConfig,
@@ -396,10 +396,10 @@ def test_idm_bc_baseline_runs_and_keeps_the_true_labels(data, decoded, tmp_path,
     assert (labels[train.starts] >= 0).all()
     assert np.array_equal(labels[starts], train.arrays["actions"][starts + 1])
     assert_acts(out)
-    # another dataset's decoding run names windows this one lacks
+    # another dataset's decoding run: refused, whether or not its window starts exist here
     args = ["baseline", "idm-bc", "--data", str(small), "--labels-from", str(decoded)]
     assert main(args + ["--out", str(tmp_path / "other"), "--quiet"]) == 2
-    assert "are not windows of" in one_line_error(capsys)
+    assert "were drawn from" in one_line_error(capsys)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,30 +24,13 @@ from torch import nn
 from lapo.bc import BCConfig, train_action_bc
 from lapo.checkpoint import load_tensors, save_tensors, write_json
 from lapo.data.dataset import WindowDataset
-from lapo.data.format import DatasetError, open_dataset
-from lapo.decode.offline import choose_labelled, read_labelled
+from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
 from lapo.lam import frames_to_float
 from lapo.models.idm import stack_frames
 from lapo.models.impala import ImpalaCNN
 from lapo.probe import classification_report
 from lapo.runs import resolve_device
-
-
-def labelled_starts(
-    data: Path, labels: int, seed: int, labels_from: Path | None = None
-) -> np.ndarray:
-    """The K labelled train windows: those of a decoding run, or drawn as it draws them."""
-    manifest = open_dataset(data).manifest
-    if not manifest.get("has_actions"):
-        raise DatasetError(f"{data} has no actions: the baselines train on action labels")
-    train = WindowDataset(data, "train", k=3)
-    if labels_from is not None:
-        starts = read_labelled(labels_from)
-        if not np.isin(starts, train.starts).all():
-            raise DatasetError(f"{labels_from}'s labelled windows are not windows of {data}")
-        return starts
-    return choose_labelled(train, labels, seed, data)
 
 
 def bc_on_labels(

@@ -33,6 +33,9 @@ from lapo.checkpoint import (
     training_state,
     write_json,
 )
+from lapo.data.dataset import WindowDataset
+from lapo.data.format import open_dataset
+from lapo.envs import NUM_ACTIONS
 from lapo.models.augment import random_shift
 from lapo.models.idm import IDM
 from lapo.models.quantizers import QuantizerConfig
@@ -93,6 +96,18 @@ class LAMConfig:
     """Labelled train windows for the probe during training."""
     probe_test: int = 2_048
     """Test windows for the probe during training."""
+    labels: int = 0
+    """K labelled train windows whose true actions train a linear head on the latent beside the
+    video-only loss (LAOM, CLAM); 0 = video only (LAPO). The rest of the data is used without
+    actions; the K windows are recorded in labelled_windows.json for stage 3 and the baselines."""
+    labels_seed: int = 0
+    """Seed that draws the K labelled windows (the same draw as decode offline and baselines)."""
+    labels_from: str = ""
+    """Use the labelled windows of this run folder (its labelled_windows.json) instead."""
+    label_weight: float = 0.01
+    """Weight of the labelled cross-entropy beside the prediction loss."""
+    label_batch: int = 0
+    """Labelled windows per step beside each unlabelled batch; 0 = a quarter of batch_size."""
     max_minutes: float = 0.0
     """Stop after this many minutes of training steps (probes and evaluations not counted); the
     lr schedule then runs on whichever of steps or time is further along. 0 = steps only."""
@@ -102,6 +117,11 @@ class LAMConfig:
     """torch CPU threads; 0 = all cores."""
     device: str = "auto"
     """cpu, cuda or auto."""
+
+    @property
+    def uses_labels(self) -> bool:
+        """Stage 1 with a few action labels (``labels`` or ``labels_from`` given)."""
+        return bool(self.labels or self.labels_from)
 
 
 PRESETS: dict[str, LAMConfig] = {
@@ -166,6 +186,10 @@ class LatentActionModel(nn.Module):
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__()
         self.idm = build_idm(cfg)
+        # with labels in stage 1: latent -> true action logits, trained on the K labelled windows
+        self.action_head = (
+            nn.Linear(cfg.quantizer.latent_dim, NUM_ACTIONS) if cfg.uses_labels else None
+        )
         if cfg.wm_target not in ("pixels", "embedding"):
             raise ValueError(f"wm_target must be pixels or embedding, not {cfg.wm_target!r}")
         self.world_model: WorldModel | EmbeddingWorldModel
@@ -207,7 +231,10 @@ def idm_input(frames: torch.Tensor, cfg: LAMConfig | None = None) -> torch.Tenso
 
 
 def lam_loss(
-    model: LatentActionModel, frames: torch.Tensor, cfg: LAMConfig | None = None
+    model: LatentActionModel,
+    frames: torch.Tensor,
+    cfg: LAMConfig | None = None,
+    labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Next-frame prediction loss + commitment for float frames ``(B, K+2, 3, 64, 64)``
     (``K = cfg.idm_lookahead``; 3 frames without ``cfg``, which evaluates plain LAPO's loss).
@@ -217,6 +244,8 @@ def lam_loss(
     ``changed_pixel_weight`` w, a pixel that differs between ``o[t]`` and ``o[t+1]`` weighs
     ``1 + w`` in the MSE: the agent's small sprite counts for more against the static
     background. ``latent_var_floor`` adds a hinge on each latent dimension's batch variance.
+    ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``) adds
+    ``label_weight`` x the cross-entropy of the model's action head on their latents.
     Returns ``(loss, logs)``; ``logs`` holds the plain prediction error and codebook statistics.
     """
     z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
@@ -238,6 +267,14 @@ def lam_loss(
         var_loss = F.relu(cfg.latent_var_floor - z.float().var(0)).mean()
         logs["latent_var_loss"] = var_loss.item()
         loss = loss + var_loss
+    if labelled is not None and model.action_head is not None:
+        x, actions = labelled
+        z_l, _ = model.idm(random_shift(x, cfg.aug_shift))  # (L, A)
+        logits = model.action_head(z_l)  # (L, 15)
+        label_loss = F.cross_entropy(logits.float(), actions)
+        logs["label_loss"] = label_loss.item()
+        logs["label_accuracy"] = (logits.argmax(-1) == actions).float().mean().item()
+        loss = loss + cfg.label_weight * label_loss
     return loss, logs
 
 
@@ -309,6 +346,17 @@ def probe_windows(
     )
 
 
+def labelled_batch(
+    ds: WindowDataset, starts: np.ndarray, cfg: LAMConfig, rng: np.random.Generator, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mini-batch of the K labelled windows: float frames ``(L, 3, 3, 64, 64)`` and the
+    middle frame's actions ``(L,)``, ``L = label_batch`` (a quarter of the batch if 0)."""
+    n = cfg.label_batch or max(cfg.batch_size // 4, 1)
+    batch = ds.read(np.sort(rng.choice(starts, n, replace=len(starts) < n)))
+    x = frames_to_float(torch.from_numpy(batch["obs"]).to(device))
+    return x, torch.from_numpy(batch["actions"][:, 1]).to(device)
+
+
 def train_lam(
     cfg: LAMConfig, data: Path, out: Path, progress: bool = True, command: str | None = None
 ) -> dict:
@@ -316,8 +364,7 @@ def train_lam(
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from lapo.data.dataset import WindowDataset
-    from lapo.data.format import open_dataset
+    from lapo.data.labels import labelled_starts, write_labelled
 
     out, device = start_run(out, cfg.threads, cfg.device)
     manifest = open_dataset(data).manifest
@@ -326,6 +373,17 @@ def train_lam(
     test = WindowDataset(data, "test", k=3)
     probe_source = WindowDataset(data, "train", k=3) if cfg.idm_lookahead > 1 else train
     has_actions = bool(manifest.get("has_actions"))
+    labelled_windows = None
+    if cfg.uses_labels:
+        starts = labelled_starts(
+            data,
+            cfg.labels,
+            cfg.labels_seed,
+            Path(cfg.labels_from) if cfg.labels_from else None,
+            purpose="stage 1 with --labels",
+        )
+        write_labelled(out, data, starts, cfg.labels_seed)
+        labelled_windows = probe_source if cfg.idm_lookahead > 1 else train, starts
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
@@ -419,7 +477,10 @@ def train_lam(
                     step, cfg, train_seconds / budget if budget else 0.0
                 )
             obs = torch.from_numpy(train.sample(cfg.batch_size, rng)["obs"]).to(device)
-            loss, logs = lam_loss(model, frames_to_float(obs), cfg)
+            labelled = None
+            if labelled_windows is not None:
+                labelled = labelled_batch(*labelled_windows, cfg, rng, device)
+            loss, logs = lam_loss(model, frames_to_float(obs), cfg, labelled)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

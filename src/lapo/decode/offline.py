@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from lapo.bc import dataset_for, load_stage2
-from lapo.checkpoint import read_json, save_tensors, write_json
+from lapo.checkpoint import save_tensors, write_json
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetError
+from lapo.data.labels import choose_labelled, write_labelled
 from lapo.decode import encode_dataset_windows, fit_decoder
 from lapo.envs import NUM_ACTIONS
 from lapo.lam import frames_to_float
@@ -51,24 +52,6 @@ class OfflineConfig:
     """Held-out test windows for the accuracies in decode.json."""
     seed: int = 0
     """Seed of the labelled subset and of the decoder's initialisation."""
-
-
-def choose_labelled(ds: WindowDataset, labels: int, seed: int, data: Path) -> np.ndarray:
-    """K distinct train window starts chosen by ``seed`` (sorted), or one clear error."""
-    if labels < 1:
-        raise DatasetError(f"--labels must be at least 1, got {labels}")
-    if labels > len(ds):
-        raise DatasetError(
-            f"--labels {labels} is more than the {len(ds)} labelled train windows in {data}; "
-            f"use at most {len(ds)} or collect more"
-        )
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(ds.starts, labels, replace=False))
-
-
-def read_labelled(folder: Path) -> np.ndarray:
-    """The window starts a decoding run labelled (its ``labelled_windows.json``)."""
-    return np.asarray(read_json(Path(folder) / "labelled_windows.json")["starts"], np.int64)
 
 
 def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) -> dict:
@@ -120,10 +103,7 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out / "labelled_windows.json",
-        {"data": str(data), "seed": cfg.seed, "labels": cfg.labels, "starts": starts.tolist()},
-    )
+    write_labelled(out, data, starts, cfg.seed)
     save_tensors(out / "policy.safetensors", deployed.state_dict())
     report = {
         "labels": cfg.labels,
