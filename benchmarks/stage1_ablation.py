@@ -32,8 +32,10 @@ VARIANTS: dict[str, list[str]] = {
     # the `cpu` preset before the quantiser fix: restarts on the EMA count, which never fire
     # within a 3,000-step run at decay 0.999
     "vq_old": ["--quantizer.restart-unused-steps", "0", "--quantizer.dead-code-threshold", "0.01"],
-    # EMA VQ whose restarts fire for a code unused for 100 steps (the `cpu` preset's quantiser)
-    "vq_restarts": [],
+    # EMA VQ whose restarts fire for a code unused for 100 steps
+    "vq_restarts": ["--idm-difference-scale", "1"],
+    # the IDM's frame differences amplified x10 (with vq_restarts)
+    "diff10": ["--idm-difference-scale", "10"],
     # a wide continuous latent instead of the quantiser
     "continuous": ["--quantizer.kind", "none", "--quantizer.continuous-dim", "1024"],
     # the IDM sees o[t+k], k in 1..4, the world model still predicts o[t+1]
@@ -70,6 +72,19 @@ VARIANTS: dict[str, list[str]] = {
     ],
 }
 HERE = Path(__file__).resolve().parent
+
+
+def is_ceiling(variant: str) -> bool:
+    """``ceiling`` (the supervised IDM on every label), ``ceiling_d10`` (its frame differences
+    x10) or ``supervised_kK`` (on K labels, differences x10)."""
+    return variant.startswith("ceiling") or variant.startswith("supervised_k")
+
+
+def variant_options(variant: str) -> list[str]:
+    """``lam train`` options of a named variant; ``labels_kK``: stage 1 with K labels."""
+    if variant.startswith("labels_k"):
+        return ["--labels", variant[len("labels_k") :]]
+    return VARIANTS[variant]
 
 
 def game_of(data: Path) -> str:
@@ -119,13 +134,15 @@ def run_variant(data: Path, out: Path, options: list[str], args: argparse.Namesp
         (out / "probe_paper.json").write_text(probe.stdout)
 
 
-def run_ceiling(data: Path, out: Path, args: argparse.Namespace) -> None:
+def run_ceiling(
+    data: Path, out: Path, args: argparse.Namespace, labels: int = 0, scale: float = 1.0
+) -> None:
     """The supervised IDM on the true actions for the same time; its curve as JSON lines."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(HERE / "supervised_idm.py"), "--data", str(data)]
     cmd += ["--minutes", str(args.minutes), "--threads", str(args.threads), "--differences"]
     cmd += ["--lr", "1e-3", "--batch", "32", "--eval-every", str(args.ceiling_eval_every)]
-    cmd += ["--seed", str(args.seed)]
+    cmd += ["--seed", str(args.seed), "--labels", str(labels), "--difference-scale", str(scale)]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith('{"seconds"')]
     final = json.loads(res.stdout[res.stdout.index("{\n") :])["final"]
@@ -137,10 +154,11 @@ def task(data: Path, variant: str, args: argparse.Namespace) -> str:
     if (out / "done.json").exists():
         return f"{out}: done before"
     t0 = time.time()
-    if variant == "ceiling":
-        run_ceiling(data, out, args)
+    if is_ceiling(variant):
+        labels = int(variant[len("supervised_k") :]) if "_k" in variant else 0
+        run_ceiling(data, out, args, labels, 1.0 if variant == "ceiling" else 10.0)
     else:
-        run_variant(data, out, VARIANTS[variant], args)
+        run_variant(data, out, variant_options(variant), args)
     (out / "done.json").write_text(json.dumps({"wall_seconds": round(time.time() - t0, 1)}))
     return f"{out}: {time.time() - t0:.0f} s"
 
@@ -151,7 +169,7 @@ def curves(args: argparse.Namespace, games: list[str], variants: list[str]) -> l
     for game in games:
         for variant in variants:
             d = args.out / game / variant
-            if variant == "ceiling" and (d / "curve.jsonl").exists():
+            if is_ceiling(variant) and (d / "curve.jsonl").exists():
                 for ln in (d / "curve.jsonl").read_text().splitlines():
                     r = json.loads(ln)
                     rows.append(
@@ -191,7 +209,9 @@ def summarise(args: argparse.Namespace, games: list[str], variants: list[str]) -
         "labelled windows, 3 epochs).",
     ]
     for game in games:
-        ceil = [r for r in rows if r["game"] == game and r["variant"] == "ceiling"]
+        # the ratio is to the strongest ceiling run: the one with amplified differences if any
+        ref = next((v for v in ("ceiling_d10", "ceiling") if v in variants), "ceiling")
+        ceil = [r for r in rows if r["game"] == game and r["variant"] == ref]
         lines += ["", f"## {game}", ""]
         lines += [
             "| variant | untrained | probe / balanced | minutes | steps | ceiling then "
@@ -200,7 +220,7 @@ def summarise(args: argparse.Namespace, games: list[str], variants: list[str]) -
         ]
         for variant in variants:
             pts = [r for r in rows if r["game"] == game and r["variant"] == variant]
-            if not pts or variant == "ceiling":
+            if not pts or is_ceiling(variant):
                 continue
             last = pts[-1]
             c = at_time(ceil, last["minutes"])
@@ -212,11 +232,14 @@ def summarise(args: argparse.Namespace, games: list[str], variants: list[str]) -
                 f"{last['balanced']:.3f} | {last['minutes']:.1f} | {last['step']} | "
                 f"{c['probe'] if c else float('nan'):.3f} | {ratio:.2f} | {pp:.3f} |"
             )
-        if ceil:
-            lines.append(
-                f"| ceiling (supervised) | | {ceil[-1]['probe']:.3f} / {ceil[-1]['balanced']:.3f}"
-                f" | {ceil[-1]['minutes']:.1f} | {ceil[-1]['step']} | | | |"
-            )
+        for variant in [v for v in variants if is_ceiling(v)]:
+            pts = [r for r in rows if r["game"] == game and r["variant"] == variant]
+            if pts:
+                name = "ceiling (supervised, all labels)" if variant == "ceiling" else variant
+                lines.append(
+                    f"| {name} | | {pts[-1]['probe']:.3f} / {pts[-1]['balanced']:.3f}"
+                    f" | {pts[-1]['minutes']:.1f} | {pts[-1]['step']} | | | |"
+                )
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     plot(rows, games, variants, args.out / "probe_vs_minutes.png")
 
@@ -233,6 +256,7 @@ def plot(rows: list[dict], games: list[str], variants: list[str], path: Path) ->
             pts = [r for r in rows if r["game"] == game and r["variant"] == variant]
             if pts:
                 style = dict(color="black", lw=2) if variant == "ceiling" else {}
+                style = dict(color="grey", lw=2) if is_ceiling(variant) and not style else style
                 ax.plot([r["minutes"] for r in pts], [r["probe"] for r in pts], ".-", **style)
                 ax.lines[-1].set_label(variant)
         ax.axhline(1 / 15, color="grey", ls=":", label="chance")
@@ -249,7 +273,8 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         default="vq_restarts,laom,ceiling",
-        help=f"comma-separated, from: {', '.join(VARIANTS)}, ceiling",
+        help=f"comma-separated, from: {', '.join(VARIANTS)}, ceiling (supervised IDM on all "
+        "labels), labels_kK (stage 1 with K labels), supervised_kK (supervised IDM on K labels)",
     )
     ap.add_argument("--minutes", type=float, default=15.0, help="training minutes per run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once")
@@ -265,7 +290,11 @@ def main() -> None:
     args = ap.parse_args()
     datas = [Path(d) for d in args.data.split(",")]
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v != "ceiling" and v not in VARIANTS]
+    unknown = [
+        v
+        for v in variants
+        if not is_ceiling(v) and not v.startswith("labels_k") and v not in VARIANTS
+    ]
     if unknown:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     for d in datas:

@@ -5,7 +5,9 @@
 Same encoder as the latent IDM (IMPALA-CNN over o[t-1], o[t], o[t+1] stacked on channels),
 a linear head to the 15 actions, cross-entropy on the middle frame's action, same data and a
 fixed wall-clock budget. Test accuracy on a fixed set of test windows is printed as it
-trains; a stage-1 probe is judged against this figure at the same wall time.
+trains; a stage-1 probe is judged against this figure at the same wall time. With
+``--labels K`` it trains on only the K labelled windows that stage 1 with ``--labels K``,
+offline decoding and the baselines draw (the supervised IDM of baseline (b)).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lapo.data.dataset import WindowDataset
+from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
 from lapo.lam import frames_to_float
 from lapo.models.idm import stack_frames
@@ -36,9 +39,16 @@ def main() -> None:
     ap.add_argument(
         "--differences", action="store_true", help="also feed frame differences (idm_differences)"
     )
+    ap.add_argument(
+        "--difference-scale", type=float, default=1.0, help="multiplier of the frame differences"
+    )
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--test", type=int, default=4096, help="test windows")
     ap.add_argument("--eval-every", type=float, default=60.0, help="seconds between evals")
+    ap.add_argument(
+        "--labels", type=int, default=0, help="train on only K labelled windows (0 = all)"
+    )
+    ap.add_argument("--labels-seed", type=int, default=0, help="seed of the K windows' draw")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -53,6 +63,12 @@ def main() -> None:
         nn.Linear(256, NUM_ACTIONS),
     )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    labelled = None
+    if args.labels:  # the same K windows stage 1 with --labels and decode offline draw
+        labelled = labelled_starts(args.data, args.labels, args.labels_seed)
+
+    def stack(x: torch.Tensor) -> torch.Tensor:
+        return stack_frames(x, args.differences, args.difference_scale)
 
     def evaluate() -> dict:
         model.eval()
@@ -60,7 +76,7 @@ def main() -> None:
         with torch.no_grad():
             for i in range(0, len(te["obs"]), 256):
                 x = frames_to_float(torch.from_numpy(te["obs"][i : i + 256]))
-                preds.append(model(stack_frames(x, args.differences)).argmax(-1))
+                preds.append(model(stack(x)).argmax(-1))
         model.train()
         rep = classification_report(te["actions"][:, 1], torch.cat(preds).numpy(), NUM_ACTIONS)
         rep.pop("confusion")
@@ -70,8 +86,11 @@ def main() -> None:
     t0, evaluating = time.time(), 0.0
     next_eval, step, curve = args.eval_every, 0, []
     while time.time() - t0 - evaluating < args.minutes * 60:
-        b = train.sample(args.batch, rng)
-        x = stack_frames(frames_to_float(torch.from_numpy(b["obs"])), args.differences)
+        if labelled is None:
+            b = train.sample(args.batch, rng)
+        else:
+            b = train.read(np.sort(rng.choice(labelled, args.batch)))
+        x = stack(frames_to_float(torch.from_numpy(b["obs"])))
         loss = F.cross_entropy(model(x), torch.from_numpy(b["actions"][:, 1]))
         opt.zero_grad()
         loss.backward()
@@ -92,7 +111,9 @@ def main() -> None:
                 "idm_width": args.idm_width,
                 "batch": args.batch,
                 "differences": args.differences,
+                "difference_scale": args.difference_scale,
                 "minutes": args.minutes,
+                "labels": args.labels or "all",
                 "final": final,
             },
             indent=2,

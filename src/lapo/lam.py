@@ -53,6 +53,9 @@ class LAMConfig:
     """Base channel width of the world model's U-Net."""
     idm_differences: bool = False
     """IDM also sees the frame differences o[t]-o[t-1], o[t+1]-o[t] (not in LAPO)."""
+    idm_difference_scale: float = 1.0
+    """Multiplier of the frame differences the IDM sees (with idm_differences): they are sparse
+    and small next to the frames, and amplified the encoder finds motion in far fewer steps."""
     wm_residual: bool = False
     """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
     changed_pixel_weight: float = 0.0
@@ -177,7 +180,13 @@ def lam_config_from_dict(d: dict) -> LAMConfig:
 
 def build_idm(cfg: LAMConfig) -> IDM:
     """The latent IDM of stage-1 configuration ``cfg`` (untrained)."""
-    return IDM(cfg.quantizer, frames=3, width=cfg.idm_width, differences=cfg.idm_differences)
+    return IDM(
+        cfg.quantizer,
+        frames=3,
+        width=cfg.idm_width,
+        differences=cfg.idm_differences,
+        difference_scale=cfg.idm_difference_scale,
+    )
 
 
 class LatentActionModel(nn.Module):

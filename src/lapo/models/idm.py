@@ -10,11 +10,17 @@ from lapo.models.impala import ImpalaCNN
 from lapo.models.quantizers import QuantizerConfig, QuantizerOutput, make_quantizer
 
 
-def stack_frames(frames: torch.Tensor, differences: bool = False) -> torch.Tensor:
+def stack_frames(
+    frames: torch.Tensor, differences: bool = False, difference_scale: float = 1.0
+) -> torch.Tensor:
     """``(B, T, 3, H, W)`` -> ``(B, 3T, H, W)``, or with ``differences``
-    ``(B, 3(2T - 1), H, W)``: the frames, then ``o[i+1] - o[i]`` for each consecutive pair."""
+    ``(B, 3(2T - 1), H, W)``: the frames, then ``difference_scale x (o[i+1] - o[i])`` for each
+    consecutive pair."""
     if differences:
-        frames = torch.cat([frames, frames[:, 1:] - frames[:, :-1]], 1)
+        diffs = frames[:, 1:] - frames[:, :-1]
+        if difference_scale != 1.0:
+            diffs = diffs * difference_scale
+        frames = torch.cat([frames, diffs], 1)
     return rearrange(frames, "b t c h w -> b (t c) h w")
 
 
@@ -27,6 +33,7 @@ class IDM(nn.Module):
 
     With ``differences`` the encoder also sees the T - 1 frame differences
     ``o[i+1] - o[i]`` stacked after the frames: moving sprites stand out from the first layer.
+    They are sparse and small next to the frames; ``difference_scale`` amplifies them.
     """
 
     def __init__(
@@ -36,9 +43,11 @@ class IDM(nn.Module):
         width: int = 4,
         features: int = 256,
         differences: bool = False,
+        difference_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.differences = differences
+        self.difference_scale = difference_scale
         images = 2 * frames - 1 if differences else frames
         self.encoder = ImpalaCNN(in_channels=3 * images, width=width, out_features=features)
         self.head = nn.Linear(features, quantizer.latent_dim)
@@ -46,6 +55,8 @@ class IDM(nn.Module):
         self.latent_dim = quantizer.latent_dim
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
-        x = stack_frames(frames, self.differences)  # (B, 3T or 3(2T-1), 64, 64)
+        x = stack_frames(
+            frames, self.differences, self.difference_scale
+        )  # (B, 3T or 3(2T-1), 64, 64)
         z = self.head(self.encoder(x))  # (B, A)
         return z, self.quantizer(z)
