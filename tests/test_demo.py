@@ -18,6 +18,7 @@ from lapo.demo import FAST, DemoConfig, find_resumable, run_demo
 
 SECTIONS = [
     "Summary",
+    "Did the latent actions learn the true actions?",
     "What was run",
     "Learning curves",
     "Latent actions by true action",
@@ -50,7 +51,7 @@ def test_report_holds_every_section_with_a_real_image(demo):
     html = (demo / "report.html").read_text()
     images = _images(html)
     assert list(images) == SECTIONS
-    for heading in SECTIONS[2:]:
+    for heading in SECTIONS[3:]:
         assert images[heading], f"no image in {heading}"
         for im in images[heading]:
             assert im.width >= 200 and im.height >= 150
@@ -73,6 +74,7 @@ def test_demo_numbers_beat_their_baselines(demo):
         "collect",
         "stage1",
         "probe",
+        "ceiling",
         "plots",
         "stage2",
         "decode",
@@ -80,6 +82,12 @@ def test_demo_numbers_beat_their_baselines(demo):
         "evaluate",
         "report",
     ]
+    # the report sets the probe beside the untrained IDM and the supervised ceiling
+    untrained = json.loads((demo / "probe_untrained.json").read_text())
+    ceiling = json.loads((demo / "ceiling.json").read_text())
+    assert untrained["n_test"] == probe["n_test"] and ceiling["steps"] == FAST["ceiling_steps"]
+    html = (demo / "report.html").read_text()
+    assert f"{untrained['accuracy']:.3f}" in html and f"{ceiling['accuracy']:.3f}" in html
     assert all(s["wall_seconds"] >= 0 for s in stages.values())
 
 
@@ -98,7 +106,7 @@ def test_resume_skips_finished_stages(demo, tmp_path):
     assert find_resumable(tmp_path, cfg) == run
     run_demo(cfg, run, progress=False)
     after = json.loads((run / "stages.json").read_text())
-    for name in ("collect", "stage1", "probe", "plots", "stage2", "decode", "baseline"):
+    for name in ("collect", "stage1", "probe", "ceiling", "plots", "stage2", "decode", "baseline"):
         assert after[name] == stages[name]
     assert "evaluate" in after and "report" in after
     assert (run / "stage1" / "lam.safetensors").stat().st_mtime_ns == weights

@@ -63,6 +63,8 @@ class SupervisedIDMConfig:
     """IMPALA-CNN width multiplier."""
     differences: bool = True
     """Also see the frame differences (as the cpu preset's latent IDM does)."""
+    difference_scale: float = 1.0
+    """Multiplier of the frame differences (the stage-1 option idm_difference_scale)."""
     steps: int = 1_000
     """Training steps on the K labelled windows."""
     batch_size: int = 32
@@ -80,15 +82,46 @@ def supervised_idm(cfg: SupervisedIDMConfig) -> nn.Module:
 
 
 @torch.no_grad()
-def _idm_predict(
-    model: nn.Module, ds: WindowDataset, starts: np.ndarray, differences: bool, device
+def idm_predict(
+    model: nn.Module, cfg: SupervisedIDMConfig, ds: WindowDataset, starts: np.ndarray, device
 ) -> np.ndarray:
+    """The supervised IDM's action ``(N,)`` for the windows of ``ds`` at ``starts``."""
     model.eval()
     preds = []
     for i in range(0, len(starts), 512):
         x = frames_to_float(torch.from_numpy(ds.read(starts[i : i + 512])["obs"]).to(device))
-        preds.append(model(stack_frames(x, differences)).argmax(-1).cpu().numpy())
+        x = stack_frames(x, cfg.differences, cfg.difference_scale)
+        preds.append(model(x).argmax(-1).cpu().numpy())
     return np.concatenate(preds)
+
+
+def train_supervised_idm(
+    cfg: SupervisedIDMConfig,
+    train: WindowDataset,
+    starts: np.ndarray,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = False,
+) -> nn.Module:
+    """Fit :func:`supervised_idm` with cross-entropy on the middle actions of the windows at
+    ``starts`` (K labels for baseline (b); every train window for the stage-1 ceiling)."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = supervised_idm(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    bs = min(cfg.batch_size, len(starts))
+    for _ in tqdm(range(cfg.steps), desc="supervised idm", disable=not progress):
+        batch = train.read(starts[rng.integers(0, len(starts), bs)])
+        x = frames_to_float(torch.from_numpy(batch["obs"]).to(device))
+        y = torch.from_numpy(batch["actions"][:, 1]).to(device)
+        logits = model(stack_frames(x, cfg.differences, cfg.difference_scale))
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
 
 
 def idm_labels_bc(
@@ -102,8 +135,6 @@ def idm_labels_bc(
     command: str | None = None,
 ) -> dict:
     """Baseline (b): supervised IDM on K labels -> labels for every train window -> BC."""
-    from tqdm import tqdm
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     starts = labelled_starts(data, labels, cfg.seed, labels_from)
@@ -116,21 +147,7 @@ def idm_labels_bc(
         tensors, report = load_tensors(labels_path)
         frame_labels = tensors["labels"].numpy()
     else:
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        model = supervised_idm(idm_cfg).to(device)
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=idm_cfg.learning_rate, weight_decay=idm_cfg.weight_decay
-        )
-        bs = min(idm_cfg.batch_size, len(starts))
-        for _ in tqdm(range(idm_cfg.steps), desc="supervised idm", disable=not progress):
-            batch = train.read(starts[rng.integers(0, len(starts), bs)])
-            x = frames_to_float(torch.from_numpy(batch["obs"]).to(device))
-            y = torch.from_numpy(batch["actions"][:, 1]).to(device)
-            loss = F.cross_entropy(model(stack_frames(x, idm_cfg.differences)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        model = train_supervised_idm(idm_cfg, train, starts, device, cfg.seed, progress)
         te = np.sort(
             np.random.default_rng(cfg.seed + 1).choice(
                 test.starts, min(4096, len(test)), replace=False
@@ -138,14 +155,12 @@ def idm_labels_bc(
         )
         rep = classification_report(
             test.arrays["actions"][te + 1],
-            _idm_predict(model, test, te, idm_cfg.differences, device),
+            idm_predict(model, idm_cfg, test, te, device),
             NUM_ACTIONS,
         )
         # every train window gets the IDM's label; the K labelled ones keep their true label
         frame_labels = np.full(train.frames, -1, np.int64)
-        frame_labels[train.starts] = _idm_predict(
-            model, train, train.starts, idm_cfg.differences, device
-        )
+        frame_labels[train.starts] = idm_predict(model, idm_cfg, train, train.starts, device)
         frame_labels[starts] = train.arrays["actions"][starts + 1]
         agree = float(
             (frame_labels[train.starts] == train.arrays["actions"][train.starts + 1]).mean()

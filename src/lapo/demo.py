@@ -5,7 +5,10 @@ Stages, in order, each recorded in ``stages.json`` when it finishes so that a re
 1. ``collect``: the shipped demonstrator plays the game; its frames (and, for the few labels
    and the probe only, its actions) become a dataset;
 2. ``stage1``: the latent action model, trained on frames alone;
-3. ``probe``: how well latent actions predict the true actions (accuracy, confusion matrix);
+3. ``probe``: how well latent actions predict the true actions (accuracy, confusion matrix),
+   beside the same probe of the untrained IDM;
+   ``ceiling``: the same IDM encoder trained on the true actions of every train window (the
+   supervised ceiling a latent IDM is judged against);
 4. ``plots``: latents by true action (UMAP, or PCA without ``umap-learn``), world-model
    predictions and the open-loop rollout GIF;
 5. ``stage2``: the latent policy, behaviour-cloned on frames alone;
@@ -50,6 +53,8 @@ class DemoConfig:
     """K: labelled transitions for the decoder and the BC baseline."""
     probe_labels: int = 4_096
     """Labelled windows for the probe (at most the train split)."""
+    ceiling_steps: int = 600
+    """Training steps of the supervised ceiling (the IDM encoder on the true actions)."""
     episodes: int = 48
     """Evaluation episodes per policy."""
     seed: int = 0
@@ -66,6 +71,7 @@ FAST = dict(
     bc_batch=16,
     labels=500,
     probe_labels=1_024,
+    ceiling_steps=60,
     episodes=8,
 )
 
@@ -73,7 +79,8 @@ FAST = dict(
 STAGES = {
     "collect": 25,
     "stage1": 330,
-    "probe": 20,
+    "probe": 30,
+    "ceiling": 60,
     "plots": 20,
     "stage2": 90,
     "decode": 20,
@@ -222,6 +229,18 @@ def run_demo(
         n = min(cfg.probe_labels, len(WindowDataset(data, "train", k=3)))
         rep = probe_lam(lam_run, data, labels=n, test_windows=4_096, seed=cfg.seed)
         write_json(out / "probe.json", rep)
+        base = probe_lam(lam_run, data, n, 4_096, cfg.seed, untrained=True)
+        write_json(out / "probe_untrained.json", base)
+        return {
+            "accuracy": rep["accuracy"],
+            "balanced_accuracy": rep["balanced_accuracy"],
+            "untrained_accuracy": base["accuracy"],
+            "untrained_balanced_accuracy": base["balanced_accuracy"],
+        }
+
+    def s_ceiling() -> dict:
+        rep = supervised_ceiling(cfg, data, lam_run)
+        write_json(out / "ceiling.json", rep)
         return {k: v for k, v in rep.items() if k != "confusion"}
 
     def s_plots() -> dict:
@@ -275,6 +294,7 @@ def run_demo(
         "collect": s_collect,
         "stage1": s_stage1,
         "probe": s_probe,
+        "ceiling": s_ceiling,
         "plots": s_plots,
         "stage2": s_stage2,
         "decode": s_decode,
@@ -308,6 +328,41 @@ def run_demo(
     return {"out": str(out), "stages": {k: v["wall_seconds"] for k, v in stages.items()}}
 
 
+def supervised_ceiling(cfg: DemoConfig, data: Path, lam_run: Path) -> dict:
+    """The stage-1 IDM's encoder and inputs trained on the true action of every train window
+    for ``cfg.ceiling_steps`` steps: what the probe would read if the latent were the action.
+    Scored on the probe's number of test windows."""
+    import numpy as np
+    import torch
+
+    from lapo.baselines import SupervisedIDMConfig, idm_predict, train_supervised_idm
+    from lapo.data.dataset import WindowDataset
+    from lapo.envs import NUM_ACTIONS
+    from lapo.lam import lam_config_from_dict
+    from lapo.probe import classification_report
+
+    lam = lam_config_from_dict(read_json(lam_run / "config.json")["lam"])
+    idm_cfg = SupervisedIDMConfig(
+        width=lam.idm_width,
+        differences=lam.idm_differences,
+        difference_scale=lam.idm_difference_scale,
+        steps=cfg.ceiling_steps,
+        batch_size=cfg.lam_batch,
+        learning_rate=1e-3,
+        weight_decay=0.0,
+    )
+    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
+    t0 = time.time()
+    device = torch.device("cpu")
+    model = train_supervised_idm(idm_cfg, train, train.starts, device, cfg.seed)
+    seconds = time.time() - t0
+    rng = np.random.default_rng(cfg.seed)
+    te = np.sort(rng.choice(test.starts, min(4_096, len(test)), replace=False))
+    pred = idm_predict(model, idm_cfg, test, te, device)
+    rep = classification_report(test.arrays["actions"][te + 1], pred, NUM_ACTIONS)
+    return {"steps": cfg.ceiling_steps, "train_seconds": round(seconds, 1), **rep}
+
+
 def write_demo_report(cfg: DemoConfig, out: Path, stages: dict) -> dict:
     """``report.html`` from a finished demo's files; returns the summary table's rows."""
     from lapo.envs import normalized_return
@@ -333,9 +388,36 @@ def write_demo_report(cfg: DemoConfig, out: Path, stages: dict) -> dict:
     latent_kind = "UMAP" if "umap" in latent_file.name else "PCA (install lapo[umap] for UMAP)"
     demo_ret = returns["LAPO (decoded)"].get("demonstrator_return")
 
+    base = read_json(out / "probe_untrained.json")
+    ceiling = read_json(out / "ceiling.json")
+    stage1_s = stages["stage1"]["result"].get("train_seconds")
+
+    def pair(r: dict) -> str:
+        return f"{r['accuracy']:.3f} / {r['balanced_accuracy']:.3f}"
+
+    share = (probe["accuracy"] - base["accuracy"]) / max(
+        ceiling["accuracy"] - base["accuracy"], 1e-9
+    )
+    learned = [
+        ["untrained IDM (random features of the same inputs)", pair(base)],
+        [f"stage 1: latent IDM, frames only ({stage1_s or '?'} s of training)", pair(probe)],
+        [
+            f"ceiling: the same encoder trained on the true actions "
+            f"({ceiling['steps']} steps, {ceiling['train_seconds']:.0f} s)",
+            pair(ceiling),
+        ],
+        [
+            "majority class / chance",
+            f"{probe['majority_class_accuracy']:.3f} / {probe['chance']:.3f}",
+        ],
+    ]
     summary = [
         ["probe accuracy (latent -> true action)", f"{probe['accuracy']:.3f}"],
         ["probe balanced accuracy", f"{probe['balanced_accuracy']:.3f}"],
+        [
+            "untrained IDM's probe / supervised ceiling",
+            f"{base['accuracy']:.3f} / {ceiling['accuracy']:.3f}",
+        ],
         [
             "chance / majority class",
             f"{probe['chance']:.3f} / {probe['majority_class_accuracy']:.3f}",
@@ -360,6 +442,15 @@ def write_demo_report(cfg: DemoConfig, out: Path, stages: dict) -> dict:
             f"probe, for the decoder's {decode['labels']} labelled transitions and for the "
             "baseline, which is trained on exactly those labels.</p>"
             + table(summary, ["measure", "value"]),
+        ),
+        (
+            "Did the latent actions learn the true actions?",
+            "<p class='note'>The probe (an MLP from latent to true action, fit on "
+            f"{probe['labels']} labelled train windows, scored on {probe['n_test']} test windows; "
+            "accuracy / balanced accuracy) of the trained IDM beside the same probe of the "
+            "untrained IDM and beside the IDM encoder trained directly on the true actions. "
+            f"Stage 1 covers <b>{share:.0%}</b> of the way from the untrained IDM to the "
+            "ceiling.</p>" + table(learned, ["model", "probe accuracy / balanced"]),
         ),
         (
             "What was run",

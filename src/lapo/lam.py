@@ -587,12 +587,15 @@ def probe_lam(
     test_windows: int = 8_192,
     seed: int = 0,
     epochs: int | None = None,
+    untrained: bool = False,
 ) -> dict:
     """Fit the latent probe on ``labels`` labelled train windows of ``data``; score on test.
 
     ``epochs=None`` (the quick protocol, 30 epochs) refuses more labels than the data holds;
     with ``epochs`` given (the paper's protocol: 65,536 windows, 3 epochs) ``labels`` is capped
-    at the train windows there are, and the report says how many were used.
+    at the train windows there are, and the report says how many were used. ``untrained``
+    probes the run's architecture at its initialisation (seeded by ``seed``) instead: the
+    baseline a trained IDM must beat, measured the same way.
 
     Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
     matrix (rows: true action, columns: predicted) of the continuous IDM latent.
@@ -601,6 +604,10 @@ def probe_lam(
     from lapo.data.format import DatasetError, open_dataset
 
     model, config = load_lam(run)
+    if untrained:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LatentActionModel(lam_config_from_dict(config["lam"])).eval()
     manifest = open_dataset(data).manifest
     if not manifest.get("has_actions"):
         raise DatasetError(f"{data} has no actions: the probe needs a dataset with true actions")
