@@ -13,7 +13,8 @@ probed with the paper's protocol (`lapo lam probe --protocol paper`).
 
 Resumable: a finished run leaves ``done.json`` and is skipped; an interrupted stage-1 run
 resumes from its checkpoint (its clock too). Writes ``results.csv`` (every probe point),
-``summary.md`` (one table per game) and ``probe_vs_minutes.png``.
+``summary.md`` (one table per dataset, named by its folder) and ``probe_vs_minutes.png``.
+A combination not wanted can be skipped by writing its ``done.json`` before the run.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ VARIANTS: dict[str, list[str]] = {
     "vq_restarts": ["--idm-difference-scale", "1"],
     # the IDM's frame differences amplified x10 (with vq_restarts)
     "diff10": ["--idm-difference-scale", "10"],
+    # a Genie-sized bottleneck: one code of 8 per latent action (3 bits), frame differences x10
+    "small_vq": [
+        "--idm-difference-scale",
+        "10",
+        "--quantizer.num-codebooks",
+        "1",
+        "--quantizer.latents-per-codebook",
+        "1",
+        "--quantizer.num-entries",
+        "8",
+    ],
     # a wide continuous latent instead of the quantiser
     "continuous": ["--quantizer.kind", "none", "--quantizer.continuous-dim", "1024"],
     # the IDM sees o[t+k], k in 1..4, the world model still predicts o[t+1]
@@ -81,14 +93,15 @@ def is_ceiling(variant: str) -> bool:
 
 
 def variant_options(variant: str) -> list[str]:
-    """``lam train`` options of a named variant; ``labels_kK``: stage 1 with K labels."""
+    """``lam train`` options of a named variant; ``labels_kK``: diff10 with K labels."""
     if variant.startswith("labels_k"):
-        return ["--labels", variant[len("labels_k") :]]
+        return ["--idm-difference-scale", "10", "--labels", variant[len("labels_k") :]]
     return VARIANTS[variant]
 
 
-def game_of(data: Path) -> str:
-    return json.loads((data / "manifest.json").read_text())["game"]
+def name_of(data: Path) -> str:
+    """A dataset's name in the outputs: its folder's name (two datasets may share a game)."""
+    return data.resolve().name
 
 
 def run_variant(data: Path, out: Path, options: list[str], args: argparse.Namespace) -> None:
@@ -150,7 +163,7 @@ def run_ceiling(
 
 
 def task(data: Path, variant: str, args: argparse.Namespace) -> str:
-    out = args.out / game_of(data) / variant
+    out = args.out / name_of(data) / variant
     if (out / "done.json").exists():
         return f"{out}: done before"
     t0 = time.time()
@@ -300,7 +313,7 @@ def main() -> None:
     for d in datas:
         if not (d / "manifest.json").exists():
             sys.exit(f"{d} is not a lapo dataset (no manifest.json): run lapo collect first")
-    games = [game_of(d) for d in datas]
+    games = [name_of(d) for d in datas]
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         # variant-major order: every game gets the first variants before any gets the last
