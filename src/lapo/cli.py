@@ -393,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper", choices=["paper", "cpu"], help="configuration")
     p.add_argument(
         "--stages",
-        default="data,lam,bc,offline,online,ppo",
-        help="steps to run (data is always collected)",
+        default="data,lam,bc,offline,labels,online,ppo",
+        help="steps to run (data is always collected; labels: LAPO with the K labels also in "
+        "stage 1, a stage 1, stage 2 and decoding per K)",
     )
     p.add_argument("--labels", help="label counts (default: 16,...,8192 paper; 256,1000 cpu)")
     p.add_argument("--frames", type=int, help="demonstrator frames (default 1M paper, 51,200)")

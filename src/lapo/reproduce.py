@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 PAPER_LABELS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-STEPS = ("data", "lam", "bc", "offline", "online", "ppo")
+STEPS = ("data", "lam", "bc", "offline", "labels", "online", "ppo")
 
 # measured rates on the 2-core CPU of README's figures (channels-last fp32): stage 1 paper
 # 25.7 samples/s; IMPALA x4 forward ~110 obs/s, so stage 2 (fwd+bwd) ~35 samples/s; online
@@ -243,6 +243,9 @@ def build_tasks(cfg: ReproduceConfig, out: Path) -> list[Task]:
                         )
                     )
                     policies[f"{name}_k{k}"] = (o, f"{name}_k{k}")
+            for k in cfg.labels if "labels" in cfg.steps else []:
+                tasks += labelled_stage1_tasks(cfg, game, seed, k, data, r, data_deps)
+                policies[f"lapo_labels_k{k}"] = (r / f"lapo_labels_k{k}", f"lapo_labels_k{k}")
             if "online" in cfg.steps:
                 o = r / "lapo_online"
                 tasks.append(
@@ -316,6 +319,45 @@ def build_tasks(cfg: ReproduceConfig, out: Path) -> list[Task]:
                     )
                 )
     return tasks  # fmt: skip
+
+
+def labelled_stage1_tasks(
+    cfg: ReproduceConfig,
+    game: str,
+    seed: int,
+    k: int,
+    data: Path,
+    r: Path,
+    data_deps: tuple[str, ...],
+) -> list[Task]:
+    """LAPO with K labels in stage 1: stage 1 with ``--labels K``, stage 2 on it, and offline
+    decoding on the same K windows (drawn by the same seed as every K-label row)."""
+    lam, bc, dec = r / f"lam_labels_k{k}", r / f"bc_labels_k{k}", r / f"lapo_labels_k{k}"
+    pre, s, q = ("--preset", cfg.preset), ("--seed", str(seed)), ("--quiet",)
+    name = f"{game}/{seed}"
+    return [
+        Task(
+            f"{name}/lam_labels_k{k}",
+            _lapo("lam", "train", "--data", str(data), "--out", str(lam), *pre, *s, *q,
+                  "--labels", str(k), "--labels-seed", str(seed), *cfg.extra.get("lam", [])),
+            r / f"lam_labels_k{k}.done.json",
+            data_deps,
+        ),
+        Task(
+            f"{name}/bc_labels_k{k}",
+            _lapo("bc", "train", "--lam", str(lam), "--data", str(data), "--out", str(bc),
+                  *pre, *s, *q, *cfg.extra.get("bc", [])),
+            r / f"bc_labels_k{k}.done.json",
+            (f"{name}/lam_labels_k{k}",),
+        ),
+        Task(
+            f"{name}/lapo_labels_k{k}",
+            _lapo("decode", "offline", "--policy", str(bc), "--data", str(data),
+                  "--labels", str(k), "--out", str(dec), *s),
+            r / f"lapo_labels_k{k}.done.json",
+            (f"{name}/bc_labels_k{k}",),
+        ),
+    ]  # fmt: skip
 
 
 def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path, progress: bool = True) -> None:
@@ -453,6 +495,7 @@ def plot_offline(cfg: ReproduceConfig, rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for prefix, label, col in (
         ("lapo_offline_k", "LAPO, offline decoding", "tab:blue"),
+        ("lapo_labels_k", "LAPO, the K labels also in stage 1", "tab:purple"),
         ("idm_bc_k", "(b) supervised IDM labels, then BC", "tab:green"),
         ("bc_k", "(a) BC on the labels", "tab:orange"),
     ):
@@ -545,6 +588,8 @@ def plot_online(curves: dict, path: Path) -> Path:
 def cpu_hours(cfg: ReproduceConfig) -> float:
     """Rough hours the paper preset takes on the 2-core CPU README measured on."""
     per = sum(h for step, h in CPU_HOURS_PAPER.items() if step in cfg.steps)
+    if "labels" in cfg.steps:  # a stage 1 and a stage 2 per label count
+        per += (CPU_HOURS_PAPER["lam"] + CPU_HOURS_PAPER["bc"]) * len(cfg.labels)
     return per * len(cfg.games) * cfg.seeds
 
 
