@@ -48,6 +48,8 @@ VARIANTS: dict[str, list[str]] = {
         "--quantizer.num-entries",
         "8",
     ],
+    # the world model also sees the amplified o[t] - o[t-1] (with diff10)
+    "wm_diff": ["--idm-difference-scale", "10", "--wm-differences"],
     # a wide continuous latent instead of the quantiser
     "continuous": ["--quantizer.kind", "none", "--quantizer.continuous-dim", "1024"],
     # the IDM sees o[t+k], k in 1..4, the world model still predicts o[t+1]

@@ -286,6 +286,7 @@ REMEDIES = {
     "shift": dict(aug_shift=4),
     "embedding": dict(wm_target="embedding"),
     "no_ignore": dict(wm_mask_past=1.0, latent_var_floor=0.01),
+    "wm_differences": dict(idm_differences=True, idm_difference_scale=10.0, wm_differences=True),
     "wide_continuous": dict(quantizer=QuantizerConfig(kind="none", continuous_dim=512)),
 }
 
@@ -304,7 +305,7 @@ def test_each_remedy_trains_with_the_stated_shapes(name, data, tmp_path):
     with torch.no_grad():  # later stages see LAPO's three frames: (B, 3, 3, 64, 64) -> (B, A)
         z, q = model.idm(frames[:, :3])
     assert z.shape == q.z_q.shape == (4, cfg.quantizer.latent_dim)
-    pred = model.world_model(frames[:, :2], q.z_q)
+    pred = model.predict(frames[:, :2], q.z_q)
     assert pred.shape == ((4, 256) if name == "embedding" else (4, 3, 64, 64))
     summary = train_lam(cfg, data, tmp_path / name, progress=False)
     assert summary["steps"] == 3 and np.isfinite(summary["test_wm_loss"])

@@ -56,6 +56,9 @@ class LAMConfig:
     idm_difference_scale: float = 1.0
     """Multiplier of the frame differences the IDM sees (with idm_differences): they are sparse
     and small next to the frames, and amplified the encoder finds motion in far fewer steps."""
+    wm_differences: bool = False
+    """The world model also sees o[t] - o[t-1] (times idm_difference_scale), so the motion it
+    can extrapolate from its context is explicit and the latent need only carry the rest."""
     wm_residual: bool = False
     """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
     changed_pixel_weight: float = 0.0
@@ -202,23 +205,34 @@ class LatentActionModel(nn.Module):
         if cfg.wm_target not in ("pixels", "embedding"):
             raise ValueError(f"wm_target must be pixels or embedding, not {cfg.wm_target!r}")
         self.world_model: WorldModel | EmbeddingWorldModel
+        # with wm_differences the context gains a third image, the amplified o[t] - o[t-1]
+        self.wm_difference_scale = cfg.idm_difference_scale if cfg.wm_differences else 0.0
+        context = 3 if cfg.wm_differences else 2
         if cfg.wm_target == "embedding":
-            self.world_model = EmbeddingWorldModel(cfg.quantizer.latent_dim, 2, cfg.idm_width)
+            self.world_model = EmbeddingWorldModel(cfg.quantizer.latent_dim, context, cfg.idm_width)
         else:
             self.world_model = WorldModel(
-                cfg.quantizer.latent_dim, 2, base=cfg.wm_base, residual=cfg.wm_residual
+                cfg.quantizer.latent_dim, context, base=cfg.wm_base, residual=cfg.wm_residual
             )
 
     @property
     def predicts_pixels(self) -> bool:
         return isinstance(self.world_model, WorldModel)
 
+    def predict(self, context: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+        """The world model's prediction from ``o[t-1], o[t]`` ``(B, 2, 3, 64, 64)`` and the
+        latent ``(B, A)``: ``o[t+1]`` ``(B, 3, 64, 64)``, or its embedding ``(B, F)``."""
+        if self.wm_difference_scale:
+            diff = (context[:, 1] - context[:, 0]) * self.wm_difference_scale
+            context = torch.cat([diff[:, None], context], 1)  # (B, 3, 3, 64, 64), o[t] last
+        return self.world_model(context, z_q)
+
     def prediction_error(
         self, context: torch.Tensor, target: torch.Tensor, z_q: torch.Tensor
     ) -> torch.Tensor:
         """Per-pixel squared error ``(B, 3, 64, 64)`` of the predicted ``o[t+1]``, or per-sample
         ``(B,)`` embedding error, for context ``(B, 2, 3, 64, 64)``, target ``(B, 3, 64, 64)``."""
-        pred = self.world_model(context, z_q)
+        pred = self.predict(context, z_q)
         if self.predicts_pixels:
             return (pred - target) ** 2
         return embedding_error(pred, self.world_model.target(target))

@@ -117,7 +117,7 @@ def open_loop_rollout(model, frames: torch.Tensor) -> torch.Tensor:
     out = [frames[0], frames[1]]
     for t in range(T - 2):
         context = torch.stack([out[-2], out[-1]])[None]  # (1, 2, 3, 64, 64)
-        out.append(model.world_model(context, q.z_q[t : t + 1])[0])
+        out.append(model.predict(context, q.z_q[t : t + 1])[0])
     return torch.stack(out)
 
 
@@ -170,7 +170,7 @@ def plot_lam(
     x = frames_to_float(torch.from_numpy(sel))
     with torch.no_grad():
         _, q = model.idm(x)
-        pred = model.world_model(x[:, :2], q.z_q)
+        pred = model.predict(x[:, :2], q.z_q)
     plot_predictions(sel[:, 1], sel[:, 2], _to_uint8(pred), out / "predictions.png", title)
     files["predictions"] = str(out / "predictions.png")
 
