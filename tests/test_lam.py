@@ -63,6 +63,12 @@ def test_paper_preset_matches_the_notes():
     assert (cfg.idm_lookahead, cfg.aug_shift, cfg.wm_target) == (1, 0, "pixels")
 
 
+def test_cpu_preset_restarts_codes_on_recent_use_and_amplifies_differences():
+    cfg = preset("cpu")
+    assert cfg.quantizer.restart_unused_steps == 100 and cfg.quantizer.dead_code_threshold == 0
+    assert cfg.idm_differences and cfg.idm_difference_scale == 10.0
+
+
 def test_lr_schedule_by_hand():
     cfg = LAMConfig(steps=1050, warmup_steps=50, warmup_start=0.1, final_lr_scale=0.01)
     assert lr_scale(0, cfg) == pytest.approx(0.1)

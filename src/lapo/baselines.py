@@ -63,8 +63,8 @@ class SupervisedIDMConfig:
     """IMPALA-CNN width multiplier."""
     differences: bool = True
     """Also see the frame differences (as the cpu preset's latent IDM does)."""
-    difference_scale: float = 1.0
-    """Multiplier of the frame differences (the stage-1 option idm_difference_scale)."""
+    difference_scale: float = 10.0
+    """Multiplier of the frame differences (as the cpu preset's idm_difference_scale)."""
     steps: int = 1_000
     """Training steps on the K labelled windows."""
     batch_size: int = 32

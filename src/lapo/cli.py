@@ -214,7 +214,10 @@ def _cmd_baseline_bc(args: argparse.Namespace) -> None:
         from lapo.baselines import SupervisedIDMConfig
 
         idm_cfg = SupervisedIDMConfig(
-            width=args.idm_width, differences=args.idm_differences, steps=args.idm_steps
+            width=args.idm_width,
+            differences=args.idm_differences,
+            difference_scale=args.idm_difference_scale,
+            steps=args.idm_steps,
         )
         summary = idm_labels_bc(
             cfg,
@@ -473,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="supervised IDM also sees frame differences",
             )
             p.add_argument("--idm-steps", type=int, default=1000, help="supervised IDM steps")
+            p.add_argument(
+                "--idm-difference-scale",
+                type=float,
+                default=10.0,
+                help="multiplier of the frame differences (as the cpu stage-1 preset's)",
+            )
         add_dataclass_args(p, BCConfig, overrides_only=True, defaults=BC_PRESETS["cpu"])
         p.set_defaults(func=_cmd_baseline_bc)
     p = base.add_parser("ppo", help="(c) PPO from scratch with the policy's IMPALA-CNN")

@@ -138,6 +138,7 @@ PRESETS: dict[str, LAMConfig] = {
         idm_width=1,
         wm_base=8,
         idm_differences=True,
+        idm_difference_scale=10.0,
         learning_rate=1e-3,
         batch_size=32,
         steps=3_000,
