@@ -28,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+LAOM = ["--idm-difference-scale", "1", "--idm-lookahead", "4", "--aug-shift", "4"]
+LAOM += ["--quantizer.kind", "none", "--quantizer.continuous-dim", "1024"]
 # name -> options added to `lapo lam train --preset cpu`
 VARIANTS: dict[str, list[str]] = {
     # the `cpu` preset before the quantiser fix: restarts on the EMA count, which never fire
@@ -61,29 +63,9 @@ VARIANTS: dict[str, list[str]] = {
     # the world model cannot extrapolate from o[t-1], and the latent keeps its variance
     "no_ignore": ["--wm-mask-past", "1.0", "--latent-var-floor", "0.01"],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
-    "laom": [
-        "--idm-lookahead",
-        "4",
-        "--quantizer.kind",
-        "none",
-        "--quantizer.continuous-dim",
-        "1024",
-        "--aug-shift",
-        "4",
-    ],
+    "laom": LAOM,
     # the same with prediction in embedding space
-    "laom_embedding": [
-        "--idm-lookahead",
-        "4",
-        "--quantizer.kind",
-        "none",
-        "--quantizer.continuous-dim",
-        "1024",
-        "--aug-shift",
-        "4",
-        "--wm-target",
-        "embedding",
-    ],
+    "laom_embedding": [*LAOM, "--wm-target", "embedding"],
 }
 HERE = Path(__file__).resolve().parent
 
