@@ -95,6 +95,17 @@ def idm_predict(
     return np.concatenate(preds)
 
 
+def score_supervised_idm(
+    model: nn.Module, cfg: SupervisedIDMConfig, test: WindowDataset, seed: int, device
+) -> dict:
+    """:func:`classification_report` of the supervised IDM on up to 4,096 test windows drawn
+    by ``seed``."""
+    rng = np.random.default_rng(seed)
+    te = np.sort(rng.choice(test.starts, min(4_096, len(test)), replace=False))
+    pred = idm_predict(model, cfg, test, te, device)
+    return classification_report(test.arrays["actions"][te + 1], pred, NUM_ACTIONS)
+
+
 def train_supervised_idm(
     cfg: SupervisedIDMConfig,
     train: WindowDataset,
@@ -148,16 +159,7 @@ def idm_labels_bc(
         frame_labels = tensors["labels"].numpy()
     else:
         model = train_supervised_idm(idm_cfg, train, starts, device, cfg.seed, progress)
-        te = np.sort(
-            np.random.default_rng(cfg.seed + 1).choice(
-                test.starts, min(4096, len(test)), replace=False
-            )
-        )
-        rep = classification_report(
-            test.arrays["actions"][te + 1],
-            idm_predict(model, idm_cfg, test, te, device),
-            NUM_ACTIONS,
-        )
+        rep = score_supervised_idm(model, idm_cfg, test, cfg.seed + 1, device)
         # every train window gets the IDM's label; the K labelled ones keep their true label
         frame_labels = np.full(train.frames, -1, np.int64)
         frame_labels[train.starts] = idm_predict(model, idm_cfg, train, train.starts, device)

@@ -332,14 +332,11 @@ def supervised_ceiling(cfg: DemoConfig, data: Path, lam_run: Path) -> dict:
     """The stage-1 IDM's encoder and inputs trained on the true action of every train window
     for ``cfg.ceiling_steps`` steps: what the probe would read if the latent were the action.
     Scored on the probe's number of test windows."""
-    import numpy as np
     import torch
 
-    from lapo.baselines import SupervisedIDMConfig, idm_predict, train_supervised_idm
+    from lapo.baselines import SupervisedIDMConfig, score_supervised_idm, train_supervised_idm
     from lapo.data.dataset import WindowDataset
-    from lapo.envs import NUM_ACTIONS
     from lapo.lam import lam_config_from_dict
-    from lapo.probe import classification_report
 
     lam = lam_config_from_dict(read_json(lam_run / "config.json")["lam"])
     idm_cfg = SupervisedIDMConfig(
@@ -356,10 +353,7 @@ def supervised_ceiling(cfg: DemoConfig, data: Path, lam_run: Path) -> dict:
     device = torch.device("cpu")
     model = train_supervised_idm(idm_cfg, train, train.starts, device, cfg.seed)
     seconds = time.time() - t0
-    rng = np.random.default_rng(cfg.seed)
-    te = np.sort(rng.choice(test.starts, min(4_096, len(test)), replace=False))
-    pred = idm_predict(model, idm_cfg, test, te, device)
-    rep = classification_report(test.arrays["actions"][te + 1], pred, NUM_ACTIONS)
+    rep = score_supervised_idm(model, idm_cfg, test, cfg.seed, device)
     return {"steps": cfg.ceiling_steps, "train_seconds": round(seconds, 1), **rep}
 
 

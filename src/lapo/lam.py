@@ -407,7 +407,7 @@ def train_lam(
             purpose="stage 1 with --labels",
         )
         write_labelled(out, data, starts, cfg.labels_seed)
-        labelled_windows = probe_source if cfg.idm_lookahead > 1 else train, starts
+        labelled_windows = probe_source, starts  # three-frame windows, like the probe's
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 

@@ -4,10 +4,14 @@ the quantised latent action, which it receives twice: tiled over the input image
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from lapo.models.impala import ImpalaCNN
 
 
 class ResidualLayer(nn.Module):
@@ -199,10 +203,6 @@ class EmbeddingWorldModel(nn.Module):
         hidden: int = 512,
     ) -> None:
         super().__init__()
-        import copy
-
-        from lapo.models.impala import ImpalaCNN
-
         self.encoder = ImpalaCNN(in_channels=3, width=width, out_features=features)
         self.predictor = nn.Sequential(
             nn.Linear(context_frames * features + action_dim, hidden),
