@@ -16,7 +16,8 @@ import tempfile
 
 import torch
 
-from lapo.expert import ExpertConfig, train_expert
+from lapo.config import ExpertConfig
+from lapo.expert import train_expert
 
 
 def main() -> None:

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from lapo.cli import main
-from lapo.demo import FAST, DemoConfig, find_resumable, run_demo
+from lapo.config import DEMO_FAST as FAST
+from lapo.config import DemoConfig
+from lapo.demo import find_resumable, run_demo
 
 SECTIONS = [
     "Summary",

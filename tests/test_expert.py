@@ -5,7 +5,8 @@ import torch
 
 from lapo.checkpoint import load_tensors
 from lapo.cli import main
-from lapo.expert import ActorCritic, ExpertConfig, train_expert
+from lapo.config import ExpertConfig
+from lapo.expert import ActorCritic, train_expert
 
 TINY = dict(game="coinrun", arch="nature", num_envs=4, num_steps=16, num_minibatches=2, threads=1)
 

@@ -10,17 +10,10 @@ import torch
 
 from lapo.checkpoint import load_tensors
 from lapo.cli import main
+from lapo.config import LAMConfig, QuantizerConfig
+from lapo.config import lam_preset as preset
 from lapo.data.collect import collect
-from lapo.lam import (
-    LAMConfig,
-    LatentActionModel,
-    lam_loss,
-    lr_scale,
-    preset,
-    shuffled_latent_loss,
-    train_lam,
-)
-from lapo.models.quantizers import QuantizerConfig
+from lapo.lam import LatentActionModel, lam_loss, lr_scale, shuffled_latent_loss, train_lam
 
 TOY = dict(
     idm_width=1,

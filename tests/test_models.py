@@ -4,8 +4,8 @@ plain convolution it replaces."""
 import torch
 import torch.nn.functional as F
 
+from lapo.config import QuantizerConfig
 from lapo.models.idm import IDM
-from lapo.models.quantizers import QuantizerConfig
 from lapo.models.world_model import TiledActionConv, WorldModel
 
 

@@ -1,14 +1,8 @@
 import pytest
 import torch
 
-from lapo.models.quantizers import (
-    FSQ,
-    EMAVectorQuantizer,
-    NoQuantizer,
-    QuantizerConfig,
-    make_quantizer,
-    perplexity,
-)
+from lapo.config import QuantizerConfig
+from lapo.models.quantizers import FSQ, EMAVectorQuantizer, NoQuantizer, make_quantizer, perplexity
 
 
 def tiny_vq(**kw):

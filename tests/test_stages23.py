@@ -18,17 +18,18 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from lapo.bc import BCConfig, load_stage2, lr_scale, preset, train_latent_bc
+from lapo.bc import load_stage2, lr_scale, train_latent_bc
 from lapo.checkpoint import load_tensors, read_json
 from lapo.cli import main
+from lapo.config import BCConfig, OfflineConfig, OnlineConfig, lam_preset
+from lapo.config import bc_preset as preset
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetWriter, new_manifest, open_dataset
 from lapo.data.labels import choose_labelled, labelled_starts, read_labelled
-from lapo.decode.offline import OfflineConfig, decode_offline
+from lapo.decode.offline import decode_offline
 from lapo.decode.online import (
     GROUP_SCHEDULES,
-    OnlineConfig,
     decode_online,
     decoder_fit_due,
     group_lr,
@@ -38,7 +39,6 @@ from lapo.decode.online import (
 from lapo.envs import ProcgenVecEnv
 from lapo.eval import run_episodes
 from lapo.lam import load_lam, train_lam
-from lapo.lam import preset as lam_preset
 from lapo.models.policy import ActionDecoder, OnlineAgent
 from lapo.policies import load_policy
 from lapo.ppo import compute_gae

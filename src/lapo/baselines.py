@@ -13,7 +13,6 @@ three are policies ``lapo eval`` accepts.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lapo.bc import BCConfig, train_action_bc
+from lapo.bc import train_action_bc
 from lapo.checkpoint import load_tensors, save_tensors, write_json
+from lapo.config import BCConfig, SupervisedIDMConfig
 from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
@@ -53,26 +53,6 @@ def bc_on_labels(
         progress=progress,
         desc=f"bc on {len(starts)} labels",
     )
-
-
-@dataclass
-class SupervisedIDMConfig:
-    """Baseline (b)'s supervised IDM: the stage-1 IDM's encoder with a 15-way head."""
-
-    width: int = 1
-    """IMPALA-CNN width multiplier."""
-    differences: bool = True
-    """Also see the frame differences (as the cpu preset's latent IDM does)."""
-    difference_scale: float = 10.0
-    """Multiplier of the frame differences (as the cpu preset's idm_difference_scale)."""
-    steps: int = 1_000
-    """Training steps on the K labelled windows."""
-    batch_size: int = 32
-    """Windows per step (at most K)."""
-    learning_rate: float = 5e-4
-    """Adam learning rate."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay."""
 
 
 def supervised_idm(cfg: SupervisedIDMConfig) -> nn.Module:
@@ -210,7 +190,8 @@ def ppo_from_scratch(
     Procgen's PPO settings (lr 5e-4, entropy 0.01) on LAPO's stage-3 rollout of 64 envs x 64
     steps, so both methods update as often per frame.
     """
-    from lapo.expert import ExpertConfig, train_expert
+    from lapo.config import ExpertConfig
+    from lapo.expert import train_expert
 
     cfg = ExpertConfig(
         game=game,

@@ -14,9 +14,6 @@ so that decoding needs only this folder.
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,71 +26,14 @@ from lapo.checkpoint import (
     CheckpointError,
     load_tensors,
     read_json,
-    refuse_changed_settings,
-    restore_training_state,
-    save_tensors,
-    training_state,
-    write_json,
 )
+from lapo.config import BC_RESUMABLE, BCConfig
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetError, open_dataset
 from lapo.lam import build_idm, frames_to_float, lam_config_from_dict, load_lam
 from lapo.models.idm import IDM
 from lapo.models.policy import LatentPolicy, build_network
-from lapo.runs import CsvLog, resolve_device, start_run
-
-
-@dataclass
-class BCConfig:
-    """Stage 2 (latent behaviour cloning) and the BC baselines."""
-
-    width: int = 4
-    """IMPALA-CNN width multiplier of the policy."""
-    learning_rate: float = 2e-4
-    """Peak Adam learning rate."""
-    warmup_steps: int = 1_000
-    """Steps of linear warm-up from warmup_start x the peak rate; then linear decay to 0."""
-    warmup_start: float = 0.01
-    """Learning-rate multiplier at step 0."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    batch_size: int = 128
-    """Observations per step."""
-    steps: int = 60_000
-    """Training steps."""
-    grad_clip: float = 2.0
-    """Gradient norm clip."""
-    eval_every: int = 1_000
-    """Steps between test-loss evaluations (and checkpoints)."""
-    seed: int = 0
-    """Seed of initialisation and batch sampling."""
-    threads: int = 0
-    """torch CPU threads; 0 = all cores."""
-    device: str = "auto"
-    """cpu, cuda or auto."""
-
-
-PRESETS: dict[str, BCConfig] = {
-    # ../shared/LAPO_NOTES.md: the published configuration
-    "paper": BCConfig(),
-    # chosen by measurement on 2 CPU cores: see README "Stages 2 and 3"
-    "cpu": BCConfig(
-        width=1,
-        learning_rate=1e-3,
-        warmup_steps=100,
-        batch_size=32,
-        steps=2_000,
-        eval_every=250,
-    ),
-}
-
-RESUMABLE_CHANGES = ("steps", "eval_every", "threads", "device")
-
-
-def preset(name: str) -> BCConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name])
+from lapo.runs import Run, resolve_device
 
 
 def lr_scale(step: int, cfg: BCConfig) -> float:
@@ -166,6 +106,43 @@ class ActionTargets:
         return F.cross_entropy(pred, target)
 
 
+BC_COLUMNS = ["step", "train_loss", "test_loss", "test_accuracy", "lr"]
+
+
+class BCTest:
+    """Fixed test windows (drawn once from their own generator) and what a policy scores on
+    them: the loss against the targets, and for actions the accuracy."""
+
+    def __init__(self, test: WindowDataset, targets_fn: Any, seed: int, device: torch.device):
+        batch = test.sample(min(1024, len(test)), np.random.default_rng(seed + 1))
+        self.obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(device)
+        self.targets_fn = targets_fn
+        self.y = targets_fn.test_targets(batch)
+
+    def metrics(self, model: nn.Module) -> dict:
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(self.obs[i : i + 256]) for i in range(0, len(self.obs), 256)])
+        model.train()
+        m = {"test_loss": self.targets_fn.loss(pred.float(), self.y).item()}
+        if self.targets_fn.kind == "action":
+            m["test_accuracy"] = (pred.argmax(-1) == self.y).float().mean().item()
+        return m
+
+    def untrained(
+        self, model: nn.Module, train: WindowDataset, starts: np.ndarray, rng: np.random.Generator
+    ) -> dict:
+        """The baselines the trained policy must beat: the untrained network, and for latents
+        the best constant prediction (the mean latent of training windows)."""
+        m = self.metrics(model)
+        if self.targets_fn.kind == "latent":
+            mean = self.targets_fn(train.read(rng.choice(starts, 2048))).mean(0)
+            m["test_loss_mean_prediction"] = self.targets_fn.loss(
+                mean.expand_as(self.y), self.y
+            ).item()
+        return m
+
+
 def train_bc(
     cfg: BCConfig,
     data: Path,
@@ -185,125 +162,81 @@ def train_bc(
     Resumes from ``out/checkpoint.safetensors``. Returns a summary with the final test loss
     and the untrained and constant-prediction baselines.
     """
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    out, device = start_run(out, cfg.threads, cfg.device)
-    train = WindowDataset(data, "train", k=3)
-    test = WindowDataset(data, "test", k=3)
-    starts = train.starts if train_starts is None else np.asarray(train_starts, np.int64)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    model = build_network(network).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    run_config = dict(run_config or {})
+    run = Run(
+        out,
+        run_config.pop("kind", "bc"),
+        cfg,
+        columns=BC_COLUMNS,
+        total=cfg.steps,
+        desc=desc,
+        resumable=BC_RESUMABLE,
+        compare={"network": network},
+        progress=progress,
+        threads=cfg.threads,
+        device=cfg.device,
     )
-    start = 0
-    ckpt = out / "checkpoint.safetensors"
-    if ckpt.exists():
-        tensors, meta = load_tensors(ckpt)
-        refuse_changed_settings(
-            ckpt,
-            {**meta["config"], "network": meta.get("network")},
-            {**dataclasses.asdict(cfg), "network": network},
-            RESUMABLE_CHANGES,
+    with run:
+        train = WindowDataset(data, "train", k=3)
+        starts = train.starts if train_starts is None else np.asarray(train_starts, np.int64)
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        model = build_network(network).to(run.device, memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
-        restore_training_state(tensors, meta, model, optimizer, rng)
-        start = meta["step"]
-    for name, tensors in (extra_files or {}).items():
-        save_tensors(out / name, tensors)
-    config = {
-        **(run_config or {}),
-        "network": network,
-        "bc": dataclasses.asdict(cfg),
-        "data": str(data),
-        "train_windows": int(len(starts)),
-    }
-    write_json(out / "config.json", config)
-
-    # fixed test windows, drawn once from their own generator
-    fixed = np.random.default_rng(cfg.seed + 1)
-    test_batch = test.sample(min(1024, len(test)), fixed)
-    test_obs = torch.from_numpy(np.ascontiguousarray(test_batch["obs"][:, 1])).to(device)
-    test_y = targets_fn.test_targets(test_batch)
-
-    def test_metrics() -> dict:
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(test_obs[i : i + 256]) for i in range(0, len(test_obs), 256)])
-        model.train()
-        m = {"test_loss": targets_fn.loss(pred.float(), test_y).item()}
-        if targets_fn.kind == "action":
-            m["test_accuracy"] = (pred.argmax(-1) == test_y).float().mean().item()
-        return m
-
-    writer = SummaryWriter(str(out / "tb"))
-    log = CsvLog(
-        out / "metrics.csv", ["step", "train_loss", "test_loss", "test_accuracy", "lr"], start
-    )
-    baseline_path = out / "untrained.json"
-    if start == 0:
-        # baselines the trained policy must beat: the untrained network, and for latents the
-        # best constant prediction (the mean latent of training windows)
-        baseline = test_metrics()
-        if targets_fn.kind == "latent":
-            mean = targets_fn(train.read(rng.choice(starts, 2048))).mean(0)
-            baseline["test_loss_mean_prediction"] = targets_fn.loss(
-                mean.expand_as(test_y), test_y
-            ).item()
-        write_json(baseline_path, baseline)
-        writer.add_scalar("test/loss", baseline["test_loss"], 0)
-        log.write([0, "", baseline["test_loss"], baseline.get("test_accuracy", ""), ""])
-    baseline = read_json(baseline_path)
-
-    last: dict = {}
-    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress, desc=desc)
-    t0 = time.time()
-    try:
+        start = run.resume(model, optimizer, rng)
+        for name, tensors in (extra_files or {}).items():
+            run.save(name, tensors)
+        run.write_config(
+            "bc", **run_config, network=network, data=str(data), train_windows=int(len(starts))
+        )
+        test = BCTest(WindowDataset(data, "test", k=3), targets_fn, cfg.seed, run.device)
+        baseline = run.baseline(lambda: test.untrained(model, train, starts, rng))
+        if start == 0:
+            run.scalars(0, {"test/loss": baseline["test_loss"]})
+            run.row(
+                {
+                    "step": 0,
+                    "test_loss": baseline["test_loss"],
+                    "test_accuracy": baseline.get("test_accuracy"),
+                }
+            )
+        last: dict = {}
         for step in range(start, cfg.steps):
             lr = cfg.learning_rate * lr_scale(step, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             batch = train.read(starts[rng.integers(0, len(starts), cfg.batch_size)])
-            obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(device)
+            obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(run.device)
             loss = targets_fn.loss(model(obs).float(), targets_fn(batch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            bar.update(1)
             done = step + 1
+            run.advance(1)
             if done % 50 == 0 or done == cfg.steps:
-                writer.add_scalar("train/loss", loss.item(), done)
-                writer.add_scalar("train/grad_norm", float(grad_norm), done)
-                writer.add_scalar("train/lr", lr, done)
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                last = test_metrics()
-                for k, v in last.items():
-                    writer.add_scalar(f"test/{k[5:]}", v, done)
-                log.write([done, loss.item(), last["test_loss"], last.get("test_accuracy", ""), lr])
-                save_tensors(
-                    ckpt,
-                    *training_state(
-                        model,
-                        optimizer,
-                        rng,
-                        step=done,
-                        config=dataclasses.asdict(cfg),
-                        network=network,
-                    ),
+                run.advance(0, loss=f"{loss.item():.4f}")
+                run.scalars(
+                    done,
+                    {
+                        "train/loss": loss.item(),
+                        "train/grad_norm": float(grad_norm),
+                        "train/lr": lr,
+                    },
                 )
-                save_tensors(out / "policy.safetensors", model.state_dict(), {"step": done})
-    finally:
-        bar.close()
-        writer.close()
-        log.close()
-    wall = time.time() - t0
-    if not last and (out / "metrics.csv").exists():
-        last = test_metrics()
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                last = test.metrics(model)
+                run.scalars(done, {f"test/{k[5:]}": v for k, v in last.items()})
+                run.row({"step": done, "train_loss": loss.item(), **last, "lr": lr})
+                run.checkpoint(done, model, optimizer, rng)
+                run.save("policy.safetensors", model.state_dict(), {"step": done})
+        if not last and (run.out / "metrics.csv").exists():
+            last = test.metrics(model)
+        wall = run.wall_seconds()
     return {
-        "out": str(out),
+        "out": str(run.out),
         "steps": cfg.steps,
         "wall_seconds": round(wall, 1),
         "samples_per_second": round((cfg.steps - start) * cfg.batch_size / max(wall, 1e-9), 1),

@@ -20,10 +20,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lapo.errors import LapoError
+
 _META_KEY = "lapo"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LapoError, ValueError):
     """A checkpoint or policy file is missing or unreadable; the message says what to do."""
 
 

@@ -14,18 +14,14 @@ import sys
 from pathlib import Path
 
 from lapo.cliutil import add_dataclass_args, apply_overrides, dataclass_from_args
-
-
-class UserError(Exception):
-    """An error in what the user asked for; printed as one line."""
+from lapo.errors import LapoError, UserError
 
 
 def _cmd_expert_train(args: argparse.Namespace) -> None:
-    from lapo.expert import ExpertConfig, train_expert
+    from lapo.config import ExpertConfig
+    from lapo.expert import train_expert
 
     cfg = dataclass_from_args(ExpertConfig, args, game=args.env)
-    if cfg.frames <= 0:
-        raise UserError(f"--frames must be a positive number of frames, got {cfg.frames}")
     command = "lapo " + shlex.join(sys.argv[1:])
     summary = train_expert(cfg, Path(args.out), progress=not args.quiet, command=command)
     summary["command"] = command
@@ -83,7 +79,9 @@ def _command() -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from lapo.demo import FAST, DemoConfig, default_out, find_resumable, run_demo
+    from lapo.config import DEMO_FAST as FAST
+    from lapo.config import DemoConfig
+    from lapo.demo import default_out, find_resumable, run_demo
     from lapo.policies import shipped_demonstrators
 
     base = DemoConfig(**FAST) if args.fast else DemoConfig()
@@ -93,8 +91,6 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         raise UserError(
             f"no demonstrator ships for {cfg.game!r}; the demo plays one of: {', '.join(shipped)}"
         )
-    if min(cfg.frames, cfg.lam_steps, cfg.bc_steps, cfg.labels, cfg.episodes) < 1:
-        raise UserError("--frames, --lam-steps, --bc-steps, --labels and --episodes must be >= 1")
     if args.out:
         out = Path(args.out)
     else:
@@ -112,8 +108,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     import torch
 
+    from lapo.config import PAPER_LABELS, STEPS, ReproduceConfig
     from lapo.envs import GAMES, check_game
-    from lapo.reproduce import PAPER_LABELS, STEPS, ReproduceConfig, cpu_hours, reproduce
+    from lapo.reproduce import cpu_hours, reproduce
 
     games = list(GAMES) if args.games == "all" else args.games.split(",")
     for g in games:
@@ -160,11 +157,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def _cmd_bc_train(args: argparse.Namespace) -> None:
-    from lapo.bc import preset, train_latent_bc
+    from lapo.bc import train_latent_bc
+    from lapo.config import bc_preset as preset
 
     cfg = apply_overrides(preset(args.preset), args)
-    if cfg.steps <= 0 or cfg.batch_size <= 0:
-        raise UserError("--steps and --batch-size must be positive")
     summary = train_latent_bc(
         cfg, Path(args.lam), Path(args.data), Path(args.out), not args.quiet, _command()
     )
@@ -172,20 +168,18 @@ def _cmd_bc_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_decode_offline(args: argparse.Namespace) -> None:
-    from lapo.decode.offline import OfflineConfig, decode_offline
+    from lapo.config import OfflineConfig
+    from lapo.decode.offline import decode_offline
 
     cfg = dataclass_from_args(OfflineConfig, args)
-    if cfg.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {cfg.steps}")
     print(json.dumps(decode_offline(Path(args.policy), Path(args.data), Path(args.out), cfg)))
 
 
 def _cmd_decode_online(args: argparse.Namespace) -> None:
-    from lapo.decode.online import OnlineConfig, decode_online
+    from lapo.config import OnlineConfig
+    from lapo.decode.online import decode_online
 
     cfg = dataclass_from_args(OnlineConfig, args)
-    if cfg.frames <= 0:
-        raise UserError(f"--frames must be a positive number of frames, got {cfg.frames}")
     summary = decode_online(
         cfg, Path(args.policy), args.env, Path(args.out), not args.quiet, _command()
     )
@@ -194,7 +188,7 @@ def _cmd_decode_online(args: argparse.Namespace) -> None:
 
 def _cmd_baseline_bc(args: argparse.Namespace) -> None:
     from lapo.baselines import bc_on_labels, idm_labels_bc
-    from lapo.bc import preset
+    from lapo.config import bc_preset as preset
 
     cfg = apply_overrides(preset(args.preset), args)
     if args.labels < 1:
@@ -211,7 +205,7 @@ def _cmd_baseline_bc(args: argparse.Namespace) -> None:
             _command(),
         )
     else:
-        from lapo.baselines import SupervisedIDMConfig
+        from lapo.config import SupervisedIDMConfig
 
         idm_cfg = SupervisedIDMConfig(
             width=args.idm_width,
@@ -258,11 +252,10 @@ def _cmd_baseline_ppo(args: argparse.Namespace) -> None:
 
 
 def _cmd_lam_train(args: argparse.Namespace) -> None:
-    from lapo.lam import preset, train_lam
+    from lapo.config import lam_preset as preset
+    from lapo.lam import train_lam
 
     cfg = apply_overrides(preset(args.preset), args)
-    if cfg.steps <= 0 or cfg.batch_size <= 0:
-        raise UserError("--steps and --batch-size must be positive")
     command = "lapo " + shlex.join(sys.argv[1:])
     summary = train_lam(cfg, Path(args.data), Path(args.out), not args.quiet, command)
     print(json.dumps(summary, indent=2))
@@ -293,15 +286,18 @@ def _cmd_lam_plot(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lapo.bc import PRESETS as BC_PRESETS
-    from lapo.bc import BCConfig
+    from lapo.config import (
+        BC_PRESETS,
+        BCConfig,
+        DemoConfig,
+        ExpertConfig,
+        LAMConfig,
+        OfflineConfig,
+        OnlineConfig,
+    )
+    from lapo.config import LAM_PRESETS as PRESETS
     from lapo.data.commands import add_data_commands
-    from lapo.decode.offline import OfflineConfig
-    from lapo.decode.online import OnlineConfig
-    from lapo.demo import DemoConfig
     from lapo.envs import GAMES
-    from lapo.expert import ExpertConfig
-    from lapo.lam import PRESETS, LAMConfig
 
     parser = argparse.ArgumentParser(
         prog="lapo",
@@ -332,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = lam.add_parser("train", help="train the latent IDM + world model on a dataset")
     p.add_argument("--data", required=True, help="dataset folder (actions not needed)")
     p.add_argument("--out", required=True, help="run folder (resumes if present)")
-    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="base configuration")
+    p.add_argument("--preset", default="cpu", help=f"base configuration: {', '.join(PRESETS)}")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, LAMConfig, overrides_only=True, defaults=PRESETS["cpu"])
     p.set_defaults(func=_cmd_lam_train)
@@ -427,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam", required=True, help="stage-1 run folder")
     p.add_argument("--data", required=True, help="dataset of the same game (actions not needed)")
     p.add_argument("--out", required=True, help="run folder (resumes if present)")
-    p.add_argument("--preset", default="cpu", choices=list(BC_PRESETS), help="base configuration")
+    p.add_argument("--preset", default="cpu", help=f"base configuration: {', '.join(BC_PRESETS)}")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, BCConfig, overrides_only=True, defaults=BC_PRESETS["cpu"])
     p.set_defaults(func=_cmd_bc_train)
@@ -465,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="use the windows an offline decoding labelled (its labelled_windows.json)",
         )
         p.add_argument("--out", required=True, help="run folder (resumes if present)")
-        p.add_argument("--preset", default="cpu", choices=list(BC_PRESETS), help="BC config")
+        p.add_argument("--preset", default="cpu", help=f"BC configuration: {', '.join(BC_PRESETS)}")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "idm-bc":
             p.add_argument("--idm-width", type=int, default=1, help="supervised IDM width")
@@ -500,14 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lapo.checkpoint import CheckpointError
-    from lapo.envs import EnvError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (UserError, EnvError, CheckpointError) as e:
+    except LapoError as e:
         print(f"lapo: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

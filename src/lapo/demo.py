@@ -24,56 +24,11 @@ import dataclasses
 import json
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from lapo.checkpoint import read_json, write_json
-
-DEMO_GAMES = ("coinrun", "jumper")
-
-
-@dataclass
-class DemoConfig:
-    """``lapo demo``: data, stage 1, probe, stage 2, offline decoding, baselines, report."""
-
-    game: str = "coinrun"
-    """Game with a shipped demonstrator (coinrun or jumper)."""
-    frames: int = 20_000
-    """Demonstrator frames to record for training (plus frames/5 for testing)."""
-    lam_steps: int = 1_500
-    """Stage-1 training steps (cpu preset otherwise)."""
-    lam_batch: int = 32
-    """Stage-1 batch size."""
-    bc_steps: int = 800
-    """Stage-2 (and BC baseline) training steps (cpu preset otherwise)."""
-    bc_batch: int = 32
-    """Stage-2 (and BC baseline) batch size."""
-    labels: int = 1_000
-    """K: labelled transitions for the decoder and the BC baseline."""
-    probe_labels: int = 4_096
-    """Labelled windows for the probe (at most the train split)."""
-    ceiling_steps: int = 600
-    """Training steps of the supervised ceiling (the IDM encoder on the true actions)."""
-    episodes: int = 48
-    """Evaluation episodes per policy."""
-    seed: int = 0
-    """Seed of everything."""
-    threads: int = 0
-    """torch CPU threads; 0 = all cores."""
-
-
-FAST = dict(
-    frames=3_000,
-    lam_steps=60,
-    lam_batch=16,
-    bc_steps=150,
-    bc_batch=16,
-    labels=500,
-    probe_labels=1_024,
-    ceiling_steps=60,
-    episodes=8,
-)
+from lapo.config import DemoConfig
 
 # rough seconds per stage on 2 CPU cores at the default sizes; they weight the progress bar
 STAGES = {
@@ -155,13 +110,12 @@ def run_demo(
     import torch
 
     from lapo.baselines import bc_on_labels
-    from lapo.bc import preset as bc_preset
     from lapo.bc import train_latent_bc
+    from lapo.config import OfflineConfig, bc_preset, lam_preset
     from lapo.data.collect import collect
-    from lapo.decode.offline import OfflineConfig, decode_offline
+    from lapo.decode.offline import decode_offline
     from lapo.envs import normalized_return
     from lapo.eval import evaluate
-    from lapo.lam import preset as lam_preset
     from lapo.lam import probe_lam, train_lam
     from lapo.plots import plot_lam
     from lapo.policies import load_policy
@@ -334,7 +288,8 @@ def supervised_ceiling(cfg: DemoConfig, data: Path, lam_run: Path) -> dict:
     Scored on the probe's number of test windows."""
     import torch
 
-    from lapo.baselines import SupervisedIDMConfig, score_supervised_idm, train_supervised_idm
+    from lapo.baselines import score_supervised_idm, train_supervised_idm
+    from lapo.config import SupervisedIDMConfig
     from lapo.data.dataset import WindowDataset
     from lapo.lam import lam_config_from_dict
 

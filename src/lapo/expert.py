@@ -12,7 +12,6 @@ import dataclasses
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,70 +28,11 @@ from lapo.checkpoint import (
     training_state,
     write_json,
 )
+from lapo.config import ExpertConfig
 from lapo.envs import NUM_ACTIONS, ProcgenVecEnv, check_game, normalized_return
 from lapo.models.impala import make_encoder, obs_to_float
 from lapo.ppo import RewardNormalizer, compute_gae, ppo_loss
 from lapo.runs import CsvLog, start_run
-
-
-@dataclass
-class ExpertConfig:
-    """PPO demonstrator training; defaults are Procgen's PPO baseline (easy mode)."""
-
-    game: str = "coinrun"
-    """Procgen game to train on."""
-    frames: int = 1_000_000
-    """Environment frames to train for (summed over all envs)."""
-    arch: str = "impala"
-    """Encoder: impala (IMPALA-CNN) or nature (Nature-DQN CNN, ~5x cheaper on CPU)."""
-    width: int = 1
-    """IMPALA-CNN width multiplier (channels 16, 32, 32 times this)."""
-    num_envs: int = 64
-    """Parallel environments."""
-    num_steps: int = 256
-    """Steps per environment per rollout."""
-    num_minibatches: int = 8
-    """Minibatches per epoch."""
-    update_epochs: int = 3
-    """Epochs over each rollout."""
-    learning_rate: float = 5e-4
-    """Adam learning rate (constant)."""
-    gamma: float = 0.999
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    ent_coef: float = 0.01
-    """Entropy bonus coefficient."""
-    clip_coef: float = 0.2
-    """PPO clipping range."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient norm clip."""
-    norm_reward: bool = True
-    """Scale rewards by the running std of the discounted return, clip to [-10, 10]."""
-    distribution_mode: str = "easy"
-    """Procgen distribution mode."""
-    num_levels: int = 0
-    """Levels to train on; 0 = unbounded."""
-    start_level: int = 0
-    """First level seed."""
-    seed: int = 0
-    """Seed of the environments, the network initialisation and action sampling."""
-    checkpoint_every: int = 5
-    """Save a resumable checkpoint every this many updates (and at the end)."""
-    threads: int = 0
-    """torch CPU threads; 0 = all cores."""
-    device: str = "auto"
-    """cpu, cuda or auto."""
-
-    @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
-    def num_updates(self) -> int:
-        return max(1, math.ceil(self.frames / self.batch_size))
 
 
 class ActorCritic(nn.Module):

@@ -13,9 +13,8 @@ weights, for later stages), ``checkpoint.safetensors`` (+ optimiser, step, RNG: 
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,147 +26,15 @@ from lapo.checkpoint import (
     CheckpointError,
     load_tensors,
     read_json,
-    refuse_changed_settings,
-    restore_training_state,
-    save_tensors,
-    training_state,
-    write_json,
 )
+from lapo.config import LAM_RESUMABLE, LAMConfig, QuantizerConfig
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import open_dataset
 from lapo.envs import NUM_ACTIONS
 from lapo.models.augment import random_shift
 from lapo.models.idm import IDM
-from lapo.models.quantizers import QuantizerConfig
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
-from lapo.runs import CsvLog, start_run
-
-
-@dataclass
-class LAMConfig:
-    """Stage 1: latent inverse dynamics model + world model."""
-
-    idm_width: int = 4
-    """IMPALA-CNN width multiplier of the IDM."""
-    wm_base: int = 24
-    """Base channel width of the world model's U-Net."""
-    idm_differences: bool = False
-    """IDM also sees the frame differences o[t]-o[t-1], o[t+1]-o[t] (not in LAPO)."""
-    idm_difference_scale: float = 1.0
-    """Multiplier of the frame differences the IDM sees (with idm_differences): they are sparse
-    and small next to the frames, and amplified the encoder finds motion in far fewer steps."""
-    wm_differences: bool = False
-    """The world model also sees o[t] - o[t-1] (times idm_difference_scale), so the motion it
-    can extrapolate from its context is explicit and the latent need only carry the rest."""
-    wm_residual: bool = False
-    """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
-    changed_pixel_weight: float = 0.0
-    """Extra MSE weight on pixels that differ between o[t] and o[t+1]; 0 = plain MSE (LAPO)."""
-    idm_lookahead: int = 1
-    """The IDM sees o[t-1], o[t], o[t+k], k drawn per window from 1..this, while the world model
-    still predicts o[t+1] (LAOM); 1 = LAPO. Later stages and the probe use k = 1."""
-    aug_shift: int = 0
-    """Shift each IDM input frame by its own random offset of up to this many pixels; 0 = none."""
-    wm_target: str = "pixels"
-    """pixels (LAPO's U-Net predicts o[t+1]) or embedding (an MLP predicts an EMA target
-    encoder's embedding of o[t+1], as in LAOM; no decoder, so no prediction pictures)."""
-    wm_target_tau: float = 0.01
-    """embedding: EMA rate of the target encoder per step."""
-    wm_mask_past: float = 0.0
-    """Probability of hiding o[t-1] from the world model (so it cannot extrapolate motion and
-    must read the latent); 0 = never (LAPO)."""
-    latent_var_floor: float = 0.0
-    """Hinge that keeps each latent dimension's batch variance above this floor (before the
-    bottleneck), so the latent cannot collapse to a constant; 0 = off (LAPO)."""
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    learning_rate: float = 3e-4
-    """Peak Adam learning rate."""
-    warmup_steps: int = 50
-    """Steps of linear warm-up from warmup_start x the peak rate."""
-    warmup_start: float = 0.1
-    """Learning-rate multiplier at step 0."""
-    final_lr_scale: float = 0.01
-    """Learning-rate multiplier reached (linearly) at the last step."""
-    batch_size: int = 128
-    """Windows per step."""
-    steps: int = 50_000
-    """Training steps."""
-    grad_clip: float = 2.0
-    """Gradient norm clip."""
-    eval_every: int = 500
-    """Steps between test world-model loss evaluations (and checkpoints)."""
-    probe_every: int = 2_000
-    """Steps between probe fits (needs actions in the data); 0 = never during training."""
-    probe_train: int = 4_096
-    """Labelled train windows for the probe during training."""
-    probe_test: int = 2_048
-    """Test windows for the probe during training."""
-    labels: int = 0
-    """K labelled train windows whose true actions train a linear head on the latent beside the
-    video-only loss (LAOM, CLAM); 0 = video only (LAPO). The rest of the data is used without
-    actions; the K windows are recorded in labelled_windows.json for stage 3 and the baselines."""
-    labels_seed: int = 0
-    """Seed that draws the K labelled windows (the same draw as decode offline and baselines)."""
-    labels_from: str = ""
-    """Use the labelled windows of this run folder (its labelled_windows.json) instead."""
-    label_weight: float = 0.01
-    """Weight of the labelled cross-entropy beside the prediction loss."""
-    label_batch: int = 0
-    """Labelled windows per step beside each unlabelled batch; 0 = a quarter of batch_size."""
-    max_minutes: float = 0.0
-    """Stop after this many minutes of training steps (probes and evaluations not counted); the
-    lr schedule then runs on whichever of steps or time is further along. 0 = steps only."""
-    seed: int = 0
-    """Seed of initialisation and batch sampling."""
-    threads: int = 0
-    """torch CPU threads; 0 = all cores."""
-    device: str = "auto"
-    """cpu, cuda or auto."""
-
-    @property
-    def uses_labels(self) -> bool:
-        """Stage 1 with a few action labels (``labels`` or ``labels_from`` given)."""
-        return bool(self.labels or self.labels_from)
-
-
-PRESETS: dict[str, LAMConfig] = {
-    # ../shared/LAPO_NOTES.md: the published configuration, the reference's quantiser included
-    "paper": LAMConfig(quantizer=QuantizerConfig(reference_counts=True)),
-    # chosen by measurement on 2 CPU cores: see README "Stage 1"
-    "cpu": LAMConfig(
-        idm_width=1,
-        wm_base=8,
-        idm_differences=True,
-        idm_difference_scale=10.0,
-        learning_rate=1e-3,
-        batch_size=32,
-        steps=3_000,
-        warmup_steps=50,
-        eval_every=250,
-        probe_every=500,
-        quantizer=QuantizerConfig(restart_unused_steps=100),
-    ),
-}
-
-
-# options a resumed run may change: the budget (which stretches the lr schedule) and the
-# bookkeeping; anything that shapes the model or the optimisation must stay as it was
-RESUMABLE_CHANGES = (
-    "steps",
-    "eval_every",
-    "probe_every",
-    "probe_train",
-    "probe_test",
-    "threads",
-    "device",
-    "max_minutes",
-)
-
-
-def preset(name: str) -> LAMConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name])
+from lapo.runs import Run
 
 
 def frames_to_float(obs: torch.Tensor) -> torch.Tensor:
@@ -381,206 +248,241 @@ def labelled_batch(
     return x, torch.from_numpy(batch["actions"][:, 1]).to(device)
 
 
-def train_lam(
-    cfg: LAMConfig, data: Path, out: Path, progress: bool = True, command: str | None = None
-) -> dict:
-    """Train stage 1 on the dataset ``data`` into ``out``; resumes from its checkpoint."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+LAM_COLUMNS = [
+    "step",
+    "train_wm_loss",
+    "test_wm_loss",
+    "test_wm_loss_shuffled",
+    "perplexity",
+    "probe_acc",
+    "probe_balanced_acc",
+    "train_seconds",
+]
 
+
+@dataclass
+class Stage1Data:
+    """The windows one stage-1 run reads: training windows (``o[t-1] .. o[t+K]`` for the
+    IDM's lookahead), fixed test windows, the probe's fixed labelled windows and, with labels
+    in stage 1, the K labelled windows."""
+
+    train: WindowDataset
+    test_batch: dict
+    probe_train: dict | None
+    probe_test: dict | None
+    labelled: tuple[WindowDataset, np.ndarray] | None
+    manifest: dict
+
+
+def stage1_data(cfg: LAMConfig, data: Path, out: Path) -> Stage1Data:
+    """Open ``data`` for stage 1; with labels, choose the K windows and record them in ``out``."""
     from lapo.data.labels import labelled_starts, write_labelled
 
-    out, device = start_run(out, cfg.threads, cfg.device)
     manifest = open_dataset(data).manifest
     # training windows reach o[t+K] for the IDM's lookahead; test windows are LAPO's three frames
     train = WindowDataset(data, "train", k=cfg.idm_lookahead + 2)
     test = WindowDataset(data, "test", k=3)
-    probe_source = WindowDataset(data, "train", k=3) if cfg.idm_lookahead > 1 else train
-    has_actions = bool(manifest.get("has_actions"))
-    labelled_windows = None
+    three = WindowDataset(data, "train", k=3) if cfg.idm_lookahead > 1 else train
+    labelled = None
     if cfg.uses_labels:
+        labels_from = Path(cfg.labels_from) if cfg.labels_from else None
         starts = labelled_starts(
-            data,
-            cfg.labels,
-            cfg.labels_seed,
-            Path(cfg.labels_from) if cfg.labels_from else None,
-            purpose="stage 1 with --labels",
+            data, cfg.labels, cfg.labels_seed, labels_from, purpose="stage 1 with --labels"
         )
         write_labelled(out, data, starts, cfg.labels_seed)
-        labelled_windows = probe_source, starts  # three-frame windows, like the probe's
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-
-    # channels-last runs the convolutions ~1.4x faster on CPU (benchmarks/stage1_speed.py)
-    model = LatentActionModel(cfg).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    start, train_seconds = 0, 0.0  # seconds spent in training steps, across resumptions
-    ckpt = out / "checkpoint.safetensors"
-    if ckpt.exists():
-        tensors, meta = load_tensors(ckpt)
-        refuse_changed_settings(ckpt, meta["config"], dataclasses.asdict(cfg), RESUMABLE_CHANGES)
-        restore_training_state(tensors, meta, model, optimizer, rng)
-        start, train_seconds = meta["step"], meta.get("train_seconds", 0.0)
-    run_config = {
-        "kind": "lam",
-        "lam": dataclasses.asdict(cfg),
-        "latent_dim": cfg.quantizer.latent_dim,
-        "data": str(data),
-        "game": manifest.get("game"),
-        "command": command,
-    }
-    write_json(out / "config.json", run_config)
-
+        labelled = three, starts  # three-frame windows, like the probe's
     # fixed windows for the test loss and the probe, drawn once from their own generator
     fixed = np.random.default_rng(cfg.seed + 1)
     test_batch = test.sample(min(512, len(test)), fixed)
-    if has_actions and cfg.probe_every > 0:
-        probe_tr = probe_source.sample(cfg.probe_train, fixed)
+    probe_tr = probe_te = None
+    if manifest.get("has_actions") and cfg.probe_every > 0:
+        probe_tr = three.sample(cfg.probe_train, fixed)
         probe_te = test.sample(cfg.probe_test, fixed)
+    return Stage1Data(train, test_batch, probe_tr, probe_te, labelled, manifest)
 
-    writer = SummaryWriter(str(out / "tb"))
-    log = CsvLog(
-        out / "metrics.csv",
-        [
-            "step",
-            "train_wm_loss",
-            "test_wm_loss",
-            "test_wm_loss_shuffled",
-            "perplexity",
-            "probe_acc",
-            "probe_balanced_acc",
-            "train_seconds",
-        ],
-        resume_at=start,
-    )
 
-    def test_losses() -> tuple[float, float]:
-        """Test world-model MSE with each window's own latent and with shuffled latents."""
+def evaluate_lam(
+    model: LatentActionModel,
+    d: Stage1Data,
+    cfg: LAMConfig,
+    device: torch.device,
+    losses: bool = True,
+    probe: bool = True,
+) -> dict:
+    """With ``losses``, the test world-model MSE with each window's own latent and with
+    shuffled latents; with ``probe`` (and actions in the data), the probe's accuracies.
+    Returns scalars by TensorBoard name."""
+    out = {}
+    if losses:
         model.eval()
         with torch.no_grad():
-            x = frames_to_float(torch.from_numpy(test_batch["obs"]).to(device))
+            x = frames_to_float(torch.from_numpy(d.test_batch["obs"]).to(device))
             _, test_logs = lam_loss(model, x)
-            shuffled = shuffled_latent_loss(model, x)
+            out["test/wm_loss"] = test_logs["wm_loss"]
+            out["test/wm_loss_shuffled_latent"] = shuffled_latent_loss(model, x)
         model.train()
-        return test_logs["wm_loss"], shuffled
+    if probe and d.probe_train is not None:
+        rep = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
+        out["probe/accuracy"] = rep["accuracy"]
+        out["probe/balanced_accuracy"] = rep["balanced_accuracy"]
+    return out
 
-    last: dict = {}
-    baseline_path = out / "untrained.json"
-    if start == 0:
-        # the untrained model is the baseline: random features of three frames already carry
-        # some action information, so the probe must beat this, not only chance
-        wm, shuffled = test_losses()
-        baseline = {"test_wm_loss": wm, "test_wm_loss_shuffled_latent": shuffled, "probe": None}
-        if has_actions and cfg.probe_every > 0:
-            baseline["probe"] = probe_windows(model, probe_tr, probe_te, device, seed=cfg.seed)
-            writer.add_scalar("probe/accuracy", baseline["probe"]["accuracy"], 0)
-            writer.add_scalar("probe/balanced_accuracy", baseline["probe"]["balanced_accuracy"], 0)
-        writer.add_scalar("test/wm_loss", wm, 0)
-        writer.add_scalar("test/wm_loss_shuffled_latent", shuffled, 0)
-        write_json(baseline_path, baseline)
-        p = baseline["probe"] or {}
-        log.write(
-            [0, "", wm, shuffled, "", p.get("accuracy", ""), p.get("balanced_accuracy", ""), 0.0]
+
+def csv_row(step: int, m: dict, train_seconds: float, logs: dict | None = None) -> dict:
+    """A ``metrics.csv`` row from :func:`evaluate_lam`'s scalars and the step's ``logs``."""
+    logs = logs or {}
+    return {
+        "step": step,
+        "train_wm_loss": logs.get("wm_loss"),
+        "test_wm_loss": m.get("test/wm_loss"),
+        "test_wm_loss_shuffled": m.get("test/wm_loss_shuffled_latent"),
+        "perplexity": logs.get("perplexity"),
+        "probe_acc": m.get("probe/accuracy"),
+        "probe_balanced_acc": m.get("probe/balanced_accuracy"),
+        "train_seconds": round(train_seconds, 2),
+    }
+
+
+def untrained_baseline(
+    model: LatentActionModel, d: Stage1Data, cfg: LAMConfig, device: torch.device
+) -> dict:
+    """The untrained model's test losses and probe report: random features of three frames
+    already carry some action information, so training must beat this, not only chance."""
+    m = evaluate_lam(model, d, cfg, device, probe=False)
+    probe = None
+    if d.probe_train is not None:
+        probe = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
+    return {
+        "test_wm_loss": m["test/wm_loss"],
+        "test_wm_loss_shuffled_latent": m["test/wm_loss_shuffled_latent"],
+        "probe": probe,
+    }
+
+
+def lam_step(
+    model: LatentActionModel,
+    optimizer: torch.optim.Optimizer,
+    d: Stage1Data,
+    cfg: LAMConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> tuple[dict, float]:
+    """One gradient step on a batch (and, with labels, a labelled batch): ``(logs, grad_norm)``."""
+    obs = torch.from_numpy(d.train.sample(cfg.batch_size, rng)["obs"]).to(device)
+    labelled = labelled_batch(*d.labelled, cfg, rng, device) if d.labelled is not None else None
+    loss, logs = lam_loss(model, frames_to_float(obs), cfg, labelled)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    if not model.predicts_pixels:
+        model.world_model.update_target(cfg.wm_target_tau)
+    return logs, float(grad_norm)
+
+
+def train_lam(
+    cfg: LAMConfig, data: Path, out: Path, progress: bool = True, command: str | None = None
+) -> dict:
+    """Train stage 1 on the dataset ``data`` into ``out``; resumes from its checkpoint."""
+    run = Run(
+        out,
+        "lam",
+        cfg,
+        columns=LAM_COLUMNS,
+        total=cfg.steps,
+        desc="stage 1",
+        resumable=LAM_RESUMABLE,
+        progress=progress,
+        threads=cfg.threads,
+        device=cfg.device,
+    )
+    with run:
+        d = stage1_data(cfg, data, run.out)
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        # channels-last runs the convolutions ~1.4x faster on CPU (benchmarks/stage1_speed.py)
+        model = LatentActionModel(cfg).to(run.device, memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        start = run.resume(model, optimizer, rng)
+        train_seconds = run.meta.get("train_seconds", 0.0)  # in training steps, across resumes
+        run.write_config(
+            "lam",
+            latent_dim=cfg.quantizer.latent_dim,
+            data=str(data),
+            game=d.manifest.get("game"),
+            command=command,
         )
-    if baseline_path.exists():
-        baseline = read_json(baseline_path)
-        last["test_wm_loss_untrained"] = baseline["test_wm_loss"]
-        if baseline["probe"]:
-            last["probe_untrained_accuracy"] = baseline["probe"]["accuracy"]
-    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress, desc="stage 1")
-    budget = cfg.max_minutes * 60
-    done = start
-    t0 = time.time()
-    try:
+        baseline = run.baseline(lambda: untrained_baseline(model, d, cfg, run.device))
+        if start == 0:
+            m = {"test/wm_loss": baseline["test_wm_loss"]}
+            m["test/wm_loss_shuffled_latent"] = baseline["test_wm_loss_shuffled_latent"]
+            if baseline["probe"]:
+                m["probe/accuracy"] = baseline["probe"]["accuracy"]
+                m["probe/balanced_accuracy"] = baseline["probe"]["balanced_accuracy"]
+            run.scalars(0, m)
+            run.row(csv_row(0, m, 0.0))
+        last: dict = {}
+        budget, done = cfg.max_minutes * 60, start
         for step in range(start, cfg.steps):
             if budget and train_seconds >= budget:
                 break
             t_step = time.perf_counter()
+            lr = cfg.learning_rate * lr_scale(step, cfg, train_seconds / budget if budget else 0)
             for g in optimizer.param_groups:
-                g["lr"] = cfg.learning_rate * lr_scale(
-                    step, cfg, train_seconds / budget if budget else 0.0
-                )
-            obs = torch.from_numpy(train.sample(cfg.batch_size, rng)["obs"]).to(device)
-            labelled = None
-            if labelled_windows is not None:
-                labelled = labelled_batch(*labelled_windows, cfg, rng, device)
-            loss, logs = lam_loss(model, frames_to_float(obs), cfg, labelled)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if not model.predicts_pixels:
-                model.world_model.update_target(cfg.wm_target_tau)
+                g["lr"] = lr
+            logs, grad_norm = lam_step(model, optimizer, d, cfg, rng, run.device)
             train_seconds += time.perf_counter() - t_step
-            bar.update(1)
-
             done = step + 1
             # the last step: the step budget, or the time budget about to run out
             final = done == cfg.steps or bool(budget and train_seconds >= budget)
+            run.advance(1)
             if done % 50 == 0 or final:
-                for k, v in logs.items():
-                    writer.add_scalar(f"train/{k}", v, done)
-                writer.add_scalar("train/grad_norm", float(grad_norm), done)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
-                bar.set_postfix(
-                    wm=f"{logs['wm_loss']:.4f}",
-                    **({"ppl": f"{logs['perplexity']:.1f}"} if "perplexity" in logs else {}),
-                    refresh=False,
-                )
-            row = None
-            if done % cfg.eval_every == 0 or final:
-                wm, shuffled = test_losses()
-                writer.add_scalar("test/wm_loss", wm, done)
-                writer.add_scalar("test/wm_loss_shuffled_latent", shuffled, done)
-                last["test_wm_loss"] = wm
-                last["test_wm_loss_shuffled_latent"] = shuffled
-                row = [
-                    done,
-                    logs["wm_loss"],
-                    wm,
-                    shuffled,
-                    logs.get("perplexity"),
-                    "",
-                    "",
-                    round(train_seconds, 2),
-                ]
-            if has_actions and cfg.probe_every > 0 and (done % cfg.probe_every == 0 or final):
-                rep = probe_windows(model, probe_tr, probe_te, device, seed=cfg.seed)
-                writer.add_scalar("probe/accuracy", rep["accuracy"], done)
-                writer.add_scalar("probe/balanced_accuracy", rep["balanced_accuracy"], done)
-                last["probe_accuracy"] = rep["accuracy"]
-                last["probe_balanced_accuracy"] = rep["balanced_accuracy"]
-                if row is None:
-                    row = [done, logs["wm_loss"], "", "", logs.get("perplexity"), "", "", ""]
-                    row[7] = round(train_seconds, 2)
-                row[5], row[6] = rep["accuracy"], rep["balanced_accuracy"]
-            if row is not None:
-                log.write(row)
-            if done % cfg.eval_every == 0 or final:
-                save_tensors(
-                    ckpt,
-                    *training_state(
-                        model,
-                        optimizer,
-                        rng,
-                        step=done,
-                        train_seconds=train_seconds,
-                        config=dataclasses.asdict(cfg),
-                    ),
-                )
-                save_tensors(out / "lam.safetensors", model.state_dict(), {"step": done})
-    finally:
-        bar.close()
-        writer.close()
-        log.close()
-    wall = time.time() - t0
-    return {
+                ppl = {"ppl": f"{logs['perplexity']:.1f}"} if "perplexity" in logs else {}
+                run.advance(0, wm=f"{logs['wm_loss']:.4f}", **ppl)
+                train = {f"train/{k}": v for k, v in logs.items()}
+                run.scalars(done, {**train, "train/grad_norm": grad_norm, "train/lr": lr})
+            evaluate = done % cfg.eval_every == 0 or final
+            probe = cfg.probe_every > 0 and (done % cfg.probe_every == 0 or final)
+            if evaluate or (probe and d.probe_train is not None):
+                m = evaluate_lam(model, d, cfg, run.device, evaluate, probe)
+                run.scalars(done, m)
+                run.row(csv_row(done, m, train_seconds, logs))
+                last.update(m)
+            if evaluate:
+                run.checkpoint(done, model, optimizer, rng, train_seconds=train_seconds)
+                run.save("lam.safetensors", model.state_dict(), {"step": done})
+    return lam_summary(done, start, train_seconds, run.wall_seconds(), cfg, baseline, last)
+
+
+def lam_summary(
+    done: int,
+    start: int,
+    train_seconds: float,
+    wall: float,
+    cfg: LAMConfig,
+    baseline: dict,
+    last: dict,
+) -> dict:
+    """What ``lapo lam train`` prints: steps, time, rate, the last test figures and probe, and
+    the untrained model's."""
+    summary = {
         "steps": done,
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(wall, 1),
         "samples_per_second": round((done - start) * cfg.batch_size / max(wall, 1e-9), 1),
-        **last,
     }
+    names = {
+        "test/wm_loss": "test_wm_loss",
+        "test/wm_loss_shuffled_latent": "test_wm_loss_shuffled_latent",
+        "probe/accuracy": "probe_accuracy",
+        "probe/balanced_accuracy": "probe_balanced_accuracy",
+    }
+    summary.update({names[k]: v for k, v in last.items() if k in names})
+    if baseline:
+        summary["test_wm_loss_untrained"] = baseline["test_wm_loss"]
+        if baseline.get("probe"):
+            summary["probe_untrained_accuracy"] = baseline["probe"]["accuracy"]
+    return summary
 
 
 def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:

@@ -21,13 +21,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-PAPER_LABELS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-STEPS = ("data", "lam", "bc", "offline", "labels", "online", "ppo")
+from lapo.config import ReproduceConfig
 
 # measured rates on the 2-core CPU of README's figures (channels-last fp32): stage 1 paper
 # 25.7 samples/s; IMPALA x4 forward ~110 obs/s, so stage 2 (fwd+bwd) ~35 samples/s; online
@@ -38,25 +37,6 @@ CPU_HOURS_PAPER = {
     "online": 4_000_000 / 110 / 3600,
     "ppo": 4_000_000 / 30 / 3600,
 }
-
-
-@dataclass
-class ReproduceConfig:
-    """The grid: games x seeds x steps."""
-
-    games: list[str] = field(default_factory=lambda: ["coinrun", "jumper"])
-    seeds: int = 1
-    preset: str = "paper"
-    steps: list[str] = field(default_factory=lambda: list(STEPS))
-    labels: list[int] = field(default_factory=lambda: list(PAPER_LABELS))
-    frames: int = 1_000_000
-    online_frames: int = 4_000_000
-    expert_frames: int = 25_000_000
-    data_root: str | None = None
-    episodes: int = 100
-    jobs: int = 2
-    threads: int = 1
-    extra: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

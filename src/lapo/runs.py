@@ -1,13 +1,47 @@
-"""What every training loop does before its first step: the run folder and torch's device."""
+"""The run harness: what every training loop does around its steps, done once.
+
+A run is a folder. :class:`Run` creates it (clearing temporaries a killed run left), sets
+torch's threads and device, saves the run's config as ``config.json``, resumes from
+``checkpoint.safetensors`` (refusing settings a resumed run may not change), logs scalars to
+TensorBoard (``tb/``) and rows to ``metrics.csv``, shows a progress bar with rate and ETA,
+writes checkpoints atomically and closes everything on the way out, killed or not::
+
+    with Run(out, "lam", cfg, total=cfg.steps, columns=[...], resumable=LAM_RESUMABLE) as run:
+        start = run.resume(model, optimizer, rng)
+        for step in range(start, cfg.steps):
+            ...
+            run.log(done, {"train/loss": loss})
+            run.checkpoint(done, model, optimizer, rng)
+
+Every run kind (stage 1, stage 2, decoders, baselines, PPO) uses this, so a run folder
+always holds ``config.json`` (with ``kind``), ``metrics.csv``, ``tb/`` and
+``checkpoint.safetensors``.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from lapo.checkpoint import remove_stale_temporaries
+from lapo.checkpoint import (
+    atomic_write_bytes,
+    load_tensors,
+    read_json,
+    refuse_changed_settings,
+    remove_stale_temporaries,
+    restore_training_state,
+    save_tensors,
+    training_state,
+    write_json,
+)
+from lapo.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,6 +55,8 @@ def start_run(out: Path, threads: int = 0, device: str = "auto") -> tuple[Path, 
     """Create the run folder ``out``, clear temporaries a killed run left in it, set torch's
     CPU threads (0 = leave the default) and return ``(out, device)``."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for the run (new or to resume)")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     if threads > 0:
@@ -37,9 +73,8 @@ class CsvLog:
     """
 
     def __init__(self, path: Path, header: list[str], resume_at: int = 0) -> None:
-        from lapo.checkpoint import atomic_write_bytes
-
         path = Path(path)
+        self.header = list(header)
         if path.exists():
             lines = path.read_text().splitlines(keepends=True)
             kept = lines[:1] + [
@@ -56,5 +91,168 @@ class CsvLog:
         self.writer.writerow(row)
         self.file.flush()
 
+    def write_dict(self, values: dict[str, Any]) -> None:
+        """One row from ``values`` by column name; a column not given is left empty."""
+        self.write(["" if values.get(c) is None else values[c] for c in self.header])
+
     def close(self) -> None:
         self.file.close()
+
+
+class Run:
+    """One training run's folder and bookkeeping (see the module docstring).
+
+    ``kind`` names the run (``config.json``'s ``kind``); ``cfg`` is the loop's config
+    dataclass, saved under ``config.json[kind_key]`` and in every checkpoint, against which
+    a resumed run is checked (apart from the fields in ``resumable``; ``compare`` adds other
+    settings that must match, such as a network spec). ``columns`` are ``metrics.csv``'s,
+    the first being the step counter; ``total`` and ``unit`` drive the progress bar.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        kind: str,
+        cfg: Any,
+        *,
+        columns: list[str],
+        total: int,
+        unit: str = "step",
+        desc: str | None = None,
+        resumable: tuple[str, ...] = (),
+        compare: dict | None = None,
+        progress: bool = True,
+        threads: int = 0,
+        device: str = "auto",
+    ) -> None:
+        self.out, self.device = start_run(out, threads, device)
+        self.kind, self.cfg = kind, cfg
+        self.columns, self.total, self.unit = columns, total, unit
+        self.desc = desc or kind
+        self.resumable, self.compare = resumable, compare or {}
+        self.progress = progress
+        self.ckpt = self.out / "checkpoint.safetensors"
+        self.start = 0
+        self.meta: dict = {}  # the resumed checkpoint's meta ({} for a fresh run)
+        self.writer: Any = None
+        self.csv: CsvLog | None = None
+        self.bar: Any = None
+        self.t0 = time.time()
+
+    # -- before the first step -------------------------------------------------------------
+    def settings(self) -> dict:
+        """What a resumed run is checked against: the config's fields and ``compare``."""
+        return {**dataclasses.asdict(self.cfg), **self.compare}
+
+    def resume(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        rng: np.random.Generator,
+        counter: str = "step",
+    ) -> int:
+        """Load the checkpoint, if any, into ``model``, ``optimizer``, torch's RNG and ``rng``;
+        return the step (or update: ``counter``) to start from, 0 for a fresh run. The
+        checkpoint's whole meta is kept in ``self.meta`` for the loop's own counters."""
+        if self.ckpt.exists():
+            tensors, meta = load_tensors(self.ckpt)
+            saved = {**meta["config"], **{k: meta.get(k) for k in self.compare}}
+            refuse_changed_settings(self.ckpt, saved, self.settings(), self.resumable)
+            restore_training_state(tensors, meta, model, optimizer, rng)
+            self.start, self.meta = int(meta[counter]), meta
+        return self.start
+
+    def write_config(self, config_key: str, **extra: Any) -> dict:
+        """Save ``config.json``: the kind, the config under ``config_key`` and ``extra``."""
+        config = {"kind": self.kind, **extra, config_key: dataclasses.asdict(self.cfg)}
+        write_json(self.out / "config.json", config)
+        return config
+
+    def baseline(self, measure: Callable[[], dict], name: str = "untrained.json") -> dict:
+        """What the untrained model scores, measured once by a fresh run and read back by a
+        resumed one: the figure training must beat."""
+        path = self.out / name
+        if self.start == 0:
+            write_json(path, measure())
+        return read_json(path) if path.exists() else {}
+
+    def open_logs(self) -> None:
+        """Open TensorBoard, ``metrics.csv`` (cut back to the resumed step) and the bar."""
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.writer = SummaryWriter(str(self.out / "tb"))
+        self.csv = CsvLog(self.out / "metrics.csv", self.columns, self.start)
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.start,
+            unit=self.unit,
+            disable=not self.progress,
+            desc=self.desc,
+            unit_scale=self.unit == "frame",
+        )
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- during the loop -------------------------------------------------------------------
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """TensorBoard scalars ``name -> value`` at ``step`` (None values skipped)."""
+        if self.writer is None:
+            self.open_logs()
+        for name, v in values.items():
+            if v is not None:
+                self.writer.add_scalar(name, float(v), step)
+
+    def row(self, values: dict[str, Any]) -> None:
+        """One ``metrics.csv`` row by column name."""
+        if self.csv is None:
+            self.open_logs()
+        assert self.csv is not None
+        self.csv.write_dict(values)
+
+    def advance(self, n: int = 1, **postfix: str) -> None:
+        """Move the progress bar by ``n`` (steps or frames), showing ``postfix``."""
+        if self.bar is None:
+            self.open_logs()
+        self.bar.update(n)
+        if postfix:
+            self.bar.set_postfix(**postfix, refresh=False)
+
+    def checkpoint(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        rng: np.random.Generator,
+        counter: str = "step",
+        **meta: Any,
+    ) -> None:
+        """Write the resumable state atomically, with the config and ``compare`` settings."""
+        state = training_state(
+            model,
+            optimizer,
+            rng,
+            **{counter: step},
+            config=dataclasses.asdict(self.cfg),
+            **self.compare,
+            **meta,
+        )
+        save_tensors(self.ckpt, *state)
+
+    def save(self, name: str, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+        """Write ``name`` (tensors + JSON meta) in the run folder, atomically."""
+        save_tensors(self.out / name, tensors, meta)
+
+    # -- after the loop --------------------------------------------------------------------
+    def wall_seconds(self) -> float:
+        return time.time() - self.t0
+
+    def close(self) -> None:
+        for thing in (self.bar, self.writer, self.csv):
+            if thing is not None:
+                thing.close()
+        self.bar = self.writer = self.csv = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 
 from lapo.bc import dataset_for, load_stage2
 from lapo.checkpoint import save_tensors, write_json
+from lapo.config import OfflineConfig
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetError
 from lapo.data.labels import choose_labelled, write_labelled
@@ -30,28 +30,6 @@ from lapo.envs import NUM_ACTIONS
 from lapo.lam import frames_to_float
 from lapo.models.policy import DecodedPolicy
 from lapo.probe import classification_report
-
-
-@dataclass
-class OfflineConfig:
-    """Offline decoding from K labelled transitions."""
-
-    labels: int = 256
-    """K: labelled train windows the decoder (and the baselines) may use."""
-    steps: int = 2_000
-    """Decoder gradient steps."""
-    batch_size: int = 128
-    """Decoder minibatch (at most K)."""
-    learning_rate: float = 1e-3
-    """Decoder Adam learning rate."""
-    weight_decay: float = 1e-4
-    """Decoder AdamW weight decay."""
-    label_smoothing: float = 0.05
-    """Cross-entropy label smoothing (as in LAPO's online decoder fit)."""
-    test_windows: int = 4_096
-    """Held-out test windows for the accuracies in decode.json."""
-    seed: int = 0
-    """Seed of the labelled subset and of the decoder's initialisation."""
 
 
 def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) -> dict:

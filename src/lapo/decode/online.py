@@ -24,7 +24,6 @@ import dataclasses
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,85 +41,13 @@ from lapo.checkpoint import (
     training_state,
     write_json,
 )
+from lapo.config import ONLINE_RESUMABLE, OnlineConfig
 from lapo.decode import fit_decoder
 from lapo.envs import ProcgenVecEnv, check_game, normalized_return
 from lapo.lam import frames_to_float
 from lapo.models.policy import OnlineAgent
 from lapo.ppo import RewardNormalizer, compute_gae, ppo_loss
 from lapo.runs import CsvLog, start_run
-
-
-@dataclass
-class OnlineConfig:
-    """Online decoding (PPO + decoder re-fits); defaults are the published configuration."""
-
-    frames: int = 4_000_000
-    """Environment frames to train for (summed over all envs)."""
-    num_envs: int = 64
-    """Parallel environments."""
-    num_steps: int = 64
-    """Steps per environment per rollout."""
-    num_minibatches: int = 8
-    """Minibatches per epoch."""
-    update_epochs: int = 3
-    """Epochs over each rollout."""
-    learning_rate: float = 1e-2
-    """Base learning rate; each parameter group gets a fraction of it (see group_lr)."""
-    lr_decay_frames: int = 4_000_000
-    """Every group's rate decays linearly to 0 at this many frames (the paper's 4M)."""
-    gamma: float = 0.999
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    clip_coef: float = 0.2
-    """PPO clipping range."""
-    ent_coef: float = 0.0025
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient norm clip."""
-    norm_reward: bool = True
-    """Scale rewards by the running std of the discounted return, clip to [-10, 10]."""
-    decoder_fit_start: int = 10_000
-    """No decoder fit before this many frames."""
-    decoder_fit_end: int = 400_000
-    """No decoder fit (and no new pairs) after this many frames."""
-    decoder_fit_every_until: int = 50_000
-    """Re-fit after every update until this many frames ..."""
-    decoder_fit_every: int = 20
-    """... and every this many updates after."""
-    decoder_epochs: int = 3
-    """Epochs of each decoder fit over all pairs so far."""
-    decoder_batch_size: int = 512
-    """Decoder minibatch."""
-    decoder_learning_rate: float = 1e-3
-    """Decoder Adam learning rate."""
-    label_smoothing: float = 0.05
-    """Decoder cross-entropy label smoothing."""
-    distribution_mode: str = "easy"
-    """Procgen distribution mode."""
-    num_levels: int = 0
-    """Levels to train on; 0 = unbounded."""
-    start_level: int = 0
-    """First level seed."""
-    seed: int = 0
-    """Seed of the environments, the new heads and action sampling."""
-    checkpoint_every: int = 5
-    """Save a resumable checkpoint every this many updates (and at the end)."""
-    threads: int = 0
-    """torch CPU threads; 0 = all cores."""
-    device: str = "auto"
-    """cpu, cuda or auto."""
-
-    @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
-    def num_updates(self) -> int:
-        return max(1, math.ceil(self.frames / self.batch_size))
-
 
 # parameter group -> (frames where its rate leaves 0, frames where it reaches its peak,
 # peak as a fraction of the base rate); ../shared/LAPO_NOTES.md
@@ -129,10 +56,6 @@ GROUP_SCHEDULES: dict[str, tuple[int, int, float]] = {
     "rl_head": (35_000, 50_000, 1 / 4),
     "rl_fc": (50_000, 200_000, 1 / 10),
 }
-
-
-# what a resumed run may change: the budget and the bookkeeping
-ONLINE_RESUMABLE = ("frames", "checkpoint_every", "threads", "device")
 
 
 def group_lr(group: str, frames: int, cfg: OnlineConfig) -> float:

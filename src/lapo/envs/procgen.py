@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from lapo.errors import LapoError
+
 GAMES: tuple[str, ...] = (
     "bigfish",
     "bossfight",
@@ -104,7 +106,7 @@ LEVELS_PER_SPLIT = 1_000_000_000
 SPLIT_START_LEVEL: dict[str, int] = {"train": 0, "test": LEVELS_PER_SPLIT}
 
 
-class EnvError(ValueError):
+class EnvError(LapoError, ValueError):
     """A user's environment option is wrong; the message says what to do."""
 
 

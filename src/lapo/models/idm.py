@@ -6,8 +6,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from lapo.config import QuantizerConfig
 from lapo.models.impala import ImpalaCNN
-from lapo.models.quantizers import QuantizerConfig, QuantizerOutput, make_quantizer
+from lapo.models.quantizers import QuantizerOutput, make_quantizer
 
 
 def stack_frames(

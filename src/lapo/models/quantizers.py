@@ -26,56 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-
-@dataclass
-class QuantizerConfig:
-    """The latent-action bottleneck."""
-
-    kind: str = "ema_vq"
-    """ema_vq (LAPO's EMA vector quantiser), fsq (finite scalar quantisation) or none."""
-    num_codebooks: int = 2
-    """VQ: number of codebooks."""
-    latents_per_codebook: int = 4
-    """VQ: discrete latents per codebook in one latent action."""
-    code_dim: int = 16
-    """VQ: dimensions of one code."""
-    num_entries: int = 64
-    """VQ: entries per codebook."""
-    commitment_cost: float = 0.05
-    """VQ: weight of the commitment loss ||z - sg(z_q)||^2."""
-    decay: float = 0.999
-    """VQ: EMA decay of the codebooks."""
-    restart_unused_steps: int = 0
-    """VQ: restart a code that no latent chose in this many consecutive training steps; 0 = never."""
-    reference_counts: bool = False
-    """VQ: the reference code's counts: start at 0 and store the Laplace-smoothed counts each step
-    (the paper's quantiser); otherwise counts start at 1 and are smoothed only when used."""
-    dead_code_threshold: float = 0.0
-    """VQ (legacy): also restart codes whose EMA count is below this; with decay 0.999 a code
-    counted at 1 takes ~4,600 steps to fall below 0.01, so prefer restart_unused_steps."""
-    fsq_levels: str = "8,5,5,5"
-    """FSQ: levels per dimension of one group; the latent is split into groups of these."""
-    fsq_groups: int = 4
-    """FSQ: number of groups (latent_dim = groups x number of levels)."""
-    continuous_dim: int = 128
-    """none: size of the continuous latent action."""
-
-    @property
-    def latent_dim(self) -> int:
-        if self.kind == "ema_vq":
-            return self.num_codebooks * self.latents_per_codebook * self.code_dim
-        if self.kind == "fsq":
-            return self.fsq_groups * len(parse_levels(self.fsq_levels))
-        if self.kind == "none":
-            return self.continuous_dim
-        raise ValueError(f"unknown quantizer {self.kind!r}: choose ema_vq, fsq or none")
-
-
-def parse_levels(levels: str) -> tuple[int, ...]:
-    out = tuple(int(x) for x in str(levels).split(","))
-    if not out or min(out) < 2:
-        raise ValueError(f"fsq_levels must be integers >= 2, got {levels!r}")
-    return out
+from lapo.config import QuantizerConfig, parse_levels
 
 
 @dataclass

@@ -1,0 +1,562 @@
+"""Every stage's configuration, in one place: the dataclasses, their named presets and the
+settings a resumed run may change.
+
+Each field's docstring is its ``--option`` help (see :mod:`lapo.cliutil`). Presets: ``paper``
+is the published configuration (``../shared/LAPO_NOTES.md``), ``cpu`` the one measured best on
+2 CPU cores (README), ``fast`` toy sizes for smoke runs. Validation lives here, in
+``__post_init__``: a value out of range raises :class:`~lapo.errors.ConfigError`, which the
+CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from lapo.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _preset(presets: dict[str, T], name: str) -> T:
+    """A fresh copy of the preset ``name``."""
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}: choose {', '.join(presets)}")
+    return dataclasses.replace(presets[name])  # type: ignore[type-var]
+
+
+def _frames(frames: int) -> None:
+    if frames < 1:
+        raise ConfigError(f"--frames must be a positive number of frames, got {frames}")
+
+
+def _positive(cfg: object, *names: str) -> None:
+    """Raise :class:`ConfigError` unless every field in ``names`` is at least 1."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+
+
+@dataclass
+class QuantizerConfig:
+    """The latent-action bottleneck."""
+
+    kind: str = "ema_vq"
+    """ema_vq (LAPO's EMA vector quantiser), fsq (finite scalar quantisation) or none."""
+    num_codebooks: int = 2
+    """VQ: number of codebooks."""
+    latents_per_codebook: int = 4
+    """VQ: discrete latents per codebook in one latent action."""
+    code_dim: int = 16
+    """VQ: dimensions of one code."""
+    num_entries: int = 64
+    """VQ: entries per codebook."""
+    commitment_cost: float = 0.05
+    """VQ: weight of the commitment loss ||z - sg(z_q)||^2."""
+    decay: float = 0.999
+    """VQ: EMA decay of the codebooks."""
+    restart_unused_steps: int = 0
+    """VQ: restart a code that no latent chose in this many consecutive training steps; 0 = never."""
+    reference_counts: bool = False
+    """VQ: the reference code's counts: start at 0 and store the Laplace-smoothed counts each step
+    (the paper's quantiser); otherwise counts start at 1 and are smoothed only when used."""
+    dead_code_threshold: float = 0.0
+    """VQ (legacy): also restart codes whose EMA count is below this; with decay 0.999 a code
+    counted at 1 takes ~4,600 steps to fall below 0.01, so prefer restart_unused_steps."""
+    fsq_levels: str = "8,5,5,5"
+    """FSQ: levels per dimension of one group; the latent is split into groups of these."""
+    fsq_groups: int = 4
+    """FSQ: number of groups (latent_dim = groups x number of levels)."""
+    continuous_dim: int = 128
+    """none: size of the continuous latent action."""
+
+    @property
+    def latent_dim(self) -> int:
+        if self.kind == "ema_vq":
+            return self.num_codebooks * self.latents_per_codebook * self.code_dim
+        if self.kind == "fsq":
+            return self.fsq_groups * len(parse_levels(self.fsq_levels))
+        if self.kind == "none":
+            return self.continuous_dim
+        raise ValueError(f"unknown quantizer {self.kind!r}: choose ema_vq, fsq or none")
+
+
+def parse_levels(levels: str) -> tuple[int, ...]:
+    out = tuple(int(x) for x in str(levels).split(","))
+    if not out or min(out) < 2:
+        raise ValueError(f"fsq_levels must be integers >= 2, got {levels!r}")
+    return out
+
+
+@dataclass
+class LAMConfig:
+    """Stage 1: latent inverse dynamics model + world model."""
+
+    idm_width: int = 4
+    """IMPALA-CNN width multiplier of the IDM."""
+    wm_base: int = 24
+    """Base channel width of the world model's U-Net."""
+    idm_differences: bool = False
+    """IDM also sees the frame differences o[t]-o[t-1], o[t+1]-o[t] (not in LAPO)."""
+    idm_difference_scale: float = 1.0
+    """Multiplier of the frame differences the IDM sees (with idm_differences): they are sparse
+    and small next to the frames, and amplified the encoder finds motion in far fewer steps."""
+    wm_differences: bool = False
+    """The world model also sees o[t] - o[t-1] (times idm_difference_scale), so the motion it
+    can extrapolate from its context is explicit and the latent need only carry the rest."""
+    wm_residual: bool = False
+    """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
+    changed_pixel_weight: float = 0.0
+    """Extra MSE weight on pixels that differ between o[t] and o[t+1]; 0 = plain MSE (LAPO)."""
+    idm_lookahead: int = 1
+    """The IDM sees o[t-1], o[t], o[t+k], k drawn per window from 1..this, while the world model
+    still predicts o[t+1] (LAOM); 1 = LAPO. Later stages and the probe use k = 1."""
+    aug_shift: int = 0
+    """Shift each IDM input frame by its own random offset of up to this many pixels; 0 = none."""
+    wm_target: str = "pixels"
+    """pixels (LAPO's U-Net predicts o[t+1]) or embedding (an MLP predicts an EMA target
+    encoder's embedding of o[t+1], as in LAOM; no decoder, so no prediction pictures)."""
+    wm_target_tau: float = 0.01
+    """embedding: EMA rate of the target encoder per step."""
+    wm_mask_past: float = 0.0
+    """Probability of hiding o[t-1] from the world model (so it cannot extrapolate motion and
+    must read the latent); 0 = never (LAPO)."""
+    latent_var_floor: float = 0.0
+    """Hinge that keeps each latent dimension's batch variance above this floor (before the
+    bottleneck), so the latent cannot collapse to a constant; 0 = off (LAPO)."""
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    learning_rate: float = 3e-4
+    """Peak Adam learning rate."""
+    warmup_steps: int = 50
+    """Steps of linear warm-up from warmup_start x the peak rate."""
+    warmup_start: float = 0.1
+    """Learning-rate multiplier at step 0."""
+    final_lr_scale: float = 0.01
+    """Learning-rate multiplier reached (linearly) at the last step."""
+    batch_size: int = 128
+    """Windows per step."""
+    steps: int = 50_000
+    """Training steps."""
+    grad_clip: float = 2.0
+    """Gradient norm clip."""
+    eval_every: int = 500
+    """Steps between test world-model loss evaluations (and checkpoints)."""
+    probe_every: int = 2_000
+    """Steps between probe fits (needs actions in the data); 0 = never during training."""
+    probe_train: int = 4_096
+    """Labelled train windows for the probe during training."""
+    probe_test: int = 2_048
+    """Test windows for the probe during training."""
+    labels: int = 0
+    """K labelled train windows whose true actions train a linear head on the latent beside the
+    video-only loss (LAOM, CLAM); 0 = video only (LAPO). The rest of the data is used without
+    actions; the K windows are recorded in labelled_windows.json for stage 3 and the baselines."""
+    labels_seed: int = 0
+    """Seed that draws the K labelled windows (the same draw as decode offline and baselines)."""
+    labels_from: str = ""
+    """Use the labelled windows of this run folder (its labelled_windows.json) instead."""
+    label_weight: float = 0.01
+    """Weight of the labelled cross-entropy beside the prediction loss."""
+    label_batch: int = 0
+    """Labelled windows per step beside each unlabelled batch; 0 = a quarter of batch_size."""
+    max_minutes: float = 0.0
+    """Stop after this many minutes of training steps (probes and evaluations not counted); the
+    lr schedule then runs on whichever of steps or time is further along. 0 = steps only."""
+    seed: int = 0
+    """Seed of initialisation and batch sampling."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size")
+
+    @property
+    def uses_labels(self) -> bool:
+        """Stage 1 with a few action labels (``labels`` or ``labels_from`` given)."""
+        return bool(self.labels or self.labels_from)
+
+
+LAM_PRESETS: dict[str, LAMConfig] = {
+    # ../shared/LAPO_NOTES.md: the published configuration, the reference's quantiser included
+    "paper": LAMConfig(quantizer=QuantizerConfig(reference_counts=True)),
+    # chosen by measurement on 2 CPU cores: see README "Stage 1"
+    "cpu": LAMConfig(
+        idm_width=1,
+        wm_base=8,
+        idm_differences=True,
+        idm_difference_scale=10.0,
+        learning_rate=1e-3,
+        batch_size=32,
+        steps=3_000,
+        warmup_steps=50,
+        eval_every=250,
+        probe_every=500,
+        quantizer=QuantizerConfig(restart_unused_steps=100),
+    ),  # toy sizes for smoke runs: the cpu preset, 60 steps of 16 windows
+    "fast": LAMConfig(
+        idm_width=1,
+        wm_base=8,
+        idm_differences=True,
+        idm_difference_scale=10.0,
+        learning_rate=1e-3,
+        batch_size=16,
+        steps=60,
+        warmup_steps=10,
+        eval_every=30,
+        probe_every=30,
+        probe_train=512,
+        probe_test=256,
+        quantizer=QuantizerConfig(restart_unused_steps=100),
+    ),
+}
+
+
+# options a resumed run may change: the budget (which stretches the lr schedule) and the
+# bookkeeping; anything that shapes the model or the optimisation must stay as it was
+LAM_RESUMABLE = (
+    "steps",
+    "eval_every",
+    "probe_every",
+    "probe_train",
+    "probe_test",
+    "threads",
+    "device",
+    "max_minutes",
+)
+
+
+def lam_preset(name: str) -> LAMConfig:
+    """A fresh copy of the named stage-1 preset."""
+    return _preset(LAM_PRESETS, name)
+
+
+@dataclass
+class BCConfig:
+    """Stage 2 (latent behaviour cloning) and the BC baselines."""
+
+    width: int = 4
+    """IMPALA-CNN width multiplier of the policy."""
+    learning_rate: float = 2e-4
+    """Peak Adam learning rate."""
+    warmup_steps: int = 1_000
+    """Steps of linear warm-up from warmup_start x the peak rate; then linear decay to 0."""
+    warmup_start: float = 0.01
+    """Learning-rate multiplier at step 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_size: int = 128
+    """Observations per step."""
+    steps: int = 60_000
+    """Training steps."""
+    grad_clip: float = 2.0
+    """Gradient norm clip."""
+    eval_every: int = 1_000
+    """Steps between test-loss evaluations (and checkpoints)."""
+    seed: int = 0
+    """Seed of initialisation and batch sampling."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size")
+
+
+BC_PRESETS: dict[str, BCConfig] = {
+    # ../shared/LAPO_NOTES.md: the published configuration
+    "paper": BCConfig(),
+    # chosen by measurement on 2 CPU cores: see README "Stages 2 and 3"
+    "cpu": BCConfig(
+        width=1,
+        learning_rate=1e-3,
+        warmup_steps=100,
+        batch_size=32,
+        steps=2_000,
+        eval_every=250,
+    ),
+    # toy sizes for smoke runs
+    "fast": BCConfig(
+        width=1, learning_rate=1e-3, warmup_steps=20, batch_size=16, steps=150, eval_every=50
+    ),
+}
+
+
+BC_RESUMABLE = ("steps", "eval_every", "threads", "device")
+
+
+def bc_preset(name: str) -> BCConfig:
+    """A fresh copy of the named stage-2 preset."""
+    return _preset(BC_PRESETS, name)
+
+
+@dataclass
+class OfflineConfig:
+    """Offline decoding from K labelled transitions."""
+
+    labels: int = 256
+    """K: labelled train windows the decoder (and the baselines) may use."""
+    steps: int = 2_000
+    """Decoder gradient steps."""
+    batch_size: int = 128
+    """Decoder minibatch (at most K)."""
+    learning_rate: float = 1e-3
+    """Decoder Adam learning rate."""
+    weight_decay: float = 1e-4
+    """Decoder AdamW weight decay."""
+    label_smoothing: float = 0.05
+    """Cross-entropy label smoothing (as in LAPO's online decoder fit)."""
+    test_windows: int = 4_096
+    """Held-out test windows for the accuracies in decode.json."""
+    seed: int = 0
+    """Seed of the labelled subset and of the decoder's initialisation."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "labels", "steps", "batch_size")
+
+
+@dataclass
+class OnlineConfig:
+    """Online decoding (PPO + decoder re-fits); defaults are the published configuration."""
+
+    frames: int = 4_000_000
+    """Environment frames to train for (summed over all envs)."""
+    num_envs: int = 64
+    """Parallel environments."""
+    num_steps: int = 64
+    """Steps per environment per rollout."""
+    num_minibatches: int = 8
+    """Minibatches per epoch."""
+    update_epochs: int = 3
+    """Epochs over each rollout."""
+    learning_rate: float = 1e-2
+    """Base learning rate; each parameter group gets a fraction of it (see group_lr)."""
+    lr_decay_frames: int = 4_000_000
+    """Every group's rate decays linearly to 0 at this many frames (the paper's 4M)."""
+    gamma: float = 0.999
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_coef: float = 0.2
+    """PPO clipping range."""
+    ent_coef: float = 0.0025
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clip."""
+    norm_reward: bool = True
+    """Scale rewards by the running std of the discounted return, clip to [-10, 10]."""
+    decoder_fit_start: int = 10_000
+    """No decoder fit before this many frames."""
+    decoder_fit_end: int = 400_000
+    """No decoder fit (and no new pairs) after this many frames."""
+    decoder_fit_every_until: int = 50_000
+    """Re-fit after every update until this many frames ..."""
+    decoder_fit_every: int = 20
+    """... and every this many updates after."""
+    decoder_epochs: int = 3
+    """Epochs of each decoder fit over all pairs so far."""
+    decoder_batch_size: int = 512
+    """Decoder minibatch."""
+    decoder_learning_rate: float = 1e-3
+    """Decoder Adam learning rate."""
+    label_smoothing: float = 0.05
+    """Decoder cross-entropy label smoothing."""
+    distribution_mode: str = "easy"
+    """Procgen distribution mode."""
+    num_levels: int = 0
+    """Levels to train on; 0 = unbounded."""
+    start_level: int = 0
+    """First level seed."""
+    seed: int = 0
+    """Seed of the environments, the new heads and action sampling."""
+    checkpoint_every: int = 5
+    """Save a resumable checkpoint every this many updates (and at the end)."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+
+    def __post_init__(self) -> None:
+        _frames(self.frames)
+        _positive(self, "num_envs", "num_steps")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, math.ceil(self.frames / self.batch_size))
+
+
+# what a resumed run may change: the budget and the bookkeeping
+ONLINE_RESUMABLE = ("frames", "checkpoint_every", "threads", "device")
+
+
+@dataclass
+class ExpertConfig:
+    """PPO demonstrator training; defaults are Procgen's PPO baseline (easy mode)."""
+
+    game: str = "coinrun"
+    """Procgen game to train on."""
+    frames: int = 1_000_000
+    """Environment frames to train for (summed over all envs)."""
+    arch: str = "impala"
+    """Encoder: impala (IMPALA-CNN) or nature (Nature-DQN CNN, ~5x cheaper on CPU)."""
+    width: int = 1
+    """IMPALA-CNN width multiplier (channels 16, 32, 32 times this)."""
+    num_envs: int = 64
+    """Parallel environments."""
+    num_steps: int = 256
+    """Steps per environment per rollout."""
+    num_minibatches: int = 8
+    """Minibatches per epoch."""
+    update_epochs: int = 3
+    """Epochs over each rollout."""
+    learning_rate: float = 5e-4
+    """Adam learning rate (constant)."""
+    gamma: float = 0.999
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    clip_coef: float = 0.2
+    """PPO clipping range."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clip."""
+    norm_reward: bool = True
+    """Scale rewards by the running std of the discounted return, clip to [-10, 10]."""
+    distribution_mode: str = "easy"
+    """Procgen distribution mode."""
+    num_levels: int = 0
+    """Levels to train on; 0 = unbounded."""
+    start_level: int = 0
+    """First level seed."""
+    seed: int = 0
+    """Seed of the environments, the network initialisation and action sampling."""
+    checkpoint_every: int = 5
+    """Save a resumable checkpoint every this many updates (and at the end)."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+
+    def __post_init__(self) -> None:
+        _frames(self.frames)
+        _positive(self, "num_envs", "num_steps")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, math.ceil(self.frames / self.batch_size))
+
+
+@dataclass
+class SupervisedIDMConfig:
+    """Baseline (b)'s supervised IDM: the stage-1 IDM's encoder with a 15-way head."""
+
+    width: int = 1
+    """IMPALA-CNN width multiplier."""
+    differences: bool = True
+    """Also see the frame differences (as the cpu preset's latent IDM does)."""
+    difference_scale: float = 10.0
+    """Multiplier of the frame differences (as the cpu preset's idm_difference_scale)."""
+    steps: int = 1_000
+    """Training steps on the K labelled windows."""
+    batch_size: int = 32
+    """Windows per step (at most K)."""
+    learning_rate: float = 5e-4
+    """Adam learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size")
+
+
+DEMO_GAMES = ("coinrun", "jumper")
+
+
+@dataclass
+class DemoConfig:
+    """``lapo demo``: data, stage 1, probe, stage 2, offline decoding, baselines, report."""
+
+    game: str = "coinrun"
+    """Game with a shipped demonstrator (coinrun or jumper)."""
+    frames: int = 20_000
+    """Demonstrator frames to record for training (plus frames/5 for testing)."""
+    lam_steps: int = 1_500
+    """Stage-1 training steps (cpu preset otherwise)."""
+    lam_batch: int = 32
+    """Stage-1 batch size."""
+    bc_steps: int = 800
+    """Stage-2 (and BC baseline) training steps (cpu preset otherwise)."""
+    bc_batch: int = 32
+    """Stage-2 (and BC baseline) batch size."""
+    labels: int = 1_000
+    """K: labelled transitions for the decoder and the BC baseline."""
+    probe_labels: int = 4_096
+    """Labelled windows for the probe (at most the train split)."""
+    ceiling_steps: int = 600
+    """Training steps of the supervised ceiling (the IDM encoder on the true actions)."""
+    episodes: int = 48
+    """Evaluation episodes per policy."""
+    seed: int = 0
+    """Seed of everything."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "frames", "lam_steps", "bc_steps", "labels", "episodes")
+
+
+DEMO_FAST = dict(
+    frames=3_000,
+    lam_steps=60,
+    lam_batch=16,
+    bc_steps=150,
+    bc_batch=16,
+    labels=500,
+    probe_labels=1_024,
+    ceiling_steps=60,
+    episodes=8,
+)
+
+
+PAPER_LABELS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+STEPS = ("data", "lam", "bc", "offline", "labels", "online", "ppo")
+
+
+@dataclass
+class ReproduceConfig:
+    """The grid: games x seeds x steps."""
+
+    games: list[str] = field(default_factory=lambda: ["coinrun", "jumper"])
+    seeds: int = 1
+    preset: str = "paper"
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    labels: list[int] = field(default_factory=lambda: list(PAPER_LABELS))
+    frames: int = 1_000_000
+    online_frames: int = 4_000_000
+    expert_frames: int = 25_000_000
+    data_root: str | None = None
+    episodes: int = 100
+    jobs: int = 2
+    threads: int = 1
+    extra: dict[str, list[str]] = field(default_factory=dict)
