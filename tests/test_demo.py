@@ -164,7 +164,7 @@ def test_reproduce_toy_grid_writes_csv_and_figures(tmp_path, capsys):
 
 def test_charts_name_actions_and_label_axes():
     from lapo.envs import ACTION_NAMES
-    from lapo.report import confusion_chart, returns_chart
+    from lapo.report.charts import confusion_chart, returns_chart
 
     conf = np.eye(15, dtype=int).tolist()
     ax = confusion_chart(conf, "coinrun", "probe").axes[0]

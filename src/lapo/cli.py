@@ -280,7 +280,7 @@ def _cmd_lam_probe(args: argparse.Namespace) -> None:
 
 
 def _cmd_lam_plot(args: argparse.Namespace) -> None:
-    from lapo.plots import plot_lam
+    from lapo.report.latents import plot_lam
 
     print(json.dumps(plot_lam(Path(args.run), Path(args.data), Path(args.out)), indent=2))
 

@@ -1,0 +1,174 @@
+"""``lapo reproduce``'s summaries: results.csv, summary.md and the two figures of the grid."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lapo.config import ReproduceConfig
+from lapo.report.charts import pyplot
+
+
+def collect_results(cfg: ReproduceConfig, out: Path) -> list[dict]:
+    """One row per finished evaluation."""
+    rows = []
+    for game in cfg.games:
+        rand = out / game / "eval_random.json"
+        random_ret = json.loads(rand.read_text())["mean_return"] if rand.exists() else math.nan
+        for seed in range(cfg.seeds):
+            for f in sorted((out / game / f"seed{seed}").glob("eval_*.json")):
+                e = json.loads(f.read_text())
+                rows.append(
+                    {
+                        "game": game,
+                        "seed": seed,
+                        "method": f.stem[5:],
+                        "mean_return": e["mean_return"],
+                        "stderr_return": e["stderr_return"],
+                        "normalized_return": e["normalized_return"],
+                        "demonstrator_normalized_return": e.get(
+                            "demonstrator_normalized_return", math.nan
+                        ),
+                        "demonstrator_return": e.get("demonstrator_return", math.nan),
+                        "measured_random_return": random_ret,
+                        "episodes": e["episodes"],
+                    }
+                )
+    return rows
+
+
+def summarise(cfg: ReproduceConfig, out: Path) -> dict:
+    """results.csv, summary.md and the two figures from whatever has finished."""
+    rows = collect_results(cfg, out)
+    if not rows:
+        return {"evaluations": 0}
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    methods = sorted({r["method"] for r in rows})
+    lines = [
+        "Mean ± std over seeds. First number: normalised by the published random/expert "
+        "constants; in brackets: between random and the data's demonstrator.",
+        "",
+        "| method | " + " | ".join(cfg.games) + " | mean over games |",
+        "|---|" + "---|" * (len(cfg.games) + 1),
+    ]
+    for m in methods:
+        cells, means = [], []
+        for g in cfg.games:
+            v = [r for r in rows if r["method"] == m and r["game"] == g]
+            if not v:
+                cells.append("")
+                continue
+            a = np.array([r["normalized_return"] for r in v])
+            d = np.array([r["demonstrator_normalized_return"] for r in v])
+            cells.append(f"{a.mean():.2f} ± {a.std():.2f} ({d.mean():.2f}; n={len(v)})")
+            means.append(a.mean())
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(means):.2f} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    figures = {}
+    if any(r["method"].startswith("lapo_offline_k") for r in rows):
+        figures["offline"] = str(plot_offline(cfg, rows, out / "offline_vs_labels.png"))
+    curves = online_curves(cfg, out)
+    if curves:
+        figures["online"] = str(plot_online(curves, out / "online_curves.png"))
+    return {"evaluations": len(rows), "summary": str(out / "summary.md"), **figures}
+
+
+def plot_offline(cfg: ReproduceConfig, rows: list[dict], path: Path) -> Path:
+    """Normalised return vs label count, mean over games and seeds, LAPO and baselines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for prefix, label, col in (
+        ("lapo_offline_k", "LAPO, offline decoding", "tab:blue"),
+        ("lapo_labels_k", "LAPO, the K labels also in stage 1", "tab:purple"),
+        ("idm_bc_k", "(b) supervised IDM labels, then BC", "tab:green"),
+        ("bc_k", "(a) BC on the labels", "tab:orange"),
+    ):
+        ks, ms = [], []
+        for k in sorted(cfg.labels):
+            v = [
+                np.mean([r["normalized_return"] for r in rows
+                         if r["method"] == f"{prefix}{k}" and r["game"] == g])
+                for g in cfg.games
+                if any(r["method"] == f"{prefix}{k}" and r["game"] == g for r in rows)
+            ]  # fmt: skip
+            if v:
+                ks.append(k)
+                ms.append(np.mean(v))
+        if ks:
+            ax.plot(ks, ms, marker="o", color=col, label=label)
+    paper = {16: 0.05, 32: 0.16, 64: 0.23, 128: 0.33, 256: 0.50, 512: 0.55, 1024: 0.57}
+    ax.plot(list(paper), list(paper.values()), "k--", lw=1, label="paper (mean of 16 games)")
+    ax.set_xscale("log", base=2)
+    ax.set(
+        xlabel="labelled transitions K",
+        ylabel="normalised return (0 random, 1 expert)",
+        title=f"Offline decoding, mean over {', '.join(cfg.games)}",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def online_curves(cfg: ReproduceConfig, out: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """method -> (frames, normalised return averaged over seeds, then games); NaN where no
+    episode had ended yet."""
+    import warnings
+
+    from lapo.envs import normalized_return
+
+    result = {}
+    for name in ("lapo_online", "ppo_scratch"):
+        per_game = []
+        for game in cfg.games:
+            curves = []
+            for seed in range(cfg.seeds):
+                p = out / game / f"seed{seed}" / name / "progress.csv"
+                if not p.exists():
+                    continue
+                with open(p) as fh:
+                    rs = list(csv.DictReader(fh))
+                x = np.array([float(r["frames"]) for r in rs])
+                y = np.array([normalized_return(game, float(r["mean_return"])) for r in rs])
+                curves.append((x, y))
+            if curves:
+                n = min(len(c[0]) for c in curves)
+                with warnings.catch_warnings():  # all-NaN columns stay NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    y = np.nanmean([c[1][:n] for c in curves], 0)
+                per_game.append((curves[0][0][:n], y))
+        if per_game:
+            n = min(len(c[0]) for c in per_game)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                y = np.nanmean([c[1][:n] for c in per_game], 0)
+            result[name] = (per_game[0][0][:n], y)
+    return result
+
+
+def plot_online(curves: dict, path: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    labels = {"lapo_online": "LAPO online decoding", "ppo_scratch": "PPO from scratch"}
+    for name, (x, y) in curves.items():
+        ax.plot(x / 1e6, y, label=labels[name])
+    ax.axhline(0, color="grey", ls=":", lw=0.8)
+    ax.axhline(1, color="grey", ls="--", lw=0.8, label="expert (published)")
+    ax.set(
+        xlabel="environment frames (millions)",
+        ylabel="normalised return (0 random, 1 expert)",
+        title="Online decoding vs PPO, mean over games",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
