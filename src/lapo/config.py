@@ -418,7 +418,7 @@ class OnlineConfig(PPOConfig):
     """Decoder cross-entropy label smoothing."""
 
 
-ONLINE_RESUMABLE = PPO_RESUMABLE
+ONLINE_RESUMABLE = PPO_RESUMABLE  # the name stages 1-2 use for theirs
 
 
 @dataclass
@@ -431,9 +431,6 @@ class ExpertConfig(PPOConfig):
     """Encoder: impala (IMPALA-CNN) or nature (Nature-DQN CNN, ~5x cheaper on CPU)."""
     width: int = 1
     """IMPALA-CNN width multiplier (channels 16, 32, 32 times this)."""
-
-
-EXPERT_RESUMABLE = PPO_RESUMABLE
 
 
 @dataclass

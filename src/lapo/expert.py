@@ -15,24 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lapo import ppo
 from lapo.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
-from lapo.config import EXPERT_RESUMABLE, ExpertConfig
+from lapo.config import ExpertConfig
 from lapo.envs import NUM_ACTIONS, check_game
 from lapo.eval import evaluate
 from lapo.models.actor_critic import ActorCritic
 from lapo.policies import ExpertPolicy
-from lapo.ppo import (
-    PPO_COLUMNS,
-    PPOEnvs,
-    RolloutBuffer,
-    checkpoint_due,
-    collect_rollout,
-    log_update,
-    ppo_checkpoint,
-    ppo_epochs,
-    ppo_summary,
-)
-from lapo.runs import Run
 
 
 def refuse_other_game(ckpt: Path, game: str) -> None:
@@ -51,20 +40,7 @@ def train_expert(
     Returns a summary: frames trained, wall time, frames/s and recent mean return.
     """
     check_game(cfg.game)
-    run = Run(
-        out,
-        "ppo-expert",
-        cfg,
-        columns=PPO_COLUMNS,
-        total=cfg.num_updates * cfg.batch_size,
-        unit="frame",
-        per_step=cfg.batch_size,
-        desc=f"ppo {cfg.game}",
-        resumable=EXPERT_RESUMABLE,
-        progress=progress,
-        threads=cfg.threads,
-        device=cfg.device,
-    )
+    run = ppo.ppo_run(out, "ppo-expert", cfg, f"ppo {cfg.game}", progress)
     with run:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
@@ -76,25 +52,25 @@ def train_expert(
         # what load_policy reads: the network's kind, game, architecture and action count
         spec = dict(game=cfg.game, arch=cfg.arch, width=cfg.width, num_actions=NUM_ACTIONS)
         run.write_config("train", **spec, command=command, frames_trained=run.meta.get("frames"))
-        buf = RolloutBuffer(cfg.num_steps, cfg.num_envs, run.device)
-        with PPOEnvs(cfg.game, cfg, run.device, start, run.meta) as envs:
+        buf = ppo.RolloutBuffer(cfg.num_steps, cfg.num_envs, run.device)
+        with ppo.PPOEnvs(cfg.game, cfg, run.device, start, run.meta) as envs:
             for update in range(start, cfg.num_updates):
                 model.eval()
-                advantages, returns = collect_rollout(model, envs, buf, cfg)
+                advantages, returns = ppo.collect_rollout(model, envs, buf, cfg)
                 model.train()
-                loss, grad_norm = ppo_epochs(
+                loss, grad_norm = ppo.ppo_epochs(
                     model, optimizer, buf.batch(advantages, returns), cfg, rng
                 )
-                log_update(run, update + 1, start, envs, loss, grad_norm)
-                if checkpoint_due(update + 1, cfg):
-                    ppo_checkpoint(run, update + 1, model, optimizer, rng, envs)
+                ppo.log_update(run, update + 1, start, envs, loss, grad_norm)
+                if ppo.checkpoint_due(update + 1, cfg):
+                    ppo.ppo_checkpoint(run, update + 1, model, optimizer, rng, envs)
                     run.save("policy.safetensors", model.state_dict())
                     frames, ret = (update + 1) * cfg.batch_size, envs.mean_return()
                     extra = dict(command=command, frames_trained=frames, train_mean_return=ret)
                     run.write_config("train", **spec, **extra)
     trained = (cfg.num_updates - start) * cfg.batch_size
     fps = round(trained / run.wall_seconds(), 1) if trained else None
-    return ppo_summary(run, cfg, envs, frames_per_second=fps)
+    return ppo.ppo_summary(run, cfg, envs, frames_per_second=fps)
 
 
 def package_demonstrator(

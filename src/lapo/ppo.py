@@ -23,6 +23,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from lapo.config import PPOConfig
+from lapo.config import PPO_RESUMABLE, PPOConfig
 from lapo.envs import ProcgenVecEnv, normalized_return
 from lapo.runs import Run
 
@@ -354,6 +355,34 @@ def ppo_epochs(
 
 # metrics.csv of a PPO run; a loop may add its own columns after these
 PPO_COLUMNS = ["update", "frames", "mean_return", "normalized_return", "fps"]
+
+
+def ppo_run(
+    out: Path,
+    kind: str,
+    cfg: PPOConfig,
+    desc: str,
+    progress: bool = True,
+    columns: list[str] = PPO_COLUMNS,
+    compare: dict | None = None,
+) -> Run:
+    """The :class:`Run` of a PPO loop: counted in updates, shown in frames, resumable with
+    a new budget (:data:`lapo.config.PPO_RESUMABLE`)."""
+    return Run(
+        out,
+        kind,
+        cfg,
+        columns=columns,
+        total=cfg.num_updates * cfg.batch_size,
+        unit="frame",
+        per_step=cfg.batch_size,
+        desc=desc,
+        resumable=PPO_RESUMABLE,
+        compare=compare,
+        progress=progress,
+        threads=cfg.threads,
+        device=cfg.device,
+    )
 
 
 def log_update(

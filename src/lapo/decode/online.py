@@ -31,7 +31,7 @@ from torch import nn
 
 from lapo.bc import load_stage2
 from lapo.checkpoint import CheckpointError, load_tensors
-from lapo.config import ONLINE_RESUMABLE, OnlineConfig
+from lapo.config import OnlineConfig
 from lapo.decode import fit_decoder
 from lapo.envs import NUM_ACTIONS, check_game
 from lapo.lam import frames_to_float
@@ -47,6 +47,7 @@ from lapo.ppo import (
     log_update,
     ppo_checkpoint,
     ppo_epochs,
+    ppo_run,
     ppo_summary,
 )
 from lapo.runs import Run
@@ -224,21 +225,8 @@ def decode_online(
     """Online decoding of stage-2 run ``policy_run`` in ``game`` into ``out`` (resumable)."""
     policy, idm, stage2 = load_stage2_run(policy_run, game)
     demo_return = stage2.get("demonstrator_return")
-    run = Run(
-        out,
-        "online-agent",
-        cfg,
-        columns=ONLINE_COLUMNS,
-        total=cfg.num_updates * cfg.batch_size,
-        unit="frame",
-        per_step=cfg.batch_size,
-        desc=f"online {game}",
-        resumable=ONLINE_RESUMABLE,
-        compare={"policy": str(policy_run), "env": game},
-        progress=progress,
-        threads=cfg.threads,
-        device=cfg.device,
-    )
+    compare = {"policy": str(policy_run), "env": game}
+    run = ppo_run(out, "online-agent", cfg, f"online {game}", progress, ONLINE_COLUMNS, compare)
     with run:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
@@ -249,9 +237,9 @@ def decode_online(
         start = run.resume(agent, optimizer, rng, counter="update")
         fits = run.meta.get("fits", 0)
         pairs = DecoderPairs.load(run.out, run.meta.get("pairs", 0))
-        network = {"class": "online-agent", "latent_dim": policy.latent_dim}
+        width = stage2["network"]["width"]
         config = dict(
-            network={**network, "width": stage2["network"]["width"]},
+            network={"class": "online-agent", "latent_dim": policy.latent_dim, "width": width},
             game=game,
             demonstrator_return=demo_return,
             data_policy=stage2.get("data_policy"),
@@ -288,8 +276,11 @@ def decode_online(
                     "decoder/fits": fits,
                     **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
                 }
-                row = {"demonstrator_normalized_return": demo_norm, "decoder_fits": fits}
-                row["decoder_pairs"] = pairs.count()
+                row = {
+                    "demonstrator_normalized_return": demo_norm,
+                    "decoder_pairs": pairs.count(),
+                    "decoder_fits": fits,
+                }
                 log_update(run, update + 1, start, envs, loss, grad_norm, scalars, row)
                 # 6. checkpoint
                 if checkpoint_due(update + 1, cfg):
