@@ -170,7 +170,8 @@ class PPOEnvs:
     starts an episode ``next_done`` ``(N,)``, the reward normaliser and the last 100 episode
     returns (the last two are saved in checkpoints: :meth:`state_dict`).
 
-    The environments restart on resume, with a seed that differs per resumption point
+    A run resumed at update ``update`` passes its checkpoint's meta as ``state`` (normaliser
+    and returns); the environments restart, with a seed that differs per resumption point
     (``seed * 1_000_003 + update``). A context manager: leaving it closes the environments.
     """
 
@@ -223,6 +224,7 @@ class PPOEnvs:
         return float(normalized_return(self.game, self.mean_return(), expert=expert))
 
     def state_dict(self) -> dict:
+        """What a checkpoint keeps: the reward normaliser and the recent returns."""
         return {
             "normalizer": self.normalizer.state_dict(),
             "recent_returns": list(self.recent_returns),
