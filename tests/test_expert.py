@@ -6,13 +6,15 @@ import torch
 from lapo.checkpoint import load_tensors
 from lapo.cli import main
 from lapo.config import ExpertConfig
-from lapo.expert import ActorCritic, train_expert
+from lapo.envs import NUM_ACTIONS
+from lapo.expert import train_expert
+from lapo.models.actor_critic import ActorCritic
 
 TINY = dict(game="coinrun", arch="nature", num_envs=4, num_steps=16, num_minibatches=2, threads=1)
 
 
 def read_progress(run):
-    with open(run / "progress.csv") as f:
+    with open(run / "metrics.csv") as f:
         return list(csv.DictReader(f))
 
 
@@ -24,7 +26,7 @@ def test_tiny_training_writes_policy_checkpoint_and_logs(tmp_path):
         "policy.safetensors",
         "config.json",
         "checkpoint.safetensors",
-        "train_config.json",
+        "metrics.csv",
     ):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tb").iterdir()), "no TensorBoard event file"
@@ -32,10 +34,10 @@ def test_tiny_training_writes_policy_checkpoint_and_logs(tmp_path):
     assert [int(r["update"]) for r in rows] == [1, 2]
     # the saved policy loads into a fresh network and differs from a fresh initialisation
     tensors, _ = load_tensors(tmp_path / "policy.safetensors")
-    fresh = ActorCritic("nature")
+    fresh = ActorCritic(NUM_ACTIONS, "nature")
     fresh.load_state_dict(tensors)
     torch.manual_seed(123)
-    other = ActorCritic("nature")
+    other = ActorCritic(NUM_ACTIONS, "nature")
     assert not torch.equal(other.critic.weight, tensors["critic.weight"])
 
 

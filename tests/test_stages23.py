@@ -314,7 +314,7 @@ def test_decode_online_end_to_end(stage2, tmp_path):
     )
     summary = decode_online(cfg, stage2[0], GAME, out, progress=False)
     assert summary["decoder_fits"] == 2 and summary["frames"] == 64
-    rows = read_csv(out / "progress.csv")
+    rows = read_csv(out / "metrics.csv")
     assert [(int(r["update"]), int(r["frames"])) for r in rows] == [(1, 32), (2, 64)]
     assert [int(r["decoder_fits"]) for r in rows] == [1, 2]
     pairs = [int(r["decoder_pairs"]) for r in rows]

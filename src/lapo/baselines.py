@@ -22,10 +22,11 @@ from torch import nn
 
 from lapo.bc import train_action_bc
 from lapo.checkpoint import load_tensors, save_tensors, write_json
-from lapo.config import BCConfig, SupervisedIDMConfig
+from lapo.config import BCConfig, ExpertConfig, SupervisedIDMConfig
 from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
+from lapo.expert import train_expert
 from lapo.lam import frames_to_float
 from lapo.models.idm import stack_frames
 from lapo.models.impala import ImpalaCNN
@@ -188,11 +189,9 @@ def ppo_from_scratch(
     """Baseline (c): PPO from scratch, the policy's IMPALA-CNN, the online rollout shape.
 
     Procgen's PPO settings (lr 5e-4, entropy 0.01) on LAPO's stage-3 rollout of 64 envs x 64
-    steps, so both methods update as often per frame.
+    steps, so both methods update as often per frame. One PPO (:mod:`lapo.ppo`) through
+    :func:`lapo.expert.train_expert`: the run folder is a ``ppo-expert`` policy.
     """
-    from lapo.config import ExpertConfig
-    from lapo.expert import train_expert
-
     cfg = ExpertConfig(
         game=game,
         frames=frames,

@@ -322,97 +322,12 @@ class OfflineConfig:
 
 
 @dataclass
-class OnlineConfig:
-    """Online decoding (PPO + decoder re-fits); defaults are the published configuration."""
+class PPOConfig:
+    """PPO on Procgen (Schulman et al. 2017), shared by the demonstrators, online decoding and
+    the PPO baseline; defaults are Procgen's PPO baseline (Cobbe et al. 2020, easy mode)."""
 
-    frames: int = 4_000_000
-    """Environment frames to train for (summed over all envs)."""
-    num_envs: int = 64
-    """Parallel environments."""
-    num_steps: int = 64
-    """Steps per environment per rollout."""
-    num_minibatches: int = 8
-    """Minibatches per epoch."""
-    update_epochs: int = 3
-    """Epochs over each rollout."""
-    learning_rate: float = 1e-2
-    """Base learning rate; each parameter group gets a fraction of it (see group_lr)."""
-    lr_decay_frames: int = 4_000_000
-    """Every group's rate decays linearly to 0 at this many frames (the paper's 4M)."""
-    gamma: float = 0.999
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    clip_coef: float = 0.2
-    """PPO clipping range."""
-    ent_coef: float = 0.0025
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient norm clip."""
-    norm_reward: bool = True
-    """Scale rewards by the running std of the discounted return, clip to [-10, 10]."""
-    decoder_fit_start: int = 10_000
-    """No decoder fit before this many frames."""
-    decoder_fit_end: int = 400_000
-    """No decoder fit (and no new pairs) after this many frames."""
-    decoder_fit_every_until: int = 50_000
-    """Re-fit after every update until this many frames ..."""
-    decoder_fit_every: int = 20
-    """... and every this many updates after."""
-    decoder_epochs: int = 3
-    """Epochs of each decoder fit over all pairs so far."""
-    decoder_batch_size: int = 512
-    """Decoder minibatch."""
-    decoder_learning_rate: float = 1e-3
-    """Decoder Adam learning rate."""
-    label_smoothing: float = 0.05
-    """Decoder cross-entropy label smoothing."""
-    distribution_mode: str = "easy"
-    """Procgen distribution mode."""
-    num_levels: int = 0
-    """Levels to train on; 0 = unbounded."""
-    start_level: int = 0
-    """First level seed."""
-    seed: int = 0
-    """Seed of the environments, the new heads and action sampling."""
-    checkpoint_every: int = 5
-    """Save a resumable checkpoint every this many updates (and at the end)."""
-    threads: int = 0
-    """torch CPU threads; 0 = all cores."""
-    device: str = "auto"
-    """cpu, cuda or auto."""
-
-    def __post_init__(self) -> None:
-        _frames(self.frames)
-        _positive(self, "num_envs", "num_steps")
-
-    @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
-    def num_updates(self) -> int:
-        return max(1, math.ceil(self.frames / self.batch_size))
-
-
-# what a resumed run may change: the budget and the bookkeeping
-ONLINE_RESUMABLE = ("frames", "checkpoint_every", "threads", "device")
-
-
-@dataclass
-class ExpertConfig:
-    """PPO demonstrator training; defaults are Procgen's PPO baseline (easy mode)."""
-
-    game: str = "coinrun"
-    """Procgen game to train on."""
     frames: int = 1_000_000
     """Environment frames to train for (summed over all envs)."""
-    arch: str = "impala"
-    """Encoder: impala (IMPALA-CNN) or nature (Nature-DQN CNN, ~5x cheaper on CPU)."""
-    width: int = 1
-    """IMPALA-CNN width multiplier (channels 16, 32, 32 times this)."""
     num_envs: int = 64
     """Parallel environments."""
     num_steps: int = 256
@@ -458,11 +373,64 @@ class ExpertConfig:
 
     @property
     def batch_size(self) -> int:
+        """Frames per rollout (and per update): ``num_envs * num_steps``."""
         return self.num_envs * self.num_steps
 
     @property
     def num_updates(self) -> int:
+        """Rollouts (and updates) in the run: ``frames`` rounded up to whole rollouts."""
         return max(1, math.ceil(self.frames / self.batch_size))
+
+
+# what a resumed PPO run may change: the budget and the bookkeeping
+PPO_RESUMABLE = ("frames", "checkpoint_every", "threads", "device")
+
+
+@dataclass
+class OnlineConfig(PPOConfig):
+    """Online decoding (PPO + decoder re-fits); defaults are the published configuration."""
+
+    frames: int = 4_000_000
+    """Environment frames to train for (summed over all envs)."""
+    num_steps: int = 64
+    """Steps per environment per rollout."""
+    learning_rate: float = 1e-2
+    """Base learning rate; each parameter group gets a fraction of it (see group_lr)."""
+    ent_coef: float = 0.0025
+    """Entropy bonus coefficient."""
+    lr_decay_frames: int = 4_000_000
+    """Every group's rate decays linearly to 0 at this many frames (the paper's 4M)."""
+    decoder_fit_start: int = 10_000
+    """No decoder fit before this many frames."""
+    decoder_fit_end: int = 400_000
+    """No decoder fit (and no new pairs) after this many frames."""
+    decoder_fit_every_until: int = 50_000
+    """Re-fit after every update until this many frames ..."""
+    decoder_fit_every: int = 20
+    """... and every this many updates after."""
+    decoder_epochs: int = 3
+    """Epochs of each decoder fit over all pairs so far."""
+    decoder_batch_size: int = 512
+    """Decoder minibatch."""
+    decoder_learning_rate: float = 1e-3
+    """Decoder Adam learning rate."""
+    label_smoothing: float = 0.05
+    """Decoder cross-entropy label smoothing."""
+
+
+ONLINE_RESUMABLE = PPO_RESUMABLE  # the name stages 1-2 use for theirs
+
+
+@dataclass
+class ExpertConfig(PPOConfig):
+    """PPO demonstrator training; defaults are Procgen's PPO baseline (easy mode)."""
+
+    game: str = "coinrun"
+    """Procgen game to train on."""
+    arch: str = "impala"
+    """Encoder: impala (IMPALA-CNN) or nature (Nature-DQN CNN, ~5x cheaper on CPU)."""
+    width: int = 1
+    """IMPALA-CNN width multiplier (channels 16, 32, 32 times this)."""
 
 
 @dataclass

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from lapo.envs import ProcgenVecEnv, check_game, normalized_return
-from lapo.policies import Policy
+from lapo.policies import Policy, load_policy
 
 
 def run_episodes(
@@ -105,8 +105,6 @@ def evaluate_seeds(
 ) -> dict:
     """:func:`evaluate` with ``seeds`` seeds (``seed``, ``seed + 1``, ...), each loading the
     policy with that sampling seed; reports each seed and the mean and std over seeds."""
-    from lapo.policies import load_policy
-
     runs = [
         evaluate(
             load_policy(policy_spec, game, seed=s),

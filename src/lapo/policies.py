@@ -18,6 +18,7 @@ from torch.distributions import Categorical
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json
 from lapo.envs import NUM_ACTIONS
+from lapo.models.actor_critic import ActorCritic
 
 DEMONSTRATORS_DIR = Path(__file__).parent / "demonstrators"
 
@@ -65,8 +66,6 @@ class ExpertPolicy:
     """A PPO demonstrator saved by ``lapo expert train``; samples from its action distribution."""
 
     def __init__(self, path: Path, seed: int = 0, device: str = "cpu") -> None:
-        from lapo.expert import ActorCritic
-
         self.path = Path(path)
         self.config = read_json(self.path / "config.json")
         if self.config.get("kind") != "ppo-expert":
@@ -77,7 +76,8 @@ class ExpertPolicy:
         self.name = str(self.path)
         self.game = self.config["game"]
         self.device = torch.device(device)
-        self.model = ActorCritic(self.config["arch"], self.config["width"]).to(self.device)
+        c = self.config
+        self.model = ActorCritic(c["num_actions"], c["arch"], c["width"]).to(self.device)
         tensors, _ = load_tensors(self.path / "policy.safetensors")
         try:
             self.model.load_state_dict(tensors)

@@ -1,15 +1,39 @@
-"""The parts of PPO (Schulman et al. 2017) that are maths, kept apart from any training loop.
+"""One PPO (Schulman et al. 2017), shared by every loop that trains with rewards.
 
+The maths (:func:`compute_gae`, :func:`ppo_loss`, :class:`RewardNormalizer`) and the parts a
+PPO loop is made of, in the order it runs them, as in CleanRL:
+
+- :class:`PPOEnvs`: the vectorised Procgen environments and what carries over from one
+  rollout to the next (next observation, reward normaliser, recent episode returns);
+- :class:`RolloutBuffer` and :func:`collect_rollout`: ``num_steps`` steps in every
+  environment, then the advantages (GAE);
+- :func:`ppo_epochs`: ``update_epochs`` passes over the rollout in minibatches;
+- :func:`log_update`, :func:`checkpoint_due`, :func:`ppo_summary`: the bookkeeping both loops
+  share, through :class:`lapo.runs.Run`.
+
+``lapo expert train`` and ``lapo baseline ppo`` (:func:`lapo.expert.train_expert`) and
+``lapo decode online`` (:func:`lapo.decode.online.decode_online`) are built from these.
 Names follow the paper and CleanRL: ``gamma``, ``gae_lambda``, ``clip_coef``, ``ent_coef``,
 ``vf_coef``.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
+from torch.distributions import Categorical
+
+from lapo.config import PPO_RESUMABLE, PPOConfig
+from lapo.envs import ProcgenVecEnv, normalized_return
+from lapo.runs import Run
 
 
 def compute_gae(
@@ -126,3 +150,315 @@ class RewardNormalizer:
     def load_state_dict(self, state: dict) -> None:
         self.ret = np.asarray(state["ret"], np.float64)
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+class PPOAgent(Protocol):
+    """What :func:`collect_rollout` needs of a network: its forward pass split in two."""
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 observations ``(B, 64, 64, 3)`` -> features ``(B, F)``."""
+        ...
+
+    def heads(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(B, F)`` -> ``(logits (B, num_actions), value (B,))``."""
+        ...
+
+
+class PPOEnvs:
+    """The ``num_envs`` Procgen environments a PPO run acts in, and what carries over from
+    one rollout to the next: the next observation ``next_obs`` ``(N, 64, 64, 3)``, whether it
+    starts an episode ``next_done`` ``(N,)``, the reward normaliser and the last 100 episode
+    returns (the last two are saved in checkpoints: :meth:`state_dict`).
+
+    A run resumed at update ``update`` passes its checkpoint's meta as ``state`` (normaliser
+    and returns); the environments restart, with a seed that differs per resumption point
+    (``seed * 1_000_003 + update``). A context manager: leaving it closes the environments.
+    """
+
+    def __init__(
+        self,
+        game: str,
+        cfg: PPOConfig,
+        device: torch.device,
+        update: int = 0,
+        state: dict | None = None,
+    ) -> None:
+        self.game, self.device, self.norm_reward = game, device, cfg.norm_reward
+        self.normalizer = RewardNormalizer(cfg.num_envs, cfg.gamma)
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        if state:
+            self.normalizer.load_state_dict(state["normalizer"])
+            self.recent_returns.extend(state["recent_returns"])
+        self.env = ProcgenVecEnv(
+            game,
+            num_envs=cfg.num_envs,
+            distribution_mode=cfg.distribution_mode,
+            num_levels=cfg.num_levels,
+            start_level=cfg.start_level,
+            seed=cfg.seed * 1_000_003 + update,
+        )
+        self.next_obs = torch.from_numpy(self.env.reset()[0]).to(device)
+        self.next_done = torch.zeros(cfg.num_envs, device=device)
+
+    def step(self, action: torch.Tensor) -> torch.Tensor:
+        """Take ``action`` ``(N,)``; return the (normalised) rewards ``(N,)`` and move
+        ``next_obs``/``next_done`` on. Truncation at Procgen's time limit ends an episode."""
+        obs, reward, term, trunc, info = self.env.step(action.cpu().numpy())
+        done = term | trunc
+        if self.norm_reward:
+            reward = self.normalizer(reward, done)
+        self.next_obs = torch.from_numpy(obs).to(self.device)
+        self.next_done = torch.from_numpy(done.astype(np.float32)).to(self.device)
+        self.recent_returns.extend(info["episode_return"][info["episode_done"]].tolist())
+        return torch.from_numpy(reward).to(self.device)
+
+    def mean_return(self) -> float:
+        """Mean of the last 100 episode returns (NaN before the first episode ends)."""
+        return float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
+
+    def normalized_return(self, expert: float | None = None) -> float:
+        """:meth:`mean_return` normalised between random and ``expert`` (the published
+        constants when None); NaN before the first episode ends."""
+        if not self.recent_returns:
+            return math.nan
+        return float(normalized_return(self.game, self.mean_return(), expert=expert))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the reward normaliser and the recent returns."""
+        return {
+            "normalizer": self.normalizer.state_dict(),
+            "recent_returns": list(self.recent_returns),
+        }
+
+    def __enter__(self) -> PPOEnvs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.env.close()
+
+
+@dataclass
+class PPOBatch:
+    """A rollout flattened to ``B = T * N`` samples: what :func:`ppo_epochs` trains on.
+
+    ``inputs``: what the network being trained reads, uint8 observations ``(B, 64, 64, 3)``
+    or cached features ``(B, F)``; ``actions``, ``logprobs``, ``advantages``, ``returns``:
+    ``(B,)``.
+    """
+
+    inputs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class RolloutBuffer:
+    """One rollout of ``T`` steps in ``N`` environments, on the training device.
+
+    ``obs`` uint8 ``(T, N, 64, 64, 3)``; ``actions``, ``logprobs``, ``rewards``, ``dones``,
+    ``values``: ``(T, N)``, with ``dones[t]`` 1 where ``obs[t]`` starts a new episode;
+    ``feats`` ``(T, N, feat_dim)``: the policy's features of each frame, kept when
+    ``feat_dim > 0`` (a frozen trunk's, computed once and reused by every epoch), else None.
+    """
+
+    def __init__(self, T: int, N: int, device: torch.device, feat_dim: int = 0) -> None:
+        self.T, self.N = T, N
+        self.obs = torch.zeros((T, N, 64, 64, 3), dtype=torch.uint8, device=device)
+        self.feats = torch.zeros((T, N, feat_dim), device=device) if feat_dim else None
+        self.actions = torch.zeros((T, N), dtype=torch.long, device=device)
+        self.logprobs = torch.zeros((T, N), device=device)
+        self.rewards = torch.zeros((T, N), device=device)
+        self.dones = torch.zeros((T, N), device=device)
+        self.values = torch.zeros((T, N), device=device)
+
+    def batch(self, advantages: torch.Tensor, returns: torch.Tensor) -> PPOBatch:
+        """The rollout with its ``advantages`` and ``returns`` ``(T, N)``, flattened; the
+        inputs are the cached features when there are any, else the observations."""
+        inputs = self.obs if self.feats is None else self.feats
+        return PPOBatch(
+            inputs.reshape(self.T * self.N, *inputs.shape[2:]),
+            self.actions.reshape(-1),
+            self.logprobs.reshape(-1),
+            advantages.reshape(-1),
+            returns.reshape(-1),
+        )
+
+
+def collect_rollout(
+    agent: PPOAgent, envs: PPOEnvs, buf: RolloutBuffer, cfg: PPOConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill ``buf`` with ``T`` steps of ``agent`` sampling its actions in ``envs``; return
+    ``(advantages, returns)`` ``(T, N)`` by GAE, bootstrapped from the value of the
+    observation after the last step."""
+    for step in range(buf.T):
+        buf.obs[step] = envs.next_obs
+        buf.dones[step] = envs.next_done
+        with torch.no_grad():
+            feats = agent.features(envs.next_obs)
+            logits, value = agent.heads(feats)
+        dist = Categorical(logits=logits.float())
+        action = dist.sample()
+        if buf.feats is not None:
+            buf.feats[step] = feats
+        buf.actions[step], buf.logprobs[step], buf.values[step] = (
+            action,
+            dist.log_prob(action),
+            value,
+        )
+        buf.rewards[step] = envs.step(action)
+    with torch.no_grad():
+        _, next_value = agent.heads(agent.features(envs.next_obs))
+    return compute_gae(
+        buf.rewards, buf.values, buf.dones, next_value, envs.next_done, cfg.gamma, cfg.gae_lambda
+    )
+
+
+def ppo_epochs(
+    evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    batch: PPOBatch,
+    cfg: PPOConfig,
+    rng: np.random.Generator,
+) -> tuple[PPOLoss, torch.Tensor]:
+    """``update_epochs`` passes over ``batch`` in ``num_minibatches`` shuffled minibatches,
+    one Adam step on :func:`ppo_loss` each, gradients clipped to ``max_grad_norm`` over every
+    parameter ``optimizer`` holds.
+
+    ``evaluate`` maps ``batch.inputs[idx]`` to ``(logits (b, num_actions), value (b,))``.
+    Returns the last minibatch's :class:`PPOLoss` and gradient norm.
+    """
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    B = batch.actions.shape[0]
+    mb_size = B // cfg.num_minibatches
+    for _epoch in range(cfg.update_epochs):
+        perm = torch.from_numpy(rng.permutation(B)).to(batch.actions.device)
+        for start in range(0, B, mb_size):
+            idx = perm[start : start + mb_size]
+            logits, value = evaluate(batch.inputs[idx])
+            dist = Categorical(logits=logits)
+            loss = ppo_loss(
+                dist.log_prob(batch.actions[idx]),
+                batch.logprobs[idx],
+                batch.advantages[idx],
+                value,
+                batch.returns[idx],
+                dist.entropy(),
+                cfg.clip_coef,
+                cfg.ent_coef,
+                cfg.vf_coef,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+    return loss, grad_norm
+
+
+# metrics.csv of a PPO run; a loop may add its own columns after these
+PPO_COLUMNS = ["update", "frames", "mean_return", "normalized_return", "fps"]
+
+
+def ppo_run(
+    out: Path,
+    kind: str,
+    cfg: PPOConfig,
+    desc: str,
+    progress: bool = True,
+    columns: list[str] = PPO_COLUMNS,
+    compare: dict | None = None,
+) -> Run:
+    """The :class:`Run` of a PPO loop: counted in updates, shown in frames, resumable with
+    a new budget (:data:`lapo.config.PPO_RESUMABLE`)."""
+    return Run(
+        out,
+        kind,
+        cfg,
+        columns=columns,
+        total=cfg.num_updates * cfg.batch_size,
+        unit="frame",
+        per_step=cfg.batch_size,
+        desc=desc,
+        resumable=PPO_RESUMABLE,
+        compare=compare,
+        progress=progress,
+        threads=cfg.threads,
+        device=cfg.device,
+    )
+
+
+def log_update(
+    run: Run,
+    update: int,
+    start: int,
+    envs: PPOEnvs,
+    loss: PPOLoss,
+    grad_norm: torch.Tensor,
+    scalars: dict[str, float] | None = None,
+    row: dict[str, float] | None = None,
+) -> None:
+    """TensorBoard scalars, a ``metrics.csv`` row and the progress bar after update
+    ``update`` (1-based) of a run resumed at ``start``; ``scalars`` and ``row`` are the
+    loop's own."""
+    frames = update * run.per_step
+    fps = (update - start) * run.per_step / max(run.wall_seconds(), 1e-9)
+    mean_ret, norm_ret = envs.mean_return(), envs.normalized_return()
+    run.scalars(
+        frames,
+        {
+            "charts/episodic_return": mean_ret,
+            "charts/normalized_return": norm_ret,
+            "charts/fps": fps,
+            "losses/policy": loss.policy.item(),
+            "losses/value": loss.value.item(),
+            "losses/entropy": loss.entropy.item(),
+            "losses/approx_kl": loss.approx_kl.item(),
+            "losses/clip_frac": loss.clip_frac.item(),
+            "losses/grad_norm": float(grad_norm),
+            **(scalars or {}),
+        },
+    )
+    base = {"update": update, "frames": frames, "mean_return": mean_ret}
+    run.row({**base, "normalized_return": norm_ret, "fps": round(fps, 1), **(row or {})})
+    run.advance(run.per_step, ret=f"{mean_ret:.2f}", norm=f"{norm_ret:.2f}")
+
+
+def checkpoint_due(update: int, cfg: PPOConfig) -> bool:
+    """Whether a checkpoint is written after update ``update`` (1-based)."""
+    return update % cfg.checkpoint_every == 0 or update == cfg.num_updates
+
+
+def ppo_summary(run: Run, cfg: PPOConfig, envs: PPOEnvs, **extra: object) -> dict:
+    """Frames trained, wall time (across resumes), the loop's ``extra`` figures and the
+    recent mean return (None before the first episode ends)."""
+    ret = envs.mean_return()
+    return {
+        "frames": cfg.num_updates * cfg.batch_size,
+        "wall_seconds": round(run.meta.get("elapsed", 0.0) + run.wall_seconds(), 1),
+        **extra,
+        "recent_mean_return": None if math.isnan(ret) else ret,
+    }
+
+
+def ppo_checkpoint(
+    run: Run,
+    update: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    envs: PPOEnvs,
+    **meta: object,
+) -> None:
+    """Everything needed to resume after update ``update``: :meth:`Run.checkpoint` plus the
+    frames, the wall time across resumes, the reward normaliser and the recent returns."""
+    run.checkpoint(
+        update,
+        model,
+        optimizer,
+        rng,
+        counter="update",
+        frames=update * run.per_step,
+        elapsed=run.meta.get("elapsed", 0.0) + run.wall_seconds(),
+        **envs.state_dict(),
+        **meta,
+    )

@@ -106,7 +106,8 @@ class Run:
     dataclass, saved under ``config.json[kind_key]`` and in every checkpoint, against which
     a resumed run is checked (apart from the fields in ``resumable``; ``compare`` adds other
     settings that must match, such as a network spec). ``columns`` are ``metrics.csv``'s,
-    the first being the step counter; ``total`` and ``unit`` drive the progress bar.
+    the first being the step counter; ``total`` and ``unit`` drive the progress bar, which
+    counts ``per_step`` units per step (a PPO update: ``num_envs * num_steps`` frames).
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class Run:
         columns: list[str],
         total: int,
         unit: str = "step",
+        per_step: int = 1,
         desc: str | None = None,
         resumable: tuple[str, ...] = (),
         compare: dict | None = None,
@@ -127,7 +129,7 @@ class Run:
     ) -> None:
         self.out, self.device = start_run(out, threads, device)
         self.kind, self.cfg = kind, cfg
-        self.columns, self.total, self.unit = columns, total, unit
+        self.columns, self.total, self.unit, self.per_step = columns, total, unit, per_step
         self.desc = desc or kind
         self.resumable, self.compare = resumable, compare or {}
         self.progress = progress
@@ -185,7 +187,7 @@ class Run:
         self.csv = CsvLog(self.out / "metrics.csv", self.columns, self.start)
         self.bar = tqdm(
             total=self.total,
-            initial=self.start,
+            initial=self.start * self.per_step,
             unit=self.unit,
             disable=not self.progress,
             desc=self.desc,

@@ -2,52 +2,55 @@
 
 The published scheme (../shared/LAPO_NOTES.md), as one loop that reads top to bottom:
 
-1. rollout: the :class:`lapo.models.policy.OnlineAgent` acts; its logits are the mean of the
-   frozen latent path's decoded logits and a zero-initialised RL head's;
+1. rollout (:func:`lapo.ppo.collect_rollout`): the :class:`lapo.models.policy.OnlineAgent`
+   acts; its logits are the mean of the frozen latent path's decoded logits and a
+   zero-initialised RL head's;
 2. decoder data: the frozen IDM labels the agent's own frame triples
    ``o[t-1], o[t], o[t+1]`` with a latent; (latent, action taken) pairs are kept;
-3. PPO on the RL path and value head, each parameter group under its own learning-rate
-   warm-up (:func:`group_lr`); the CNN trunk is frozen, so its features are computed once
-   per frame during the rollout and reused by every epoch;
+3. PPO (:func:`lapo.ppo.ppo_epochs`) on the RL path and value head, each parameter group
+   under its own learning-rate warm-up (:func:`group_lr`); the CNN trunk is frozen, so its
+   features are computed once per frame during the rollout and reused by every epoch;
 4. the decoder is re-initialised and re-fit on all pairs so far, after every update while
    under ``decoder_fit_every_until`` frames and every ``decoder_fit_every`` updates after,
    only between ``decoder_fit_start`` and ``decoder_fit_end`` frames.
 
-A run folder holds ``policy.safetensors`` + ``config.json`` (kind ``online-agent``: what
-``lapo eval`` reads), ``checkpoint.safetensors`` and ``decoder_pairs.safetensors`` (resume),
-``progress.csv`` (the learning curve) and TensorBoard files in ``tb/``.
+Everything else is :mod:`lapo.ppo`'s, shared with ``lapo expert train``. A run folder holds
+``policy.safetensors`` + ``config.json`` (kind ``online-agent``: what ``lapo eval`` reads),
+``checkpoint.safetensors`` and ``decoder_pairs.safetensors`` (resume), ``metrics.csv`` (the
+learning curve) and TensorBoard files in ``tb/``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Categorical
 
 from lapo.bc import load_stage2
-from lapo.checkpoint import (
-    CheckpointError,
-    load_tensors,
-    refuse_changed_settings,
-    restore_training_state,
-    save_tensors,
-    training_state,
-    write_json,
-)
-from lapo.config import ONLINE_RESUMABLE, OnlineConfig
+from lapo.checkpoint import CheckpointError, load_tensors
+from lapo.config import OnlineConfig
 from lapo.decode import fit_decoder
-from lapo.envs import ProcgenVecEnv, check_game, normalized_return
+from lapo.envs import NUM_ACTIONS, check_game
 from lapo.lam import frames_to_float
 from lapo.models.policy import OnlineAgent
-from lapo.ppo import RewardNormalizer, compute_gae, ppo_loss
-from lapo.runs import CsvLog, start_run
+from lapo.ppo import (
+    PPO_COLUMNS,
+    PPOBatch,
+    PPOEnvs,
+    PPOLoss,
+    RolloutBuffer,
+    checkpoint_due,
+    collect_rollout,
+    log_update,
+    ppo_checkpoint,
+    ppo_epochs,
+    ppo_run,
+    ppo_summary,
+)
+from lapo.runs import Run
 
 # parameter group -> (frames where its rate leaves 0, frames where it reaches its peak,
 # peak as a fraction of the base rate); ../shared/LAPO_NOTES.md
@@ -120,39 +123,95 @@ def ppo_update(
     frames: int,
     cfg: OnlineConfig,
     rng: np.random.Generator,
-):
-    """``update_epochs`` PPO epochs over one rollout of cached trunk features ``(B, F)``.
-
-    Each parameter group's rate is set from :func:`group_lr` at ``frames``. Returns the last
-    minibatch's :class:`lapo.ppo.PPOLoss` and gradient norm.
+) -> tuple[PPOLoss, torch.Tensor]:
+    """:func:`lapo.ppo.ppo_epochs` over one rollout of cached trunk features ``(B, F)`` (and
+    ``(B,)`` actions, log-probabilities, advantages and returns), each parameter group's rate
+    set from :func:`group_lr` at ``frames``. Returns the last minibatch's loss and grad norm.
     """
     for g in optimizer.param_groups:
         g["lr"] = group_lr(g["name"], frames, cfg)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    B = feats.shape[0]
-    mb = B // cfg.num_minibatches
-    for _epoch in range(cfg.update_epochs):
-        perm = torch.from_numpy(rng.permutation(B)).to(feats.device)
-        for start in range(0, B, mb):
-            idx = perm[start : start + mb]
-            logits, value = agent.heads(feats[idx])
-            dist = Categorical(logits=logits)
-            loss = ppo_loss(
-                dist.log_prob(actions[idx]),
-                logprobs[idx],
-                advantages[idx],
-                value,
-                returns[idx],
-                dist.entropy(),
-                cfg.clip_coef,
-                cfg.ent_coef,
-                cfg.vf_coef,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-    return loss, grad_norm
+    batch = PPOBatch(feats, actions, logprobs, advantages, returns)
+    return ppo_epochs(agent.heads, optimizer, batch, cfg, rng)
+
+
+class DecoderPairs:
+    """The (IDM latent ``(M, A)`` float16, action taken ``(M,)`` int64) pairs of the agent's
+    rollouts so far, on CPU: what every decoder fit trains on."""
+
+    FILE = "decoder_pairs.safetensors"
+
+    def __init__(self) -> None:
+        self.z: list[torch.Tensor] = []
+        self.a: list[torch.Tensor] = []
+
+    @classmethod
+    def load(cls, run: Path, count: int) -> DecoderPairs:
+        """The first ``count`` pairs saved in ``run``; pairs written after the checkpoint that
+        counted them (a kill between the two files) are dropped."""
+        pairs = cls()
+        if count:
+            saved, _ = load_tensors(Path(run) / cls.FILE)
+            pairs.add(saved["z"][:count], saved["a"][:count])
+        return pairs
+
+    def add(self, z: torch.Tensor, a: torch.Tensor) -> None:
+        self.z.append(z)
+        self.a.append(a)
+
+    def __bool__(self) -> bool:
+        """Whether any rollout added its pairs (even none)."""
+        return bool(self.z)
+
+    def count(self) -> int:
+        return sum(len(a) for a in self.a)
+
+    def merged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All pairs as one ``(z, a)``, kept merged."""
+        self.z, self.a = [torch.cat(self.z)], [torch.cat(self.a)]
+        return self.z[0], self.a[0]
+
+    def save(self, run: Run) -> None:
+        if self:
+            z, a = self.merged()
+            run.save(self.FILE, {"z": z, "a": a})
+
+
+def refit_decoder(agent: OnlineAgent, pairs: DecoderPairs, cfg: OnlineConfig, fits: int) -> None:
+    """Re-initialise the agent's decoder and fit it on every pair so far (fit ``fits``)."""
+    z, a = pairs.merged()
+    steps = max(1, cfg.decoder_epochs * math.ceil(len(a) / cfg.decoder_batch_size))
+    decoder = fit_decoder(
+        z,
+        a,
+        steps,
+        cfg.decoder_batch_size,
+        cfg.decoder_learning_rate,
+        label_smoothing=cfg.label_smoothing,
+        seed=cfg.seed * 1_000 + fits,
+    )
+    agent.decoder.load_state_dict(decoder.state_dict())
+
+
+# metrics.csv: PPO's columns with the decoder's before fps
+ONLINE_COLUMNS = [
+    *PPO_COLUMNS[:-1],
+    "demonstrator_normalized_return",
+    "decoder_pairs",
+    "decoder_fits",
+    "fps",
+]
+
+
+def load_stage2_run(policy_run: Path, game: str) -> tuple[nn.Module, nn.Module, dict]:
+    """The stage-2 run ``policy_run``'s ``(latent policy, IDM, config)``; refuses another game."""
+    check_game(game)
+    policy, idm, stage2 = load_stage2(policy_run)
+    if stage2.get("game") and stage2["game"] != game:
+        raise CheckpointError(
+            f"stage-2 run {policy_run} was trained on {stage2['game']}, not {game}: "
+            f"use --env {stage2['game']}"
+        )
+    return policy, idm, stage2
 
 
 def decode_online(
@@ -164,241 +223,71 @@ def decode_online(
     command: str | None = None,
 ) -> dict:
     """Online decoding of stage-2 run ``policy_run`` in ``game`` into ``out`` (resumable)."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    check_game(game)
-    policy, idm, stage2 = load_stage2(policy_run)
-    if stage2.get("game") and stage2["game"] != game:
-        raise CheckpointError(
-            f"stage-2 run {policy_run} was trained on {stage2['game']}, not {game}: "
-            f"use --env {stage2['game']}"
-        )
+    policy, idm, stage2 = load_stage2_run(policy_run, game)
     demo_return = stage2.get("demonstrator_return")
-    out, device = start_run(out, cfg.threads, cfg.device)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    agent = OnlineAgent.from_latent_policy(policy).to(device, memory_format=torch.channels_last)
-    idm = idm.to(device).eval()
-    optimizer = make_optimizer(agent)
-    normalizer = RewardNormalizer(cfg.num_envs, cfg.gamma)
-    start_update, elapsed_before, fits = 0, 0.0, 0
-    recent_returns: deque[float] = deque(maxlen=100)
-    pair_z: list[torch.Tensor] = []
-    pair_a: list[torch.Tensor] = []
-
-    ckpt_path = out / "checkpoint.safetensors"
-    pairs_path = out / "decoder_pairs.safetensors"
-    if ckpt_path.exists():
-        tensors, meta = load_tensors(ckpt_path)
-        refuse_changed_settings(
-            ckpt_path,
-            {**meta["config"], "policy": meta["policy_run"], "env": meta["game"]},
-            {**dataclasses.asdict(cfg), "policy": str(policy_run), "env": game},
-            ONLINE_RESUMABLE,
+    compare = {"policy": str(policy_run), "env": game}
+    run = ppo_run(out, "online-agent", cfg, f"online {game}", progress, ONLINE_COLUMNS, compare)
+    with run:
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        agent = OnlineAgent.from_latent_policy(policy, NUM_ACTIONS)
+        agent = agent.to(run.device, memory_format=torch.channels_last)
+        idm = idm.to(run.device).eval()
+        optimizer = make_optimizer(agent)
+        start = run.resume(agent, optimizer, rng, counter="update")
+        fits = run.meta.get("fits", 0)
+        pairs = DecoderPairs.load(run.out, run.meta.get("pairs", 0))
+        width = stage2["network"]["width"]
+        config = dict(
+            network={"class": "online-agent", "latent_dim": policy.latent_dim, "width": width},
+            game=game,
+            demonstrator_return=demo_return,
+            data_policy=stage2.get("data_policy"),
+            policy_run=str(policy_run),
+            command=command,
         )
-        restore_training_state(tensors, meta, agent, optimizer, rng)
-        normalizer.load_state_dict(meta["normalizer"])
-        start_update, elapsed_before, fits = meta["update"], meta["elapsed"], meta["fits"]
-        recent_returns.extend(meta["recent_returns"])
-        if meta["pairs"]:
-            # pairs written after this checkpoint (a kill between the two files) are dropped
-            pt, _ = load_tensors(pairs_path)
-            pair_z, pair_a = [pt["z"][: meta["pairs"]]], [pt["a"][: meta["pairs"]]]
-    config = {
-        "kind": "online-agent",
-        "network": {
-            "class": "online-agent",
-            "latent_dim": policy.latent_dim,
-            "width": stage2["network"]["width"],
-        },
-        "game": game,
-        "demonstrator_return": demo_return,
-        "data_policy": stage2.get("data_policy"),
-        "policy_run": str(policy_run),
-        "online": dataclasses.asdict(cfg),
-        "command": command,
-    }
-
-    env = ProcgenVecEnv(
-        game,
-        num_envs=cfg.num_envs,
-        distribution_mode=cfg.distribution_mode,
-        num_levels=cfg.num_levels,
-        start_level=cfg.start_level,
-        seed=cfg.seed * 1_000_003 + start_update,
-    )
-    next_obs = torch.from_numpy(env.reset()[0]).to(device)
-    next_done = torch.zeros(cfg.num_envs, device=device)
-    T, N = cfg.num_steps, cfg.num_envs
-    feat_dim = agent.rl_fc.in_features
-    obs_buf = torch.zeros((T, N, 64, 64, 3), dtype=torch.uint8, device=device)
-    feats = torch.zeros((T, N, feat_dim), device=device)
-    actions = torch.zeros((T, N), dtype=torch.long, device=device)
-    logprobs = torch.zeros((T, N), device=device)
-    rewards = torch.zeros((T, N), device=device)
-    dones = torch.zeros((T, N), device=device)
-    values = torch.zeros((T, N), device=device)
-
-    writer = SummaryWriter(str(out / "tb"))
-    log = CsvLog(
-        out / "progress.csv",
-        [
-            "update",
-            "frames",
-            "mean_return",
-            "normalized_return",
-            "demonstrator_normalized_return",
-            "decoder_pairs",
-            "decoder_fits",
-            "fps",
-        ],
-        start_update,
-    )
-    bar = tqdm(
-        total=cfg.num_updates * cfg.batch_size,
-        initial=start_update * cfg.batch_size,
-        unit="frame",
-        unit_scale=True,
-        disable=not progress,
-        desc=f"online {game}",
-        dynamic_ncols=True,
-    )
-    t0 = time.time()
-    try:
-        for update in range(start_update, cfg.num_updates):
-            frames_before = update * cfg.batch_size
-            # 1. rollout with the averaged logits; trunk features are cached for PPO
-            agent.eval()
-            for step in range(T):
-                obs_buf[step] = next_obs
-                dones[step] = next_done
-                with torch.no_grad():
-                    f = agent.trunk_features(next_obs)
-                    logits, value = agent.heads(f)
-                dist = Categorical(logits=logits.float())
-                action = dist.sample()
-                feats[step] = f
-                actions[step], logprobs[step], values[step] = action, dist.log_prob(action), value
-                obs_np, reward, term, trunc, info = env.step(action.cpu().numpy())
-                done = term | trunc
-                if cfg.norm_reward:
-                    reward = normalizer(reward, done)
-                rewards[step] = torch.from_numpy(reward).to(device)
-                next_obs = torch.from_numpy(obs_np).to(device)
-                next_done = torch.from_numpy(done.astype(np.float32)).to(device)
-                recent_returns.extend(info["episode_return"][info["episode_done"]].tolist())
-
-            # 2. decoder data: the IDM's latents of the agent's own frame triples
-            if frames_before < cfg.decoder_fit_end:
-                z, a = rollout_pairs(idm, obs_buf, actions, dones)
-                pair_z.append(z)
-                pair_a.append(a)
-
-            # 3. PPO on the RL path and value head, over cached features
-            with torch.no_grad():
-                _, next_value = agent.heads(agent.trunk_features(next_obs))
-            advantages, returns = compute_gae(
-                rewards, values, dones, next_value, next_done, cfg.gamma, cfg.gae_lambda
-            )
-            agent.train()
-            loss, grad_norm = ppo_update(
-                agent,
-                optimizer,
-                feats.reshape(T * N, feat_dim),
-                actions.reshape(-1),
-                logprobs.reshape(-1),
-                advantages.reshape(-1),
-                returns.reshape(-1),
-                frames_before,
-                cfg,
-                rng,
-            )
-
-            # 4. re-fit the decoder on every pair so far
-            frames = (update + 1) * cfg.batch_size
-            if decoder_fit_due(update + 1, frames, cfg) and pair_z:
-                pair_z, pair_a = [torch.cat(pair_z)], [torch.cat(pair_a)]
-                n = len(pair_a[0])
-                steps = max(1, cfg.decoder_epochs * math.ceil(n / cfg.decoder_batch_size))
-                decoder = fit_decoder(
-                    pair_z[0],
-                    pair_a[0],
-                    steps,
-                    cfg.decoder_batch_size,
-                    cfg.decoder_learning_rate,
-                    label_smoothing=cfg.label_smoothing,
-                    seed=cfg.seed * 1_000 + fits,
-                )
-                agent.decoder.load_state_dict(decoder.state_dict())
-                fits += 1
-
-            # 5. logging
-            elapsed = elapsed_before + time.time() - t0
-            fps = (update + 1 - start_update) * cfg.batch_size / max(time.time() - t0, 1e-9)
-            mean_ret = float(np.mean(recent_returns)) if recent_returns else math.nan
-            norm_ret = float(normalized_return(game, mean_ret)) if recent_returns else math.nan
-            demo_norm = (
-                float(normalized_return(game, mean_ret, expert=demo_return))
-                if recent_returns and demo_return
-                else math.nan
-            )
-            n_pairs = sum(len(a) for a in pair_a)
-            for name, val in {
-                "charts/episodic_return": mean_ret,
-                "charts/normalized_return": norm_ret,
-                "charts/demonstrator_normalized_return": demo_norm,
-                "charts/fps": fps,
-                "decoder/pairs": n_pairs,
-                "decoder/fits": fits,
-                "losses/policy": loss.policy.item(),
-                "losses/value": loss.value.item(),
-                "losses/entropy": loss.entropy.item(),
-                "losses/approx_kl": loss.approx_kl.item(),
-                "losses/grad_norm": float(grad_norm),
-                **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
-            }.items():
-                writer.add_scalar(name, val, frames)
-            log.write(
-                [update + 1, frames, mean_ret, norm_ret, demo_norm, n_pairs, fits, round(fps, 1)]
-            )
-            bar.update(cfg.batch_size)
-            bar.set_postfix(ret=f"{mean_ret:.2f}", norm=f"{norm_ret:.2f}", refresh=False)
-
-            # 6. checkpoint
-            last = update + 1 == cfg.num_updates
-            if (update + 1) % cfg.checkpoint_every == 0 or last:
-                if pair_z:
-                    pair_z, pair_a = [torch.cat(pair_z)], [torch.cat(pair_a)]
-                    save_tensors(pairs_path, {"z": pair_z[0], "a": pair_a[0]})
-                tensors, meta = training_state(
-                    agent,
-                    optimizer,
-                    rng,
-                    update=update + 1,
-                    frames=frames,
-                    elapsed=elapsed,
-                    fits=fits,
-                    pairs=sum(len(a) for a in pair_a),
-                    normalizer=normalizer.state_dict(),
-                    recent_returns=list(recent_returns),
-                    config=dataclasses.asdict(cfg),
-                    policy_run=str(policy_run),
-                    game=game,
-                )
-                save_tensors(ckpt_path, tensors, meta)
-                save_tensors(out / "policy.safetensors", agent.state_dict())
-                write_json(out / "config.json", {**config, "frames_trained": frames})
-    finally:
-        bar.close()
-        writer.close()
-        log.close()
-        env.close()
-    wall = time.time() - t0
-    return {
-        "out": str(out),
-        "frames": cfg.num_updates * cfg.batch_size,
-        "wall_seconds": round(elapsed_before + wall, 1),
-        "decoder_fits": fits,
-        "recent_mean_return": float(np.mean(recent_returns)) if recent_returns else None,
-    }
+        run.write_config("online", **config, frames_trained=run.meta.get("frames"))
+        buf = RolloutBuffer(cfg.num_steps, cfg.num_envs, run.device, agent.rl_fc.in_features)
+        with PPOEnvs(game, cfg, run.device, start, run.meta) as envs:
+            for update in range(start, cfg.num_updates):
+                frames_before, frames = update * cfg.batch_size, (update + 1) * cfg.batch_size
+                # 1. rollout with the averaged logits; trunk features are cached for PPO
+                agent.eval()
+                advantages, returns = collect_rollout(agent, envs, buf, cfg)
+                # 2. decoder data: the IDM's latents of the agent's own frame triples
+                if frames_before < cfg.decoder_fit_end:
+                    pairs.add(*rollout_pairs(idm, buf.obs, buf.actions, buf.dones))
+                # 3. PPO on the RL path and value head, over cached features
+                agent.train()
+                b = buf.batch(advantages, returns)
+                loss, grad_norm = ppo_update(
+                    agent, optimizer, b.inputs, b.actions, b.logprobs, b.advantages, b.returns,
+                    frames_before, cfg, rng,
+                )  # fmt: skip
+                # 4. re-fit the decoder on every pair so far
+                if decoder_fit_due(update + 1, frames, cfg) and pairs:
+                    refit_decoder(agent, pairs, cfg, fits)
+                    fits += 1
+                # 5. logging
+                demo_norm = envs.normalized_return(demo_return) if demo_return else math.nan
+                scalars = {
+                    "charts/demonstrator_normalized_return": demo_norm,
+                    "decoder/pairs": pairs.count(),
+                    "decoder/fits": fits,
+                    **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
+                }
+                row = {
+                    "demonstrator_normalized_return": demo_norm,
+                    "decoder_pairs": pairs.count(),
+                    "decoder_fits": fits,
+                }
+                log_update(run, update + 1, start, envs, loss, grad_norm, scalars, row)
+                # 6. checkpoint
+                if checkpoint_due(update + 1, cfg):
+                    pairs.save(run)
+                    ppo_checkpoint(
+                        run, update + 1, agent, optimizer, rng, envs, fits=fits, pairs=pairs.count()
+                    )
+                    run.save("policy.safetensors", agent.state_dict())
+                    run.write_config("online", **config, frames_trained=frames)
+    return {"out": str(run.out), **ppo_summary(run, cfg, envs, decoder_fits=fits)}

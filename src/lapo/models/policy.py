@@ -3,11 +3,14 @@
 Every network here maps uint8 observations ``(B, 64, 64, 3)`` to what it predicts:
 
 - :class:`LatentPolicy` (stage 2): IMPALA-CNN -> latent action ``(B, A)``.
-- :class:`ActionDecoder` (stage 3): MLP from a latent action ``(B, A)`` to 15 action logits.
-- :class:`DecodedPolicy` (offline decoding): ``decoder(latent_policy(o))`` -> ``(B, 15)``.
-- :class:`ActionPolicy` (baselines): IMPALA-CNN -> ``(B, 15)`` logits.
+- :class:`ActionDecoder` (stage 3): MLP from a latent action ``(B, A)`` to action logits.
+- :class:`DecodedPolicy` (offline decoding): ``decoder(latent_policy(o))`` -> logits.
+- :class:`ActionPolicy` (baselines): IMPALA-CNN -> action logits.
 - :class:`OnlineAgent` (online decoding): a frozen latent path and decoder averaged with a
   trainable RL path, plus a value head.
+
+Networks with action logits are told their action count ``num_actions`` (``K`` in the shapes
+below); callers pass ``lapo.envs.NUM_ACTIONS``, Procgen's 15, which is also the default.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lapo.envs import NUM_ACTIONS
 from lapo.models.impala import ImpalaCNN, obs_to_float
 
 DECODER_HIDDEN = (192, 128, 64)  # ../shared/LAPO_NOTES.md: 128 -> 192 -> 128 -> 64 -> 15
+PROCGEN_ACTIONS = 15  # the default num_actions (lapo.envs.NUM_ACTIONS)
 
 
 def _features(encoder: ImpalaCNN, obs: torch.Tensor) -> torch.Tensor:
@@ -44,7 +47,7 @@ class LatentPolicy(nn.Module):
 
 
 class ActionDecoder(nn.Module):
-    """MLP from a latent action ``(B, A)`` to action logits ``(B, 15)``.
+    """MLP from a latent action ``(B, A)`` to action logits ``(B, K)``.
 
     Latents are standardised first with ``z_mean``/``z_std``, buffers set from the labelled
     latents the decoder is fit on (:func:`lapo.decode.fit_decoder`).
@@ -54,7 +57,7 @@ class ActionDecoder(nn.Module):
         self,
         latent_dim: int,
         hidden: tuple[int, ...] = DECODER_HIDDEN,
-        num_actions: int = NUM_ACTIONS,
+        num_actions: int = PROCGEN_ACTIONS,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -68,33 +71,33 @@ class ActionDecoder(nn.Module):
         self.register_buffer("z_std", torch.ones(latent_dim))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # (B, A) -> (B, 15)
+        # (B, A) -> (B, K)
         return self.net((z - self.z_mean) / self.z_std)
 
 
 class DecodedPolicy(nn.Module):
-    """Offline decoding's deployed policy: ``decoder(latent_policy(o))`` -> ``(B, 15)`` logits."""
+    """Offline decoding's deployed policy: ``decoder(latent_policy(o))`` -> ``(B, K)`` logits."""
 
-    def __init__(self, latent_dim: int, width: int = 4) -> None:
+    def __init__(self, latent_dim: int, width: int = 4, num_actions: int = PROCGEN_ACTIONS) -> None:
         super().__init__()
         self.latent_policy = LatentPolicy(latent_dim, width)
-        self.decoder = ActionDecoder(latent_dim)
+        self.decoder = ActionDecoder(latent_dim, num_actions=num_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # (B, 64, 64, 3) uint8 -> (B, A) -> (B, 15)
+        # (B, 64, 64, 3) uint8 -> (B, A) -> (B, K)
         return self.decoder(self.latent_policy(obs))
 
 
 class ActionPolicy(nn.Module):
-    """Baselines' policy: IMPALA-CNN -> action logits ``(B, 15)``, trained on action labels."""
+    """Baselines' policy: IMPALA-CNN -> action logits ``(B, K)``, trained on action labels."""
 
-    def __init__(self, width: int = 4, num_actions: int = NUM_ACTIONS) -> None:
+    def __init__(self, width: int = 4, num_actions: int = PROCGEN_ACTIONS) -> None:
         super().__init__()
         self.encoder = ImpalaCNN(in_channels=3, width=width)
         self.head = nn.Linear(self.encoder.out_features, num_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # (B, 64, 64, 3) uint8 -> (B, 256) -> (B, 15)
+        # (B, 64, 64, 3) uint8 -> (B, 256) -> (B, K)
         return self.head(_features(self.encoder, obs))
 
 
@@ -105,21 +108,21 @@ class OnlineAgent(nn.Module):
     - latent path, frozen: the latent policy's linear layer and latent head, then
       ``decoder`` (re-fit from the agent's own transitions, never by PPO).
     - RL path, trained by PPO: ``rl_fc`` (a copy of the latent policy's linear layer) and
-      ``rl_head`` (15-way, initialised to zero, so the agent starts as the decoded policy).
+      ``rl_head`` (K-way, initialised to zero, so the agent starts as the decoded policy).
     - ``value_head`` on the RL path's features.
 
     The action logits are the mean of the two paths' logits.
     """
 
-    def __init__(self, latent_dim: int, width: int = 4) -> None:
+    def __init__(self, latent_dim: int, width: int = 4, num_actions: int = PROCGEN_ACTIONS) -> None:
         super().__init__()
         lp = LatentPolicy(latent_dim, width)
         self.trunk = lp.encoder.stacks
         self.latent_fc = lp.encoder.fc
         self.latent_head = lp.head
-        self.decoder = ActionDecoder(latent_dim)
+        self.decoder = ActionDecoder(latent_dim, num_actions=num_actions)
         self.rl_fc = copy.deepcopy(lp.encoder.fc)
-        self.rl_head = nn.Linear(lp.encoder.out_features, NUM_ACTIONS)
+        self.rl_head = nn.Linear(lp.encoder.out_features, num_actions)
         nn.init.zeros_(self.rl_head.weight)
         nn.init.zeros_(self.rl_head.bias)
         self.value_head = nn.Linear(lp.encoder.out_features, 1)
@@ -129,10 +132,12 @@ class OnlineAgent(nn.Module):
             module.requires_grad_(False)
 
     @classmethod
-    def from_latent_policy(cls, policy: LatentPolicy) -> OnlineAgent:
+    def from_latent_policy(
+        cls, policy: LatentPolicy, num_actions: int = PROCGEN_ACTIONS
+    ) -> OnlineAgent:
         """The agent at frame 0: trunk, latent path and RL linear layer copied from ``policy``."""
         width = policy.encoder.stacks[0].conv.out_channels // 16
-        agent = cls(policy.latent_dim, width)
+        agent = cls(policy.latent_dim, width, num_actions)
         agent.trunk.load_state_dict(policy.encoder.stacks.state_dict())
         agent.latent_fc.load_state_dict(policy.encoder.fc.state_dict())
         agent.latent_head.load_state_dict(policy.head.state_dict())
@@ -145,19 +150,23 @@ class OnlineAgent(nn.Module):
         x = obs_to_float(obs).contiguous(memory_format=torch.channels_last)
         return F.relu(self.trunk(x)).flatten(1)
 
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """:meth:`trunk_features`: what a PPO rollout caches (:func:`lapo.ppo.collect_rollout`)."""
+        return self.trunk_features(obs)
+
     def latent(self, feats: torch.Tensor) -> torch.Tensor:
         """Trunk features ``(B, F)`` -> the frozen latent path's latent action ``(B, A)``."""
         return self.latent_head(F.relu(self.latent_fc(feats)))
 
     def heads(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Trunk features ``(B, F)`` -> ``(logits (B, 15), value (B,))``."""
-        decoded = self.decoder(self.latent(feats))  # (B, 15)
+        """Trunk features ``(B, F)`` -> ``(logits (B, K), value (B,))``."""
+        decoded = self.decoder(self.latent(feats))  # (B, K)
         h = F.relu(self.rl_fc(feats))  # (B, 256)
         logits = (decoded + self.rl_head(h)) / 2
         return logits, self.value_head(h).squeeze(-1)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # (B, 64, 64, 3) uint8 -> (B, F) -> (B, 15) logits
+        # (B, 64, 64, 3) uint8 -> (B, F) -> (B, K) logits
         return self.heads(self.trunk_features(obs))[0]
 
 
