@@ -2,9 +2,10 @@
 
 - :func:`require_actions`: the dataset records the true actions (probe, decoding, baselines).
 - :func:`check_same_game`: the dataset is of the game a run was trained on.
-- :func:`check_frame_size`: the frames are the 64x64x3 Procgen frames lapo's networks take.
 
-:func:`dataset_for` opens a dataset's manifest and applies the checks a caller asks for.
+The frame size (64x64x3, what lapo's networks take) is checked when any dataset is opened
+(:func:`lapo.data.format.open_dataset`). :func:`dataset_for` opens a dataset's manifest and
+applies the checks a caller asks for.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from lapo.data.format import DatasetError, open_dataset
-
-FRAME_SHAPE = [64, 64, 3]
 
 
 def require_actions(data: Path, manifest: dict, purpose: str) -> None:
@@ -33,24 +32,13 @@ def check_same_game(what: str, game: str | None, data: Path, manifest: dict) -> 
         )
 
 
-def check_frame_size(data: Path, manifest: dict) -> None:
-    """Refuse frames other than 64x64x3."""
-    shape = list(manifest.get("obs_shape", FRAME_SHAPE))
-    if shape != FRAME_SHAPE:
-        raise DatasetError(
-            f"{data} holds {'x'.join(map(str, shape))} frames; lapo's networks take 64x64x3 "
-            "Procgen frames"
-        )
-
-
 def dataset_for(
     data: Path, what: str = "", game: str | None = None, actions_for: str | None = None
 ) -> dict:
-    """``data``'s manifest, after checking its frame size, that it is of ``game`` (the game of
-    ``what``, when given) and, with ``actions_for``, that it holds the true actions."""
+    """``data``'s manifest, after checking that it is of ``game`` (the game of ``what``, when
+    given) and, with ``actions_for``, that it holds the true actions."""
     manifest = open_dataset(data).manifest
     check_same_game(what, game, data, manifest)
-    check_frame_size(data, manifest)
     if actions_for is not None:
         require_actions(data, manifest, actions_for)
     return manifest
