@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from lapo.bc import load_stage2, lr_scale, train_latent_bc
+from lapo.bc import lr_scale, train_latent_bc
 from lapo.checkpoint import load_tensors, read_json
 from lapo.cli import main
 from lapo.config import BCConfig, OfflineConfig, OnlineConfig, lam_preset
@@ -42,6 +42,7 @@ from lapo.lam import load_lam, train_lam
 from lapo.models.policy import ActionDecoder, OnlineAgent
 from lapo.policies import load_policy
 from lapo.ppo import compute_gae
+from lapo.runkinds import load_stage2
 
 GAME = "coinrun"
 LABELS = 1000  # K labelled train windows for offline decoding
