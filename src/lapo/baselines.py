@@ -57,11 +57,17 @@ def bc_on_labels(
 def supervised_idm(cfg: SupervisedIDMConfig) -> nn.Module:
     """IMPALA-CNN over stacked ``o[t-1], o[t], o[t+1]`` (and differences) -> 15 logits."""
     channels = 15 if cfg.differences else 9
-    return nn.Sequential(ImpalaCNN(in_channels=channels, width=cfg.width), nn.Linear(256, 15))
+    return nn.Sequential(
+        ImpalaCNN(in_channels=channels, width=cfg.width), nn.Linear(256, NUM_ACTIONS)
+    )
 
 
 def idm_predict(
-    model: nn.Module, cfg: SupervisedIDMConfig, ds: WindowDataset, starts: np.ndarray, device
+    model: nn.Module,
+    cfg: SupervisedIDMConfig,
+    ds: WindowDataset,
+    starts: np.ndarray,
+    device: torch.device,
 ) -> np.ndarray:
     """The supervised IDM's action ``(N,)`` for the windows of ``ds`` at ``starts``."""
     model.eval()
@@ -75,7 +81,7 @@ def idm_predict(
 
 
 def score_supervised_idm(
-    model: nn.Module, cfg: SupervisedIDMConfig, test: WindowDataset, seed: int, device
+    model: nn.Module, cfg: SupervisedIDMConfig, test: WindowDataset, seed: int, device: torch.device
 ) -> dict:
     """:func:`classification_report` of the supervised IDM on up to 4,096 test windows drawn
     by ``seed``."""
@@ -86,7 +92,7 @@ def score_supervised_idm(
 
 
 def supervised_idm_loss(
-    model: nn.Module, cfg: SupervisedIDMConfig, batch: dict[str, np.ndarray], device
+    model: nn.Module, cfg: SupervisedIDMConfig, batch: dict[str, np.ndarray], device: torch.device
 ) -> torch.Tensor:
     """Cross-entropy of the supervised IDM on a batch of windows ``(B, 3, 64, 64, 3)``
     against the middle frames' actions ``(B,)``."""
