@@ -116,3 +116,33 @@ def test_dataset_shorter_than_a_window(tmp_path):
         WindowDataset(out, "train", k=3)
     with pytest.raises(DatasetError, match=r"has 0 frames in split 'test'"):
         WindowDataset(out, "test", k=3)
+
+
+def test_chunks_read_the_windows_in_order(data):
+    out, _, _ = data
+    ds = WindowDataset(out, "train", k=3)
+    starts = ds.starts[:50]
+    parts = list(ds.chunks(starts, 16))
+    assert [len(p["index"]) for p in parts] == [16, 16, 16, 2]
+    np.testing.assert_array_equal(np.concatenate([p["obs"] for p in parts]), ds.read(starts)["obs"])
+
+
+def test_dataset_checks_say_one_thing_each(data, tmp_path):
+    import json
+    import shutil
+
+    from lapo.data.checks import dataset_for
+
+    out, _, _ = data
+    assert dataset_for(out, "run r", GAME, actions_for="the probe")["game"] == GAME
+    with pytest.raises(DatasetError, match=f"run r is for coinrun but {out} holds {GAME}"):
+        dataset_for(out, "run r", "coinrun")
+    plain = tmp_path / "plain"
+    shutil.copytree(out, plain)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    (plain / "manifest.json").write_text(json.dumps({**manifest, "has_actions": False}))
+    with pytest.raises(DatasetError, match="has no actions: the probe needs a dataset with true"):
+        dataset_for(plain, actions_for="the probe")
+    (plain / "manifest.json").write_text(json.dumps({**manifest, "obs_shape": [84, 84, 3]}))
+    with pytest.raises(DatasetError, match="holds 84x84x3 frames; lapo.s networks take 64x64x3"):
+        dataset_for(plain)

@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from lapo.bc import load_stage2, lr_scale, train_latent_bc
-from lapo.checkpoint import load_tensors, read_json
+from lapo.bc import lr_scale, train_latent_bc
+from lapo.checkpoint import CheckpointError, load_tensors, read_json, write_json
 from lapo.cli import main
 from lapo.config import BCConfig, OfflineConfig, OnlineConfig, lam_preset
 from lapo.config import bc_preset as preset
@@ -42,6 +42,7 @@ from lapo.lam import load_lam, train_lam
 from lapo.models.policy import ActionDecoder, OnlineAgent
 from lapo.policies import load_policy
 from lapo.ppo import compute_gae
+from lapo.runkinds import load_stage2
 
 GAME = "coinrun"
 LABELS = 1000  # K labelled train windows for offline decoding
@@ -448,3 +449,28 @@ def test_eval_refuses_a_latent_policy(stage2, capsys):
     assert main(["eval", "--policy", str(stage2[0]), "--episodes", "1"]) == 2
     err = one_line_error(capsys)
     assert "latent" in err and "lapo decode offline" in err
+
+
+def test_each_run_kind_has_one_network_spec_and_a_checked_config(tmp_path):
+    from lapo.models.policy import ActionPolicy, DecodedPolicy, LatentPolicy, build_network
+    from lapo.runkinds import (
+        LATENT_POLICY,
+        action_policy_spec,
+        decoded_policy_spec,
+        latent_policy_spec,
+        online_agent_spec,
+        read_run_config,
+    )
+
+    for spec, cls in [
+        (latent_policy_spec(8, 1), LatentPolicy),
+        (decoded_policy_spec(8, 1), DecodedPolicy),
+        (action_policy_spec(1), ActionPolicy),
+        (online_agent_spec(8, 1), OnlineAgent),
+    ]:
+        assert type(build_network(spec)) is cls
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        read_run_config(tmp_path, (LATENT_POLICY,))
+    write_json(tmp_path / "config.json", {"kind": "lam"})
+    with pytest.raises(CheckpointError, match="is a 'lam' run; this needs a latent-policy run"):
+        read_run_config(tmp_path, (LATENT_POLICY,))

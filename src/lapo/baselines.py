@@ -27,11 +27,10 @@ from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
 from lapo.expert import train_expert
-from lapo.lam import frames_to_float
-from lapo.models.idm import stack_frames
+from lapo.models.idm import frames_to_float, map_windows, stack_frames
 from lapo.models.impala import ImpalaCNN
 from lapo.probe import classification_report
-from lapo.runs import resolve_device
+from lapo.runs import start_run
 
 
 def bc_on_labels(
@@ -44,7 +43,7 @@ def bc_on_labels(
     command: str | None = None,
 ) -> dict:
     """Baseline (a): BC from scratch on K labelled windows (same choice as decoding)."""
-    starts = labelled_starts(data, labels, cfg.seed, labels_from)
+    starts = labelled_starts(data, labels, cfg.seed, labels_from, purpose="baseline (a)")
     return train_action_bc(
         cfg,
         data,
@@ -59,25 +58,31 @@ def bc_on_labels(
 def supervised_idm(cfg: SupervisedIDMConfig) -> nn.Module:
     """IMPALA-CNN over stacked ``o[t-1], o[t], o[t+1]`` (and differences) -> 15 logits."""
     channels = 15 if cfg.differences else 9
-    return nn.Sequential(ImpalaCNN(in_channels=channels, width=cfg.width), nn.Linear(256, 15))
+    return nn.Sequential(
+        ImpalaCNN(in_channels=channels, width=cfg.width), nn.Linear(256, NUM_ACTIONS)
+    )
 
 
-@torch.no_grad()
 def idm_predict(
-    model: nn.Module, cfg: SupervisedIDMConfig, ds: WindowDataset, starts: np.ndarray, device
+    model: nn.Module,
+    cfg: SupervisedIDMConfig,
+    ds: WindowDataset,
+    starts: np.ndarray,
+    device: torch.device,
 ) -> np.ndarray:
     """The supervised IDM's action ``(N,)`` for the windows of ``ds`` at ``starts``."""
     model.eval()
-    preds = []
-    for i in range(0, len(starts), 512):
-        x = frames_to_float(torch.from_numpy(ds.read(starts[i : i + 512])["obs"]).to(device))
-        x = stack_frames(x, cfg.differences, cfg.difference_scale)
-        preds.append(model(x).argmax(-1).cpu().numpy())
-    return np.concatenate(preds)
+    windows = (batch["obs"] for batch in ds.chunks(starts, 512))
+    (pred,) = map_windows(
+        lambda x: model(stack_frames(x, cfg.differences, cfg.difference_scale)).argmax(-1),
+        windows,
+        device,
+    )
+    return pred.numpy()
 
 
 def score_supervised_idm(
-    model: nn.Module, cfg: SupervisedIDMConfig, test: WindowDataset, seed: int, device
+    model: nn.Module, cfg: SupervisedIDMConfig, test: WindowDataset, seed: int, device: torch.device
 ) -> dict:
     """:func:`classification_report` of the supervised IDM on up to 4,096 test windows drawn
     by ``seed``."""
@@ -85,6 +90,16 @@ def score_supervised_idm(
     te = np.sort(rng.choice(test.starts, min(4_096, len(test)), replace=False))
     pred = idm_predict(model, cfg, test, te, device)
     return classification_report(test.arrays["actions"][te + 1], pred, NUM_ACTIONS)
+
+
+def supervised_idm_loss(
+    model: nn.Module, cfg: SupervisedIDMConfig, batch: dict[str, np.ndarray], device: torch.device
+) -> torch.Tensor:
+    """Cross-entropy of the supervised IDM on a batch of windows ``(B, 3, 64, 64, 3)``
+    against the middle frames' actions ``(B,)``."""
+    x = frames_to_float(torch.from_numpy(batch["obs"]).to(device))
+    y = torch.from_numpy(batch["actions"][:, 1]).to(device)
+    return F.cross_entropy(model(stack_frames(x, cfg.differences, cfg.difference_scale)), y)
 
 
 def train_supervised_idm(
@@ -106,14 +121,48 @@ def train_supervised_idm(
     bs = min(cfg.batch_size, len(starts))
     for _ in tqdm(range(cfg.steps), desc="supervised idm", disable=not progress):
         batch = train.read(starts[rng.integers(0, len(starts), bs)])
-        x = frames_to_float(torch.from_numpy(batch["obs"]).to(device))
-        y = torch.from_numpy(batch["actions"][:, 1]).to(device)
-        logits = model(stack_frames(x, cfg.differences, cfg.difference_scale))
-        loss = F.cross_entropy(logits, y)
+        loss = supervised_idm_loss(model, cfg, batch, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return model
+
+
+def idm_labels(
+    idm_cfg: SupervisedIDMConfig,
+    data: Path,
+    out: Path,
+    starts: np.ndarray,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """Baseline (b)'s labels ``(frames,)`` (-1 where no train window starts) and the
+    supervised IDM's report: fit on the K labelled windows ``starts``, it labels every train
+    window; the K keep their true label. Written to ``out/idm_labels.safetensors`` and read
+    back from there by a resumed run."""
+    labels_path = out / "idm_labels.safetensors"
+    if labels_path.exists():
+        tensors, report = load_tensors(labels_path)
+        return tensors["labels"].numpy(), report
+    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
+    model = train_supervised_idm(idm_cfg, train, starts, device, seed, progress)
+    rep = score_supervised_idm(model, idm_cfg, test, seed + 1, device)
+    true = train.arrays["actions"]
+    frame_labels = np.full(train.frames, -1, np.int64)
+    frame_labels[train.starts] = idm_predict(model, idm_cfg, train, train.starts, device)
+    frame_labels[starts] = true[starts + 1]
+    report = {
+        "idm": dataclasses.asdict(idm_cfg),
+        "idm_test_accuracy": rep["accuracy"],
+        "idm_test_balanced_accuracy": rep["balanced_accuracy"],
+        "train_label_agreement": float(
+            (frame_labels[train.starts] == true[train.starts + 1]).mean()
+        ),
+    }
+    save_tensors(labels_path, {"labels": torch.from_numpy(frame_labels)}, report)
+    write_json(out / "supervised_idm.json", report)
+    return frame_labels, report
 
 
 def idm_labels_bc(
@@ -127,35 +176,9 @@ def idm_labels_bc(
     command: str | None = None,
 ) -> dict:
     """Baseline (b): supervised IDM on K labels -> labels for every train window -> BC."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    starts = labelled_starts(data, labels, cfg.seed, labels_from)
-    device = resolve_device(cfg.device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
-    labels_path = out / "idm_labels.safetensors"
-    if labels_path.exists():
-        tensors, report = load_tensors(labels_path)
-        frame_labels = tensors["labels"].numpy()
-    else:
-        model = train_supervised_idm(idm_cfg, train, starts, device, cfg.seed, progress)
-        rep = score_supervised_idm(model, idm_cfg, test, cfg.seed + 1, device)
-        # every train window gets the IDM's label; the K labelled ones keep their true label
-        frame_labels = np.full(train.frames, -1, np.int64)
-        frame_labels[train.starts] = idm_predict(model, idm_cfg, train, train.starts, device)
-        frame_labels[starts] = train.arrays["actions"][starts + 1]
-        agree = float(
-            (frame_labels[train.starts] == train.arrays["actions"][train.starts + 1]).mean()
-        )
-        report = {
-            "idm": dataclasses.asdict(idm_cfg),
-            "idm_test_accuracy": rep["accuracy"],
-            "idm_test_balanced_accuracy": rep["balanced_accuracy"],
-            "train_label_agreement": agree,
-        }
-        save_tensors(labels_path, {"labels": torch.from_numpy(frame_labels)}, report)
-        write_json(out / "supervised_idm.json", report)
+    starts = labelled_starts(data, labels, cfg.seed, labels_from, purpose="baseline (b)")
+    out, device = start_run(out, cfg.threads, cfg.device)
+    frame_labels, report = idm_labels(idm_cfg, data, out, starts, cfg.seed, device, progress)
     summary = train_action_bc(
         cfg,
         data,

@@ -22,17 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lapo.checkpoint import (
-    CheckpointError,
-    load_tensors,
-    read_json,
-)
 from lapo.config import BC_RESUMABLE, BCConfig
+from lapo.data.checks import dataset_for
 from lapo.data.dataset import WindowDataset
-from lapo.data.format import DatasetError, open_dataset
-from lapo.lam import build_idm, frames_to_float, lam_config_from_dict, load_lam
-from lapo.models.idm import IDM
-from lapo.models.policy import LatentPolicy, build_network
+from lapo.lam import load_lam
+from lapo.models.idm import IDM, frames_to_float
+from lapo.models.policy import build_network
+from lapo.runkinds import (
+    ACTION_POLICY,
+    LATENT_POLICY,
+    action_policy_spec,
+    data_fields,
+    latent_policy_spec,
+)
+from lapo.runkinds import load_policy_run as load_policy_run
+from lapo.runkinds import load_stage2 as load_stage2
 from lapo.runs import Run, resolve_device
 
 
@@ -41,20 +45,6 @@ def lr_scale(step: int, cfg: BCConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
     return max(0.0, 1.0 - (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1))
-
-
-def check_same_game(what: str, game: str | None, data: Path, manifest: dict) -> None:
-    """One clear error when ``data`` is of another game or frame size than ``what``."""
-    if game and manifest.get("game") != game:
-        raise DatasetError(
-            f"{what} is for {game} but {data} holds {manifest.get('game')}: use data of {game}"
-        )
-    shape = list(manifest.get("obs_shape", [64, 64, 3]))
-    if shape != [64, 64, 3]:
-        raise DatasetError(
-            f"{data} holds {'x'.join(map(str, shape))} frames; lapo's networks take 64x64x3 "
-            "Procgen frames"
-        )
 
 
 class LatentTargets:
@@ -245,13 +235,6 @@ def train_bc(
     }
 
 
-def dataset_for(data: Path, what: str, game: str | None) -> dict:
-    """``data``'s manifest, after checking its game and frame size match ``what``."""
-    manifest = open_dataset(data).manifest
-    check_same_game(what, game, data, manifest)
-    return manifest
-
-
 def train_latent_bc(
     cfg: BCConfig,
     lam_run: Path,
@@ -266,12 +249,10 @@ def train_latent_bc(
     manifest = dataset_for(data, f"stage-1 run {lam_run}", game)
     device = resolve_device(cfg.device)
     latent_dim = int(lam_config["latent_dim"])
-    network = {"class": "latent-policy", "latent_dim": latent_dim, "width": cfg.width}
+    network = latent_policy_spec(latent_dim, cfg.width)
     run_config = {
-        "kind": "latent-policy",
-        "game": manifest.get("game"),
-        "demonstrator_return": manifest.get("policy_mean_return"),
-        "data_policy": manifest.get("policy"),
+        "kind": LATENT_POLICY,
+        **data_fields(manifest),
         "lam_run": str(lam_run),
         "lam": lam_config["lam"],
         "latent_dim": latent_dim,
@@ -301,13 +282,11 @@ def train_action_bc(
     desc: str = "bc",
 ) -> dict:
     """BC on action labels: the true actions of ``train_starts`` windows, or ``labels``."""
-    manifest = open_dataset(data).manifest
-    network = {"class": "action-policy", "width": cfg.width}
+    manifest = dataset_for(data)
+    network = action_policy_spec(cfg.width)
     config = {
-        "kind": "action-policy",
-        "game": manifest.get("game"),
-        "demonstrator_return": manifest.get("policy_mean_return"),
-        "data_policy": manifest.get("policy"),
+        "kind": ACTION_POLICY,
+        **data_fields(manifest),
         **(run_config or {}),
     }
     return train_bc(
@@ -321,33 +300,3 @@ def train_action_bc(
         progress=progress,
         desc=desc,
     )
-
-
-def load_policy_run(run: Path, kinds: tuple[str, ...]) -> tuple[nn.Module, dict]:
-    """A trained policy network (eval mode) and its config; ``kinds`` are the accepted kinds."""
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise CheckpointError(f"{run} has no config.json: pass a run folder of {kinds[0]}")
-    config = read_json(run / "config.json")
-    if config.get("kind") not in kinds:
-        raise CheckpointError(
-            f"{run} is a {config.get('kind')!r} run; this needs a {' or '.join(kinds)} run"
-        )
-    model = build_network(config["network"])
-    tensors, _ = load_tensors(run / "policy.safetensors")
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{run / 'policy.safetensors'} does not match its config.json: {str(e).splitlines()[0]}"
-        ) from None
-    return model.eval(), config
-
-
-def load_stage2(run: Path) -> tuple[LatentPolicy, IDM, dict]:
-    """A stage-2 run's latent policy, its frozen IDM (both eval mode, CPU) and config."""
-    policy, config = load_policy_run(run, ("latent-policy",))
-    idm = build_idm(lam_config_from_dict(config["lam"]))
-    tensors, _ = load_tensors(Path(run) / "idm.safetensors")
-    idm.load_state_dict(tensors)
-    return policy, idm.eval(), config

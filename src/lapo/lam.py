@@ -22,42 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lapo.checkpoint import (
-    CheckpointError,
-    load_tensors,
-    read_json,
-)
-from lapo.config import LAM_RESUMABLE, LAMConfig, QuantizerConfig
+from lapo.checkpoint import load_tensors
+from lapo.config import LAM_RESUMABLE, LAMConfig
+from lapo.data.checks import dataset_for
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import open_dataset
 from lapo.envs import NUM_ACTIONS
 from lapo.models.augment import random_shift
-from lapo.models.idm import IDM
+from lapo.models.idm import build_idm, idm_latents
+from lapo.models.idm import frames_to_float as frames_to_float
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
+from lapo.runkinds import LAM, read_run_config
+from lapo.runkinds import lam_config_from_dict as lam_config_from_dict
 from lapo.runs import Run
-
-
-def frames_to_float(obs: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, T, 64, 64, 3)`` -> float ``(B, T, 3, 64, 64)`` in [-0.5, 0.5]."""
-    return obs.permute(0, 1, 4, 2, 3).float().div_(255.0).sub_(0.5)
-
-
-def lam_config_from_dict(d: dict) -> LAMConfig:
-    """The :class:`LAMConfig` that ``dataclasses.asdict`` turned into ``d`` (a run's config)."""
-    c = dict(d)
-    c["quantizer"] = QuantizerConfig(**c["quantizer"])
-    return LAMConfig(**c)
-
-
-def build_idm(cfg: LAMConfig) -> IDM:
-    """The latent IDM of stage-1 configuration ``cfg`` (untrained)."""
-    return IDM(
-        cfg.quantizer,
-        frames=3,
-        width=cfg.idm_width,
-        differences=cfg.idm_differences,
-        difference_scale=cfg.idm_difference_scale,
-    )
 
 
 class LatentActionModel(nn.Module):
@@ -197,16 +174,7 @@ def encode_windows(
     model: LatentActionModel, obs: np.ndarray, device: torch.device, batch: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """IDM latents of uint8 windows ``(N, 3, 64, 64, 3)``: ``(z (N, A), z_q (N, A))`` on CPU."""
-    was_training = model.training
-    model.eval()
-    zs, zqs = [], []
-    for i in range(0, len(obs), batch):
-        x = frames_to_float(torch.from_numpy(obs[i : i + batch]).to(device))
-        z, q = model.idm(x)
-        zs.append(z.float().cpu())
-        zqs.append(q.z_q.float().cpu())
-    model.train(was_training)
-    return torch.cat(zs), torch.cat(zqs)
+    return idm_latents(model.idm, (obs[i : i + batch] for i in range(0, len(obs), batch)), device)
 
 
 def probe_windows(
@@ -488,9 +456,7 @@ def lam_summary(
 def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
     """Load a trained stage-1 model (eval mode) and its run config from ``run``."""
     run = Path(run)
-    config = read_json(run / "config.json")
-    if config.get("kind") != "lam":
-        raise CheckpointError(f"{run} is not a stage-1 run (config kind {config.get('kind')!r})")
+    config = read_run_config(run, (LAM,), "a stage-1 run")
     model = LatentActionModel(lam_config_from_dict(config["lam"]))
     tensors, _ = load_tensors(run / "lam.safetensors")
     model.load_state_dict(tensors)
@@ -517,22 +483,14 @@ def probe_lam(
     Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
     matrix (rows: true action, columns: predicted) of the continuous IDM latent.
     """
-    from lapo.data.dataset import WindowDataset
-    from lapo.data.format import DatasetError, open_dataset
+    from lapo.data.format import DatasetError
 
     model, config = load_lam(run)
     if untrained:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LatentActionModel(lam_config_from_dict(config["lam"])).eval()
-    manifest = open_dataset(data).manifest
-    if not manifest.get("has_actions"):
-        raise DatasetError(f"{data} has no actions: the probe needs a dataset with true actions")
-    if config.get("game") and manifest.get("game") != config["game"]:
-        raise DatasetError(
-            f"{run} was trained on {config['game']} but {data} is {manifest.get('game')}: "
-            "probe with data of the same game"
-        )
+    dataset_for(data, f"stage-1 run {run}", config.get("game"), actions_for="the probe")
     train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
     if epochs is not None:
         labels = min(labels, len(train))

@@ -2,9 +2,11 @@
 
 ``collect`` records a policy into a dataset folder, ``import_lapo`` converts the reference
 implementation's ``.npz`` files, ``WindowDataset`` samples ``k``-frame windows that never
-cross an episode boundary.
+cross an episode boundary. :mod:`lapo.data.checks` holds what a run asks of a dataset (true
+actions, the same game) and :mod:`lapo.data.labels` the choice of the K labelled windows.
 """
 
+from lapo.data.checks import check_same_game, dataset_for, require_actions
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset, to_torch, valid_window_starts
 from lapo.data.format import (
@@ -26,10 +28,13 @@ __all__ = [
     "DatasetInfo",
     "DatasetWriter",
     "WindowDataset",
+    "check_same_game",
     "collect",
+    "dataset_for",
     "find_problems",
     "import_lapo",
     "open_dataset",
+    "require_actions",
     "to_torch",
     "valid_window_starts",
     "validate_dataset",

@@ -156,6 +156,98 @@ def _collect_split(
         env.close()
 
 
+def _check_sizes(frames: int, test_frames: int | None, num_envs: int, chunk_frames: int) -> int:
+    """Refuse impossible sizes; return the test frames (default 10% of ``frames``)."""
+    if frames <= 0:
+        raise DatasetError(f"--frames must be a positive number of frames, got {frames}")
+    test_frames = frames // 10 if test_frames is None else test_frames
+    if test_frames < 0:
+        raise DatasetError(f"--test-frames must be 0 or more, got {test_frames}")
+    if num_envs < 1 or chunk_frames < 1:
+        raise DatasetError("--num-envs and --chunk-frames must be at least 1")
+    return test_frames
+
+
+def _resumed_manifest(out: Path, game: str, policy: dict) -> tuple[dict, list[str]]:
+    """The manifest of the dataset ``out`` to resume, brought in line with its chunks, and
+    what that changed; refuses another game or policy (``policy``: its description)."""
+    if not (out / MANIFEST).is_file():
+        raise DatasetError(
+            f"{out} has no {MANIFEST}, so it is not a dataset collect can resume; "
+            "choose another --out"
+        )
+    manifest = read_manifest(out)
+    if manifest["game"] != game:
+        raise DatasetError(
+            f"{out} holds {manifest['game']} data, not {game}: resume it with "
+            f"--env {manifest['game']}, or choose another --out"
+        )
+    if manifest.get("policy") != policy:
+        raise DatasetError(
+            f"{out} was collected with policy {manifest.get('policy')}, not "
+            f"{policy}: resume with the same --policy, or choose another --out"
+        )
+    return manifest, _rescan(out, manifest)
+
+
+def _fresh_manifest(
+    game: str, policy: dict, num_envs: int, chunk_frames: int, seed: int, mode: str, by: dict
+) -> dict:
+    """A new dataset's manifest: the env settings of both splits, no chunks yet."""
+    env_desc = {
+        "distribution_mode": mode,
+        "num_envs": num_envs,
+        "splits": {
+            s: {"start_level": SPLIT_START_LEVEL[s], "num_levels": LEVELS_PER_SPLIT} for s in SPLITS
+        },
+    }
+    return new_manifest(game, env_desc, policy, True, chunk_frames, seed, by)
+
+
+def _record(
+    writer: DatasetWriter,
+    todo: dict[str, int],
+    game: str,
+    policy: str | Path,
+    seed: int,
+    num_envs: int,
+    mode: str,
+    chunk_frames: int,
+    progress: bool,
+) -> None:
+    """Record ``todo[split]`` more frames of each split, each with its own seed."""
+    from tqdm import tqdm
+
+    from lapo.policies import load_policy
+
+    manifest = writer.manifest
+    existing = sum(manifest["splits"][s]["chunks"] for s in SPLITS)
+    bar = tqdm(
+        total=sum(todo.values()),
+        unit="frame",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"collect {game}",
+    )
+    try:
+        for split in SPLITS:
+            if todo[split] == 0:
+                continue
+            split_seed = _split_seed(seed, existing, split)
+            pol = load_policy(policy, game, split_seed)
+            env = ProcgenVecEnv(
+                game,
+                num_envs=num_envs,
+                distribution_mode=mode,
+                num_levels=LEVELS_PER_SPLIT,
+                start_level=SPLIT_START_LEVEL[split],
+                seed=split_seed,
+            )
+            _collect_split(writer, split, todo[split], env, pol, chunk_frames, bar)
+    finally:
+        bar.close()
+
+
 def collect(
     game: str,
     policy: str | Path,
@@ -177,18 +269,10 @@ def collect(
     the targets. Returns a JSON-able summary (frames, mean return, bytes per frame, seconds).
     Raises :class:`DatasetError` / ``EnvError`` / ``CheckpointError`` with what to do.
     """
-    from tqdm import tqdm
-
     from lapo.policies import load_policy
 
     check_game(game)
-    if frames <= 0:
-        raise DatasetError(f"--frames must be a positive number of frames, got {frames}")
-    test_frames = frames // 10 if test_frames is None else test_frames
-    if test_frames < 0:
-        raise DatasetError(f"--test-frames must be 0 or more, got {test_frames}")
-    if num_envs < 1 or chunk_frames < 1:
-        raise DatasetError("--num-envs and --chunk-frames must be at least 1")
+    test_frames = _check_sizes(frames, test_frames, num_envs, chunk_frames)
     out = Path(out)
     t0 = time.time()
     created_by = created_by or {
@@ -211,79 +295,42 @@ def collect(
             "it, or choose another --out"
         )
     # Load the policy before touching the disk: a bad --policy must leave nothing behind.
-    pol = load_policy(policy, game, seed)
+    described = load_policy(policy, game, seed).describe()
     changes: list[str] = []
     if exists:
-        if not (out / MANIFEST).is_file():
-            raise DatasetError(
-                f"{out} has no {MANIFEST}, so it is not a dataset collect can resume; "
-                "choose another --out"
-            )
-        manifest = read_manifest(out)
-        if manifest["game"] != game:
-            raise DatasetError(
-                f"{out} holds {manifest['game']} data, not {game}: resume it with "
-                f"--env {manifest['game']}, or choose another --out"
-            )
-        if manifest.get("policy") != pol.describe():
-            raise DatasetError(
-                f"{out} was collected with policy {manifest.get('policy')}, not "
-                f"{pol.describe()}: resume with the same --policy, or choose another --out"
-            )
-        changes = _rescan(out, manifest)
+        manifest, changes = _resumed_manifest(out, game, described)
         manifest.setdefault("resumed_by", []).append(created_by)
     else:
-        env_desc = {
-            "distribution_mode": distribution_mode,
-            "num_envs": num_envs,
-            "splits": {
-                s: {"start_level": SPLIT_START_LEVEL[s], "num_levels": LEVELS_PER_SPLIT}
-                for s in SPLITS
-            },
-        }
-        manifest = new_manifest(
-            game, env_desc, pol.describe(), True, chunk_frames, seed, created_by
+        manifest = _fresh_manifest(
+            game, described, num_envs, chunk_frames, seed, distribution_mode, created_by
         )
     target = {"train": frames, "test": test_frames}
-    have = {s: manifest["splits"][s]["frames"] for s in SPLITS}
-    todo = {s: max(0, target[s] - have[s]) for s in SPLITS}
+    todo = {s: max(0, target[s] - manifest["splits"][s]["frames"]) for s in SPLITS}
     writer = DatasetWriter(out, manifest)
     if sum(todo.values()):
         out.mkdir(parents=True, exist_ok=True)
         writer.write_manifest()
-        existing = sum(manifest["splits"][s]["chunks"] for s in SPLITS)
-        bar = tqdm(
-            total=sum(todo.values()),
-            unit="frame",
-            unit_scale=True,
-            disable=not progress,
-            desc=f"collect {game}",
-        )
-        try:
-            for split in SPLITS:
-                if todo[split] == 0:
-                    continue
-                split_seed = _split_seed(seed, existing, split)
-                pol = load_policy(policy, game, split_seed)
-                env = ProcgenVecEnv(
-                    game,
-                    num_envs=num_envs,
-                    distribution_mode=distribution_mode,
-                    num_levels=LEVELS_PER_SPLIT,
-                    start_level=SPLIT_START_LEVEL[split],
-                    seed=split_seed,
-                )
-                _collect_split(writer, split, todo[split], env, pol, chunk_frames, bar)
-        finally:
-            bar.close()
+        args = (game, policy, seed, num_envs, distribution_mode, chunk_frames, progress)
+        _record(writer, todo, *args)
     elif changes:
         writer.write_manifest()
-    wall = time.time() - t0
+    return _summary(out, manifest, target, todo, changes, time.time() - t0)
+
+
+def _summary(
+    out: Path,
+    manifest: dict,
+    target: dict[str, int],
+    todo: dict[str, int],
+    changes: list[str],
+    wall: float,
+) -> dict[str, Any]:
+    """What :func:`collect` did, JSON-able."""
     total = sum(manifest["splits"][s]["frames"] for s in SPLITS)
     nbytes = disk_bytes(out)
     return {
         "out": str(out),
-        "game": game,
+        "game": manifest["game"],
         "policy": manifest["policy"],
         "complete": all(manifest["splits"][s]["frames"] >= target[s] for s in SPLITS),
         "already_complete": sum(todo.values()) == 0,

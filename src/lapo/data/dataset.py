@@ -188,6 +188,12 @@ class WindowDataset:
             batch[name] = arr[frames]
         return batch
 
+    def chunks(self, starts: np.ndarray, size: int = 512) -> Iterator[dict[str, np.ndarray]]:
+        """The windows at ``starts`` read ``size`` at a time (a split may not fit in memory):
+        :meth:`read` batches, in order."""
+        for i in range(0, len(starts), size):
+            yield self.read(starts[i : i + size])
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``batch_size`` windows drawn uniformly (with replacement) from all valid windows.
 

@@ -433,7 +433,10 @@ def read_manifest(root: Path) -> dict:
             f"{path} lacks {', '.join(missing)}; restore it or re-create the dataset"
         )
     if list(m["obs_shape"]) != list(OBS_SHAPE):
-        raise DatasetError(f"{path}: obs_shape {m['obs_shape']} is not {list(OBS_SHAPE)}")
+        shape = "x".join(map(str, m["obs_shape"]))
+        raise DatasetError(
+            f"{path} holds {shape} frames; lapo's networks take 64x64x3 Procgen frames"
+        )
     for s in SPLITS:
         entry = m["splits"].get(s)
         if not isinstance(entry, dict) or not isinstance(entry.get("chunk_lengths"), dict):

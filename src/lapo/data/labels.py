@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lapo.checkpoint import read_json, write_json
+from lapo.data.checks import require_actions
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetError, open_dataset
 
@@ -64,17 +65,18 @@ def write_labelled(folder: Path, data: Path, starts: np.ndarray, seed: int) -> N
 
 
 def labelled_starts(
-    data: Path, labels: int, seed: int, labels_from: Path | None = None, purpose: str = ""
+    data: Path,
+    labels: int,
+    seed: int,
+    labels_from: Path | None = None,
+    purpose: str = "",
+    train: WindowDataset | None = None,
 ) -> np.ndarray:
     """The K labelled train windows of ``data``: those of run ``labels_from``, or drawn by
     ``seed`` as every run draws them. Refuses data without actions, and labels recorded on
-    another dataset."""
-    manifest = open_dataset(data).manifest
-    if not manifest.get("has_actions"):
-        raise DatasetError(
-            f"{data} has no actions: {purpose or 'this run'} needs true actions for its labels"
-        )
-    train = WindowDataset(data, "train", k=3)
+    another dataset. ``train``: ``data``'s three-frame train windows, if already open."""
+    require_actions(data, open_dataset(data).manifest, purpose or "this run")
+    train = train if train is not None else WindowDataset(data, "train", k=3)
     if labels_from is None:
         return choose_labelled(train, labels, seed, data)
     starts = read_labelled(labels_from)

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lapo.data.dataset import WindowDataset
-from lapo.lam import frames_to_float
-from lapo.models.idm import IDM
+from lapo.models.idm import IDM, idm_latents
 from lapo.models.policy import ActionDecoder
 
 
@@ -56,17 +55,11 @@ def fit_decoder(
     return decoder.eval()
 
 
-@torch.no_grad()
 def encode_dataset_windows(
     idm: IDM, ds: WindowDataset, starts: np.ndarray, device: torch.device, chunk: int = 512
 ) -> tuple[torch.Tensor, np.ndarray | None]:
     """IDM latents of the windows at ``starts``, read ``chunk`` at a time (the split may not
     fit in memory): ``(z (N, A) float on CPU, middle frames' actions (N,) or None)``."""
-    idm = idm.to(device).eval()
-    zs, acts = [], []
-    for i in range(0, len(starts), chunk):
-        batch = ds.read(starts[i : i + chunk])
-        zs.append(idm(frames_to_float(torch.from_numpy(batch["obs"]).to(device)))[0].float().cpu())
-        if "actions" in batch:
-            acts.append(batch["actions"][:, 1])
-    return torch.cat(zs), (np.concatenate(acts) if acts else None)
+    windows = (batch["obs"] for batch in ds.chunks(starts, chunk))
+    z, _ = idm_latents(idm.to(device), windows, device)
+    return z, (ds.arrays["actions"][starts + 1] if ds.has_actions else None)

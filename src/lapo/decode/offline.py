@@ -19,33 +19,67 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lapo.bc import dataset_for, load_stage2
 from lapo.checkpoint import save_tensors, write_json
 from lapo.config import OfflineConfig
+from lapo.data.checks import dataset_for
 from lapo.data.dataset import WindowDataset
-from lapo.data.format import DatasetError
-from lapo.data.labels import choose_labelled, write_labelled
+from lapo.data.labels import labelled_starts, write_labelled
 from lapo.decode import encode_dataset_windows, fit_decoder
 from lapo.envs import NUM_ACTIONS
-from lapo.lam import frames_to_float
-from lapo.models.policy import DecodedPolicy
+from lapo.models.idm import IDM, frames_to_float
+from lapo.models.policy import ActionDecoder, DecodedPolicy, LatentPolicy, build_network
 from lapo.probe import classification_report
+from lapo.runkinds import DECODED_POLICY, data_fields, decoded_policy_spec, load_stage2
+
+
+def deployed_policy(policy: LatentPolicy, decoder: ActionDecoder, width: int) -> DecodedPolicy:
+    """``decoder(policy(o))`` as one network (eval mode): what ``lapo eval`` plays."""
+    deployed = build_network(decoded_policy_spec(policy.latent_dim, width))
+    assert isinstance(deployed, DecodedPolicy)
+    deployed.latent_policy.load_state_dict(policy.state_dict())
+    deployed.decoder.load_state_dict(decoder.state_dict())
+    return deployed.eval()
+
+
+@torch.no_grad()
+def held_out_scores(
+    idm: IDM, decoder: ActionDecoder, deployed: DecodedPolicy, data: Path, cfg: OfflineConfig
+) -> dict:
+    """On up to ``cfg.test_windows`` test windows drawn by ``cfg.seed + 1``: how well the
+    decoder reads the IDM's latents, and how often the deployed policy picks the
+    demonstrator's action."""
+    test = WindowDataset(data, "test", k=3)
+    rng = np.random.default_rng(cfg.seed + 1)
+    te_starts = np.sort(rng.choice(test.starts, min(cfg.test_windows, len(test)), replace=False))
+    idm_pred, pol_pred, y_te = [], [], []
+    for batch in test.chunks(te_starts, 512):  # one read for the IDM and the policy
+        zt = idm(frames_to_float(torch.from_numpy(batch["obs"])))[0]
+        obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1]))
+        idm_pred.append(decoder(zt).argmax(-1).numpy())
+        pol_pred.append(deployed(obs).argmax(-1).numpy())
+        y_te.append(batch["actions"][:, 1])
+    y = np.concatenate(y_te)
+    idm_rep = classification_report(y, np.concatenate(idm_pred), NUM_ACTIONS)
+    pol_rep = classification_report(y, np.concatenate(pol_pred), NUM_ACTIONS)
+    return {
+        "test_windows": int(len(y)),
+        "decoder_accuracy_on_idm_latents": idm_rep["accuracy"],
+        "decoder_balanced_accuracy_on_idm_latents": idm_rep["balanced_accuracy"],
+        "policy_accuracy_vs_demonstrator": pol_rep["accuracy"],
+        "majority_class_accuracy": idm_rep["majority_class_accuracy"],
+        "chance": idm_rep["chance"],
+    }
 
 
 def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) -> dict:
     """Fit the decoder for stage-2 run ``policy_run`` on ``cfg.labels`` windows of ``data``."""
     t0 = time.time()
     policy, idm, config = load_stage2(policy_run)
-    manifest = dataset_for(data, f"stage-2 run {policy_run}", config.get("game"))
-    if not manifest.get("has_actions"):
-        raise DatasetError(
-            f"{data} has no actions: offline decoding needs a dataset with true actions "
-            "(record one with 'lapo collect' or import one with actions)"
-        )
+    what = f"stage-2 run {policy_run}"
+    manifest = dataset_for(data, what, config.get("game"), actions_for="offline decoding")
     train = WindowDataset(data, "train", k=3)
-    starts = choose_labelled(train, cfg.labels, cfg.seed, data)
-    device = torch.device("cpu")
-    z, y = encode_dataset_windows(idm, train, starts, device)
+    starts = labelled_starts(data, cfg.labels, cfg.seed, purpose="offline decoding", train=train)
+    z, y = encode_dataset_windows(idm, train, starts, torch.device("cpu"))
     decoder = fit_decoder(
         z,
         torch.from_numpy(y),
@@ -56,28 +90,9 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
         cfg.label_smoothing,
         cfg.seed,
     )
-
-    # held out: how well the decoder reads the IDM's latents, and how often the deployed
-    # policy picks the demonstrator's action on test frames
-    test = WindowDataset(data, "test", k=3)
-    rng = np.random.default_rng(cfg.seed + 1)
-    te_starts = np.sort(rng.choice(test.starts, min(cfg.test_windows, len(test)), replace=False))
-    deployed = DecodedPolicy(policy.latent_dim, config["network"]["width"])
-    deployed.latent_policy.load_state_dict(policy.state_dict())
-    deployed.decoder.load_state_dict(decoder.state_dict())
-    deployed.eval()
-    idm_pred, pol_pred, y_te = [], [], []
-    with torch.no_grad():
-        for i in range(0, len(te_starts), 512):
-            batch = test.read(te_starts[i : i + 512])  # one read for the IDM and the policy
-            zt = idm(frames_to_float(torch.from_numpy(batch["obs"])))[0]
-            obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1]))
-            idm_pred.append(decoder(zt).argmax(-1).numpy())
-            pol_pred.append(deployed(obs).argmax(-1).numpy())
-            y_te.append(batch["actions"][:, 1])
-    y_te = np.concatenate(y_te)
-    idm_rep = classification_report(y_te, np.concatenate(idm_pred), NUM_ACTIONS)
-    pol_rep = classification_report(y_te, np.concatenate(pol_pred), NUM_ACTIONS)
+    width = config["network"]["width"]
+    deployed = deployed_policy(policy, decoder, width)
+    scores = held_out_scores(idm, decoder, deployed, data, cfg)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,12 +101,7 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
     report = {
         "labels": cfg.labels,
         "seed": cfg.seed,
-        "test_windows": int(len(y_te)),
-        "decoder_accuracy_on_idm_latents": idm_rep["accuracy"],
-        "decoder_balanced_accuracy_on_idm_latents": idm_rep["balanced_accuracy"],
-        "policy_accuracy_vs_demonstrator": pol_rep["accuracy"],
-        "majority_class_accuracy": idm_rep["majority_class_accuracy"],
-        "chance": idm_rep["chance"],
+        **scores,
         "labelled_action_counts": np.bincount(y, minlength=NUM_ACTIONS).tolist(),
         "wall_seconds": round(time.time() - t0, 1),
     }
@@ -99,15 +109,10 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
     write_json(
         out / "config.json",
         {
-            "kind": "decoded-policy",
-            "network": {
-                "class": "decoded-policy",
-                "latent_dim": policy.latent_dim,
-                "width": config["network"]["width"],
-            },
+            "kind": DECODED_POLICY,
+            "network": decoded_policy_spec(policy.latent_dim, width),
+            **data_fields(manifest),
             "game": config.get("game"),
-            "demonstrator_return": manifest.get("policy_mean_return"),
-            "data_policy": manifest.get("policy"),
             "policy_run": str(policy_run),
             "data": str(data),
             "offline": dataclasses.asdict(cfg),

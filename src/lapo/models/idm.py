@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
-from lapo.config import QuantizerConfig
+from lapo.config import LAMConfig, QuantizerConfig
 from lapo.models.impala import ImpalaCNN
 from lapo.models.quantizers import QuantizerOutput, make_quantizer
+
+
+def frames_to_float(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 windows ``(B, T, 64, 64, 3)`` -> float ``(B, T, 3, 64, 64)`` in [-0.5, 0.5] (the
+    paper's scale; :func:`lapo.models.impala.obs_to_float` does the same for single frames)."""
+    return obs.permute(0, 1, 4, 2, 3).float().div_(255.0).sub_(0.5)
 
 
 def stack_frames(
@@ -61,3 +70,52 @@ class IDM(nn.Module):
         )  # (B, 3T or 3(2T-1), 64, 64)
         z = self.head(self.encoder(x))  # (B, A)
         return z, self.quantizer(z)
+
+
+def build_idm(cfg: LAMConfig) -> IDM:
+    """The latent IDM of stage-1 configuration ``cfg`` (untrained)."""
+    return IDM(
+        cfg.quantizer,
+        frames=3,
+        width=cfg.idm_width,
+        differences=cfg.idm_differences,
+        difference_scale=cfg.idm_difference_scale,
+    )
+
+
+@torch.no_grad()
+def map_windows(
+    fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
+    windows: Iterable[np.ndarray],
+    device: torch.device,
+) -> tuple[torch.Tensor, ...]:
+    """``fn`` on each chunk of uint8 windows ``(b, T, 64, 64, 3)``, given as float frames
+    ``(b, T, 3, 64, 64)`` (:func:`frames_to_float`) on ``device``; its outputs ``(b, ...)``
+    (a tensor or a tuple) concatenated over the chunks on the CPU, floats as float32."""
+    outs: list[list[torch.Tensor]] = []
+    for obs in windows:
+        y = fn(frames_to_float(torch.from_numpy(obs).to(device)))
+        ys = y if isinstance(y, tuple) else (y,)
+        outs = outs or [[] for _ in ys]
+        for acc, t in zip(outs, ys, strict=True):
+            acc.append((t.float() if t.is_floating_point() else t).cpu())
+    return tuple(torch.cat(acc) for acc in outs)
+
+
+def idm_latents(
+    idm: IDM, windows: Iterable[np.ndarray], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IDM's latents of chunks of uint8 windows ``(b, 3, 64, 64, 3)``, in eval mode (its
+    mode is restored after): ``(z (N, A), z_q (N, A))`` float32 on the CPU."""
+
+    def encode(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, q = idm(frames)
+        return z, q.z_q
+
+    was_training = idm.training
+    idm.eval()
+    try:
+        z, z_q = map_windows(encode, windows, device)
+    finally:
+        idm.train(was_training)
+    return z, z_q
