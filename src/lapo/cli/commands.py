@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from lapo.cli.options import command_config
+from lapo.config import (
+    DEMO_FAST,
+    BCConfig,
+    DemoConfig,
+    EvalConfig,
+    ExpertConfig,
+    LAMConfig,
+    OfflineConfig,
+    OnlineConfig,
+    ReproduceConfig,
+    SupervisedIDMConfig,
+)
 from lapo.errors import UserError
 
 
@@ -36,18 +48,16 @@ def _invocation(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def collect(args: argparse.Namespace) -> None:
     from lapo.data.collect import collect
 
+    opts = {k: getattr(args, k) for k in ("test_frames", "num_envs", "seed", "chunk_frames")}
     summary = collect(
         args.env,
         args.policy,
         args.frames,
         args.out,
-        test_frames=args.test_frames,
-        num_envs=args.num_envs,
-        seed=args.seed,
-        chunk_frames=args.chunk_frames,
         resume=args.resume,
         progress=not args.quiet,
         created_by=_invocation(args, "collect"),
+        **opts,
     )
     if summary["already_complete"]:
         print(
@@ -103,7 +113,6 @@ def data_info(args: argparse.Namespace) -> None:
 
 
 def expert_train(args: argparse.Namespace) -> None:
-    from lapo.config import ExpertConfig
     from lapo.expert import train_expert
 
     cfg = command_config(args, ExpertConfig, section="train")
@@ -121,7 +130,6 @@ def expert_package(args: argparse.Namespace) -> None:
 
 
 def lam_train(args: argparse.Namespace) -> None:
-    from lapo.config import LAMConfig
     from lapo.lam import train_lam
 
     cfg = command_config(args, LAMConfig, section="lam")
@@ -154,7 +162,6 @@ def lam_plot(args: argparse.Namespace) -> None:
 
 def bc_train(args: argparse.Namespace) -> None:
     from lapo.bc import train_latent_bc
-    from lapo.config import BCConfig
 
     cfg = command_config(args, BCConfig, section="bc")
     summary = train_latent_bc(
@@ -164,7 +171,6 @@ def bc_train(args: argparse.Namespace) -> None:
 
 
 def decode_offline(args: argparse.Namespace) -> None:
-    from lapo.config import OfflineConfig
     from lapo.decode.offline import decode_offline
 
     cfg = command_config(args, OfflineConfig, section="offline")
@@ -172,7 +178,6 @@ def decode_offline(args: argparse.Namespace) -> None:
 
 
 def decode_online(args: argparse.Namespace) -> None:
-    from lapo.config import OnlineConfig
     from lapo.decode.online import decode_online
 
     cfg = command_config(args, OnlineConfig, section="online")
@@ -184,7 +189,6 @@ def decode_online(args: argparse.Namespace) -> None:
 def baseline_bc(args: argparse.Namespace) -> None:
     """``baseline bc`` and ``baseline idm-bc``."""
     from lapo.baselines import bc_on_labels, idm_labels_bc
-    from lapo.config import BCConfig, SupervisedIDMConfig
 
     if args.labels < 1:
         raise UserError(f"--labels must be at least 1, got {args.labels}")
@@ -200,33 +204,28 @@ def baseline_bc(args: argparse.Namespace) -> None:
         _print(idm_labels_bc(cfg, idm, *where, *run))
 
 
+PPO_BASELINE = ExpertConfig(num_steps=64)
+"""Baseline (c)'s defaults: Procgen's PPO on LAPO's online rollout shape (64 envs x 64 steps)."""
+PPO_BASELINE_FIELDS = ("frames", "width", "num_envs", "num_steps", "seed", "threads", "device")
+
+
 def baseline_ppo(args: argparse.Namespace) -> None:
     from lapo.baselines import ppo_from_scratch
-    from lapo.config import ExpertConfig
     from lapo.envs import check_game
 
     check_game(args.env)
     if not args.config and "frames" not in args:
         raise UserError("--frames is required (the environment frames to train for)")
-    cfg = command_config(args, ExpertConfig, ExpertConfig(num_steps=64), section="train")
-    summary = ppo_from_scratch(
-        args.env,
-        cfg.frames,
-        Path(args.out),
-        cfg.width,
-        cfg.seed,
-        cfg.threads,
-        cfg.device,
-        not args.quiet,
-        _command(),
-        num_envs=cfg.num_envs,
-        num_steps=cfg.num_steps,
+    cfg = command_config(args, ExpertConfig, PPO_BASELINE, section="train")
+    given = {k: getattr(cfg, k) for k in PPO_BASELINE_FIELDS}
+    _print(
+        ppo_from_scratch(
+            args.env, out=Path(args.out), progress=not args.quiet, command=_command(), **given
+        )
     )
-    _print(summary)
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from lapo.config import EvalConfig
     from lapo.envs import check_game
     from lapo.eval import evaluate_seeds
     from lapo.policies import demonstrator_return_of, load_policy
@@ -252,12 +251,11 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def demo(args: argparse.Namespace) -> None:
-    from lapo.config import DEMO_FAST, DemoConfig
     from lapo.demo import default_out, find_resumable, run_demo
 
     cfg = command_config(args, DemoConfig, DemoConfig(**DEMO_FAST) if args.fast else None)
-    out = Path(args.out) if args.out else None
-    out = out or find_resumable(Path(args.runs), cfg) or default_out(Path(args.runs))
+    runs = Path(args.runs)
+    out = Path(args.out) if args.out else find_resumable(runs, cfg) or default_out(runs)
     if (out / "stages.json").exists():
         print(f"lapo demo: resuming {out}", file=sys.stderr)
     summary = run_demo(cfg, out, progress=not args.quiet)
@@ -271,7 +269,6 @@ def demo(args: argparse.Namespace) -> None:
 def reproduce(args: argparse.Namespace) -> None:
     import torch
 
-    from lapo.config import ReproduceConfig
     from lapo.envs import GAMES, check_game
     from lapo.reproduce import cpu_hours, reproduce
 
