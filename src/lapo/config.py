@@ -609,6 +609,10 @@ class ReproduceConfig:
             raise ConfigError(f"every --labels count must be at least 1, got {self.labels}")
 
 
+PPO_BASELINE = ExpertConfig(num_steps=64)
+"""Baseline (c)'s defaults: Procgen's PPO on LAPO's online rollout shape (64 envs x 64 steps)."""
+
+
 REPRODUCE_PRESETS: dict[str, ReproduceConfig] = {
     "paper": ReproduceConfig(),
     "cpu": ReproduceConfig(preset="cpu", labels=[256, 1000], frames=51_200, online_frames=300_000),

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from lapo.config import (
+    PPO_BASELINE,
     BCConfig,
     EvalConfig,
     ExpertConfig,
@@ -137,7 +138,7 @@ def _seed_tasks(
 ) -> list[Task]:
     """The steps of one (game, seed): stages 1 and 2, decodings, baselines, evaluations."""
     name, steps = f"{game}/{seed}", cfg.steps
-    tasks, policies = [], {}
+    tasks, methods = [], []
     if "lam" in steps:
         tasks.append(Task(f"{name}/lam", _stage1(cfg, seed, data, r / "lam"),
                           r / "lam.done.json", data_deps))  # fmt: skip
@@ -148,27 +149,24 @@ def _seed_tasks(
     bc_dep = (f"{name}/bc",) if "bc" in steps else data_deps
     for k in cfg.labels if "offline" in steps else []:
         tasks += offline_tasks(cfg, name, seed, k, data, r, bc_dep)
-        policies.update({f"{m}_k{k}": f"{m}_k{k}" for m in ("lapo_offline", "bc", "idm_bc")})
+        methods += [f"{m}_k{k}" for m in ("lapo_offline", "bc", "idm_bc")]
     for k in cfg.labels if "labels" in steps else []:
         tasks += labelled_stage1_tasks(cfg, game, seed, k, data, r, data_deps)
-        policies[f"lapo_labels_k{k}"] = f"lapo_labels_k{k}"
+        methods.append(f"lapo_labels_k{k}")
     if "online" in steps:
         online = OnlineConfig(frames=cfg.online_frames, seed=seed)
         cmd = _lapo("decode", "online", policy=r / "bc", env=game, out=r / "lapo_online",
                     quiet=True, config=online, extra=cfg.extra.get("online", []))  # fmt: skip
         tasks.append(Task(f"{name}/lapo_online", cmd, r / "lapo_online.done.json", bc_dep))
-        policies["lapo_online"] = "lapo_online"
+        methods.append("lapo_online")
     if "ppo" in steps:
+        ppo = dataclasses.replace(PPO_BASELINE, width=4 if cfg.preset == "paper" else 1, seed=seed)
         # --frames always: the command requires it
-        ppo, base = (
-            ExpertConfig(num_steps=64, width=4 if cfg.preset == "paper" else 1, seed=seed),
-            ExpertConfig(num_steps=64),
-        )
         cmd = _lapo("baseline", "ppo", env=game, frames=cfg.online_frames, out=r / "ppo_scratch",
-                    quiet=True, config=ppo, base=base, extra=cfg.extra.get("ppo", []))  # fmt: skip
+                    quiet=True, config=ppo, base=PPO_BASELINE, extra=cfg.extra.get("ppo", []))  # fmt: skip
         tasks.append(Task(f"{name}/ppo_scratch", cmd, r / "ppo_scratch.done.json"))
-        policies["ppo_scratch"] = "ppo_scratch"
-    return tasks + eval_tasks(cfg, name, seed, policies, data, data_deps, r)
+        methods.append("ppo_scratch")
+    return tasks + eval_tasks(cfg, name, seed, methods, data, data_deps, r)
 
 
 def offline_tasks(
@@ -196,12 +194,13 @@ def eval_tasks(
     cfg: ReproduceConfig,
     name: str,
     seed: int,
-    policies: dict[str, str],
+    methods: list[str],
     data: Path,
     data_deps: tuple[str, ...],
     r: Path,
 ) -> list[Task]:
-    """An evaluation of each policy (method -> the step that trains it, in folder ``r/method``)."""
+    """An evaluation of each method's policy (trained by step ``name/method`` into
+    ``r/method``)."""
     game = name.split("/")[0]
     # imported data records no demonstrator return: normalise by constants only
     demo = None if cfg.data_root else data
@@ -213,9 +212,9 @@ def eval_tasks(
                 "eval", policy=r / method, env=game, config=play, demonstrator_return_from=demo
             ),  # fmt: skip
             r / f"eval_{method}.json",
-            (f"{name}/{task}", *data_deps),
+            (f"{name}/{method}", *data_deps),
         )
-        for method, task in policies.items()
+        for method in methods
     ]
 
 

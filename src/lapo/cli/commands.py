@@ -18,6 +18,7 @@ from typing import Any
 from lapo.cli.options import command_config
 from lapo.config import (
     DEMO_FAST,
+    PPO_BASELINE,
     BCConfig,
     DemoConfig,
     EvalConfig,
@@ -204,8 +205,6 @@ def baseline_bc(args: argparse.Namespace) -> None:
         _print(idm_labels_bc(cfg, idm, *where, *run))
 
 
-PPO_BASELINE = ExpertConfig(num_steps=64)
-"""Baseline (c)'s defaults: Procgen's PPO on LAPO's online rollout shape (64 envs x 64 steps)."""
 PPO_BASELINE_FIELDS = ("frames", "width", "num_envs", "num_steps", "seed", "threads", "device")
 
 

@@ -11,6 +11,7 @@ from lapo.cli.options import add_dataclass_args
 from lapo.config import (
     BC_PRESETS,
     LAM_PRESETS,
+    PPO_BASELINE,
     BCConfig,
     DemoConfig,
     EvalConfig,
@@ -142,7 +143,7 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
      cmd.baseline_bc, LABELLED, [(SupervisedIDMConfig, {"prefix": "idm_"}), (BCConfig, BC_CPU)]),
     ("baseline ppo", "(c) PPO from scratch with the policy's IMPALA-CNN", cmd.baseline_ppo,
      [ENV, OUT, QUIET, CONFIG],
-     [(ExpertConfig, {"defaults": cmd.PPO_BASELINE, "only": cmd.PPO_BASELINE_FIELDS})]),
+     [(ExpertConfig, {"defaults": PPO_BASELINE, "only": cmd.PPO_BASELINE_FIELDS})]),
 ]
 # fmt: on
 
