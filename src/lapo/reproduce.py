@@ -6,9 +6,10 @@ For each (game, seed): stage 1, stage 2, offline decoding at each label count wi
 (a) BC on the same labels and (b) supervised-IDM labels then BC, online decoding and (c) PPO
 from scratch for the same frames, and an evaluation of every policy.
 
-Every step is a ``lapo`` command run as a subprocess and is skipped when its marker
-(``<step>.done.json`` beside its folder) exists, so a killed grid resumes where it stopped.
-Independent steps run ``jobs`` at a time. The grid writes ``results.csv`` (every
+Every step is a ``lapo`` command run as a subprocess, its options built from the step's config
+dataclass (:func:`lapo.config.to_flags` spells each flag as the CLI generated from the same
+fields reads it). A step is skipped when its marker (``<step>.done.json`` beside its folder)
+exists, so a killed grid resumes where it stopped. Independent steps run ``jobs`` at a time. The grid writes ``results.csv`` (every
 evaluation), ``summary.md``, ``offline_vs_labels.png`` and ``online_curves.png``.
 """
 
@@ -92,14 +93,18 @@ def build_tasks(cfg: ReproduceConfig, out: Path) -> list[Task]:
     return tasks
 
 
-def _data_tasks(cfg: ReproduceConfig, game: str, g: Path) -> tuple[Path, tuple[str, ...], list]:
+def _data_tasks(
+    cfg: ReproduceConfig, game: str, g: Path
+) -> tuple[Path, tuple[str, ...], list[Task]]:
     """The game's dataset, the steps it needs, and the steps that make it: none under
     ``data_root``; else a collection by the shipped demonstrator, or by one trained first."""
     from lapo.policies import shipped_demonstrators
 
     if cfg.data_root:
         return Path(cfg.data_root) / game, (), []
-    tasks, deps, policy = [], (), "demonstrator"
+    tasks: list[Task] = []
+    deps: tuple[str, ...] = ()
+    policy = "demonstrator"
     if game not in shipped_demonstrators():
         policy, deps = str(g / "expert"), (f"{game}/expert",)
         expert = ExpertConfig(game=game, frames=cfg.expert_frames)
