@@ -72,12 +72,14 @@ def add_dataclass_args(
     skip: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
     prefix: str = "",
+    required: tuple[str, ...] = (),
 ) -> None:
     """Add one option per field of ``cls`` (except ``skip``; only ``only`` if given),
     recursing into nested dataclasses; ``prefix`` starts each name (``idm_`` gives
     ``--idm-width``). Options absent from the command line stay absent from the namespace;
     ``defaults`` (an instance of ``cls``, e.g. a preset; default: the class's defaults) only
-    shows in the help."""
+    shows in the help; ``required`` fields say so there (the handler checks them, as
+    ``--config`` may give them instead)."""
     docs = field_docs(cls)
     hints = get_type_hints(cls)
     defaults = cls() if defaults is None else defaults
@@ -97,7 +99,8 @@ def add_dataclass_args(
             field_flag(f, prefix),
             dest=prefix + f.name,
             default=argparse.SUPPRESS,
-            help=f"{docs.get(f.name, '')} (default: {_shown(shown)})",
+            help=f"{docs.get(f.name, '')} "
+            + ("(required)" if f.name in required else f"(default: {_shown(shown)})"),
             **kind,
         )
 

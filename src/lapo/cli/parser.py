@@ -39,8 +39,8 @@ def _opt(flag: str, help_: str, **kw: Any) -> Option:
 ENV = _req("--env", f"one of: {', '.join(GAMES)}", metavar="GAME")
 OUT = _req("--out", "run folder (resumes if present)")
 QUIET = _opt("--quiet", "no progress bar", action="store_true")
-CONFIG = _opt("--config", "start from a saved run's config.json (instead of --preset); options "
-              "given override it", metavar="FILE")
+CONFIG = _opt("--config", "start from a saved run's config.json (instead of the defaults or "
+              "--preset); options given override it", metavar="FILE")
 LAM_PRESET = _opt("--preset", f"base configuration: {', '.join(LAM_PRESETS)}", default="cpu")
 BC_PRESET = _opt("--preset", f"base configuration: {', '.join(BC_PRESETS)}", default="cpu")
 RUN1 = _req("--run", "stage-1 run folder")
@@ -143,7 +143,8 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
      cmd.baseline_bc, LABELLED, [(SupervisedIDMConfig, {"prefix": "idm_"}), (BCConfig, BC_CPU)]),
     ("baseline ppo", "(c) PPO from scratch with the policy's IMPALA-CNN", cmd.baseline_ppo,
      [ENV, OUT, QUIET, CONFIG],
-     [(ExpertConfig, {"defaults": PPO_BASELINE, "only": cmd.PPO_BASELINE_FIELDS})]),
+     [(ExpertConfig, {"defaults": PPO_BASELINE, "only": cmd.PPO_BASELINE_FIELDS,
+                     "required": ("frames",)})]),
 ]
 # fmt: on
 
