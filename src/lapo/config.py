@@ -1,7 +1,7 @@
 """Every stage's configuration, in one place: the dataclasses, their named presets and the
 settings a resumed run may change.
 
-Each field's docstring is its ``--option`` help (see :mod:`lapo.cliutil`). Presets: ``paper``
+Each field's docstring is its ``--option`` help (see :mod:`lapo.cli.options`). Presets: ``paper``
 is the published configuration (``../shared/LAPO_NOTES.md``), ``cpu`` the one measured best on
 2 CPU cores (README), ``fast`` toy sizes for smoke runs. Validation lives here, in
 ``__post_init__``: a value out of range raises :class:`~lapo.errors.ConfigError`, which the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, get_type_hints
 
 from lapo.errors import ConfigError
 
@@ -37,8 +37,7 @@ def _positive(cfg: object, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value < 1:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} must be at least 1, got {value}")
+            raise ConfigError(f"{flag(name)} must be at least 1, got {value}")
 
 
 @dataclass
@@ -456,6 +455,25 @@ class SupervisedIDMConfig:
         _positive(self, "steps", "batch_size")
 
 
+@dataclass
+class EvalConfig:
+    """``lapo eval``: how a policy is played."""
+
+    episodes: int = 100
+    """Episodes to play per seed."""
+    seeds: int = 1
+    """Seeds to run (seed, seed+1, ...)."""
+    seed: int = 0
+    """Environment and sampling seed."""
+    num_envs: int = 16
+    """Parallel environments."""
+    distribution_mode: str = "easy"
+    """Procgen distribution mode: easy or hard."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "episodes", "seeds", "num_envs")
+
+
 DEMO_GAMES = ("coinrun", "jumper")
 
 
@@ -490,6 +508,11 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "frames", "lam_steps", "bc_steps", "labels", "episodes")
+        if self.game not in DEMO_GAMES:
+            raise ConfigError(
+                f"no demonstrator ships for {self.game!r}; the demo plays one of: "
+                f"{', '.join(DEMO_GAMES)}"
+            )
 
 
 DEMO_FAST = dict(
@@ -513,18 +536,118 @@ STEPS = ("data", "lam", "bc", "offline", "labels", "online", "ppo")
 
 @dataclass
 class ReproduceConfig:
-    """The grid: games x seeds x steps."""
+    """``lapo reproduce``: the grid of games x seeds x steps."""
 
     games: list[str] = field(default_factory=lambda: ["coinrun", "jumper"])
+    """Games, comma-separated ('all' on the command line: the 16 Procgen games)."""
     seeds: int = 1
+    """Training seeds per game."""
     preset: str = "paper"
-    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    """The stages' configuration: paper or cpu."""
+    steps: list[str] = field(default_factory=lambda: list(STEPS), metadata={"flag": "stages"})
+    """Steps to run (data is always collected; labels: LAPO with the K labels also in stage 1,
+    a stage 1, stage 2 and decoding per K)."""
     labels: list[int] = field(default_factory=lambda: list(PAPER_LABELS))
+    """Label counts K, comma-separated."""
     frames: int = 1_000_000
+    """Demonstrator frames to record per game."""
     online_frames: int = 4_000_000
+    """Frames of online decoding and of PPO from scratch."""
     expert_frames: int = 25_000_000
+    """PPO frames of a demonstrator trained for a game without a shipped one."""
     data_root: str | None = None
+    """Use DIR/GAME datasets (e.g. imported) instead of collecting."""
     episodes: int = 100
+    """Evaluation episodes per policy."""
     jobs: int = 2
+    """Steps run at once."""
     threads: int = 1
+    """torch threads per step."""
     extra: dict[str, list[str]] = field(default_factory=dict)
+    """Extra command-line options per step kind (lam, bc, idm, online, ppo)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "seeds", "jobs", "episodes")
+        unknown = sorted(set(self.steps) - set(STEPS))
+        if unknown:
+            raise ConfigError(
+                f"unknown --stages {', '.join(unknown)}: choose from {', '.join(STEPS)}"
+            )
+        if not self.labels or min(self.labels) < 1:
+            raise ConfigError(f"every --labels count must be at least 1, got {self.labels}")
+
+
+PPO_BASELINE = ExpertConfig(num_steps=64)
+"""Baseline (c)'s defaults: Procgen's PPO on LAPO's online rollout shape (64 envs x 64 steps)."""
+
+
+REPRODUCE_PRESETS: dict[str, ReproduceConfig] = {
+    "paper": ReproduceConfig(),
+    "cpu": ReproduceConfig(preset="cpu", labels=[256, 1000], frames=51_200, online_frames=300_000),
+}
+
+
+PRESETS: dict[type, dict] = {
+    LAMConfig: LAM_PRESETS,
+    BCConfig: BC_PRESETS,
+    ReproduceConfig: REPRODUCE_PRESETS,
+}
+"""Each config class with named presets: class -> name -> preset."""
+
+
+def preset(cls: type[T], name: str) -> T:
+    """A fresh copy of the preset ``name`` of config class ``cls`` (see :data:`PRESETS`)."""
+    return _preset(PRESETS[cls], name)
+
+
+def flag(name: str) -> str:
+    """The command-line option of config field ``name`` (``a.b`` for a nested field)."""
+    return "--" + name.replace("_", "-")
+
+
+def field_flag(f: dataclasses.Field, prefix: str = "") -> str:
+    """The option of field ``f`` (its ``metadata["flag"]`` if set, else its name)."""
+    return flag(prefix + f.metadata.get("flag", f.name))
+
+
+def option(name_flag: str, value: object) -> list[str]:
+    """``[flag, value]`` as a command line spells it: booleans as ``--x`` / ``--no-x``,
+    lists comma-separated."""
+    if isinstance(value, bool):
+        return [name_flag if value else "--no-" + name_flag[2:]]
+    if isinstance(value, list | tuple):
+        return [name_flag, ",".join(str(v) for v in value)]
+    return [name_flag, str(value)]
+
+
+def to_flags(cfg: object, base: object = None, prefix: str = "") -> list[str]:
+    """The options that turn ``base`` (default: the class's defaults) into ``cfg``: one per
+    field whose value differs, so a command built from a config spells every flag as the
+    CLI (generated from the same fields) reads it."""
+    base = type(cfg)() if base is None else base
+    out: list[str] = []
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value, was = getattr(cfg, f.name), getattr(base, f.name)
+        if dataclasses.is_dataclass(value):
+            out += to_flags(value, was, prefix + f.name + ".")
+        elif value != was:
+            out += option(field_flag(f, prefix), value)
+    return out
+
+
+def config_from_dict(cls: type[T], values: dict, where: str = "") -> T:
+    """``cls`` from what ``dataclasses.asdict`` made of one (a saved run's config section);
+    an unknown key raises :class:`ConfigError` naming ``where`` it came from."""
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a {cls.__name__} section, got {values!r:.60}")
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {cls.__name__} setting(s) {', '.join(unknown)}")
+    hints = get_type_hints(cls)
+    return cls(
+        **{
+            k: config_from_dict(hints[k], v, where) if dataclasses.is_dataclass(hints[k]) else v
+            for k, v in values.items()
+        }
+    )

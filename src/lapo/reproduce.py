@@ -6,14 +6,16 @@ For each (game, seed): stage 1, stage 2, offline decoding at each label count wi
 (a) BC on the same labels and (b) supervised-IDM labels then BC, online decoding and (c) PPO
 from scratch for the same frames, and an evaluation of every policy.
 
-Every step is a ``lapo`` command run as a subprocess and is skipped when its marker
-(``<step>.done.json`` beside its folder) exists, so a killed grid resumes where it stopped.
-Independent steps run ``jobs`` at a time. The grid writes ``results.csv`` (every
+Every step is a ``lapo`` command run as a subprocess, its options built from the step's config
+dataclass (:func:`lapo.config.to_flags` spells each flag as the CLI generated from the same
+fields reads it). A step is skipped when its marker (``<step>.done.json`` beside its folder)
+exists, so a killed grid resumes where it stopped. Independent steps run ``jobs`` at a time. The grid writes ``results.csv`` (every
 evaluation), ``summary.md``, ``offline_vs_labels.png`` and ``online_curves.png``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,8 +23,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from lapo.config import ReproduceConfig
+from lapo.config import (
+    PPO_BASELINE,
+    BCConfig,
+    EvalConfig,
+    ExpertConfig,
+    LAMConfig,
+    OfflineConfig,
+    OnlineConfig,
+    ReproduceConfig,
+    flag,
+    option,
+    preset,
+    to_flags,
+)
 from lapo.report.grid import summarise
 
 # measured rates on the 2-core CPU of README's figures (channels-last fp32): stage 1 paper
@@ -44,258 +60,164 @@ class Task:
     deps: tuple[str, ...] = ()
 
 
-def _lapo(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lapo.cli", *args]
+def _lapo(
+    *command: str,
+    config: Any = None,
+    base: Any = None,
+    extra: list[str] | tuple[str, ...] = (),
+    **options: Any,
+) -> list[str]:
+    """``python -m lapo.cli COMMAND``: ``options`` (``out=p`` gives ``--out p``, ``True`` a bare
+    flag, ``None`` nothing), the fields of ``config`` that differ from ``base`` (spelled as the
+    CLI generated from the same dataclass reads them), then the user's ``extra`` options."""
+    given = [x for k, v in options.items() if v not in (None, False) for x in option(flag(k), v)]
+    fields = to_flags(config, base) if config is not None else []
+    return [sys.executable, "-m", "lapo.cli", *command, *given, *fields, *extra]
 
 
 def build_tasks(cfg: ReproduceConfig, out: Path) -> list[Task]:
     """Every step of the grid, with the steps it needs."""
-    from lapo.policies import shipped_demonstrators
-
     tasks: list[Task] = []
-    shipped = shipped_demonstrators()
-    q = ("--quiet",)
     for game in cfg.games:
         g = out / game
-        data_deps: tuple[str, ...] = ()
-        if cfg.data_root:
-            data = Path(cfg.data_root) / game
-        else:
-            data = g / "data"
-            policy = "demonstrator"
-            if game not in shipped:
-                policy = str(g / "expert")
-                tasks.append(
-                    Task(
-                        f"{game}/expert",
-                        _lapo(
-                            "expert",
-                            "train",
-                            "--env",
-                            game,
-                            "--frames",
-                            str(cfg.expert_frames),
-                            "--out",
-                            policy,
-                            *q,
-                        ),
-                        g / "expert.done.json",
-                    )
-                )
-                data_deps = (f"{game}/expert",)
-            tasks.append(
-                Task(
-                    f"{game}/data",
-                    _lapo(
-                        "collect",
-                        "--env",
-                        game,
-                        "--policy",
-                        policy,
-                        "--frames",
-                        str(cfg.frames),
-                        "--test-frames",
-                        str(max(cfg.frames // 6, 1024)),
-                        "--out",
-                        str(data),
-                        "--seed",
-                        "0",
-                        *q,
-                    ),
-                    g / "data.done.json",
-                    data_deps,
-                )
-            )
-            data_deps = (f"{game}/data",)
-        tasks.append(
-            Task(
-                f"{game}/eval_random",
-                _lapo(
-                    "eval",
-                    "--policy",
-                    "random",
-                    "--env",
-                    game,
-                    "--episodes",
-                    str(cfg.episodes),
-                    "--seed",
-                    "1000",
-                ),
-                g / "eval_random.json",
-            )
-        )
+        data, data_deps, data_tasks = _data_tasks(cfg, game, g)
+        tasks += data_tasks
+        random = EvalConfig(episodes=cfg.episodes, seed=1000)
+        cmd = _lapo("eval", policy="random", env=game, config=random)
+        tasks.append(Task(f"{game}/eval_random", cmd, g / "eval_random.json"))
         for seed in range(cfg.seeds):
-            r, s = g / f"seed{seed}", ("--seed", str(seed))
-            pre = ("--preset", cfg.preset)
-            policies: dict[str, tuple[Path, str]] = {}
-            if "lam" in cfg.steps:
-                tasks.append(
-                    Task(
-                        f"{game}/{seed}/lam",
-                        _lapo(
-                            "lam",
-                            "train",
-                            "--data",
-                            str(data),
-                            "--out",
-                            str(r / "lam"),
-                            *pre,
-                            *s,
-                            *q,
-                            *cfg.extra.get("lam", []),
-                        ),
-                        r / "lam.done.json",
-                        data_deps,
-                    )
-                )
-            if "bc" in cfg.steps:
-                tasks.append(
-                    Task(
-                        f"{game}/{seed}/bc",
-                        _lapo(
-                            "bc",
-                            "train",
-                            "--lam",
-                            str(r / "lam"),
-                            "--data",
-                            str(data),
-                            "--out",
-                            str(r / "bc"),
-                            *pre,
-                            *s,
-                            *q,
-                            *cfg.extra.get("bc", []),
-                        ),
-                        r / "bc.done.json",
-                        (f"{game}/{seed}/lam",) if "lam" in cfg.steps else data_deps,
-                    )
-                )
-            bc_dep = (f"{game}/{seed}/bc",) if "bc" in cfg.steps else data_deps
-            for k in cfg.labels if "offline" in cfg.steps else []:
-                dec = r / f"lapo_offline_k{k}"
-                tasks.append(
-                    Task(
-                        f"{game}/{seed}/lapo_offline_k{k}",
-                        _lapo(
-                            "decode",
-                            "offline",
-                            "--policy",
-                            str(r / "bc"),
-                            "--data",
-                            str(data),
-                            "--labels",
-                            str(k),
-                            "--out",
-                            str(dec),
-                            *s,
-                        ),
-                        r / f"lapo_offline_k{k}.done.json",
-                        bc_dep,
-                    )
-                )
-                policies[f"lapo_offline_k{k}"] = (dec, f"lapo_offline_k{k}")
-                for name, sub in (("bc", "bc"), ("idm_bc", "idm-bc")):
-                    more = cfg.extra.get("idm", []) if name == "idm_bc" else []
-                    o = r / f"{name}_k{k}"
-                    tasks.append(
-                        Task(
-                            f"{game}/{seed}/{name}_k{k}",
-                            _lapo(
-                                "baseline",
-                                sub,
-                                "--data",
-                                str(data),
-                                "--labels-from",
-                                str(dec),
-                                "--out",
-                                str(o),
-                                *pre,
-                                *s,
-                                *q,
-                                *cfg.extra.get("bc", []),
-                                *more,
-                            ),
-                            r / f"{name}_k{k}.done.json",
-                            (f"{game}/{seed}/lapo_offline_k{k}",),
-                        )
-                    )
-                    policies[f"{name}_k{k}"] = (o, f"{name}_k{k}")
-            for k in cfg.labels if "labels" in cfg.steps else []:
-                tasks += labelled_stage1_tasks(cfg, game, seed, k, data, r, data_deps)
-                policies[f"lapo_labels_k{k}"] = (r / f"lapo_labels_k{k}", f"lapo_labels_k{k}")
-            if "online" in cfg.steps:
-                o = r / "lapo_online"
-                tasks.append(
-                    Task(
-                        f"{game}/{seed}/lapo_online",
-                        _lapo(
-                            "decode",
-                            "online",
-                            "--policy",
-                            str(r / "bc"),
-                            "--env",
-                            game,
-                            "--frames",
-                            str(cfg.online_frames),
-                            "--out",
-                            str(o),
-                            *s,
-                            *q,
-                            *cfg.extra.get("online", []),
-                        ),
-                        r / "lapo_online.done.json",
-                        bc_dep,
-                    )
-                )
-                policies["lapo_online"] = (o, "lapo_online")
-            if "ppo" in cfg.steps:
-                o = r / "ppo_scratch"
-                width = "4" if cfg.preset == "paper" else "1"
-                tasks.append(
-                    Task(
-                        f"{game}/{seed}/ppo_scratch",
-                        _lapo(
-                            "baseline",
-                            "ppo",
-                            "--env",
-                            game,
-                            "--frames",
-                            str(cfg.online_frames),
-                            "--out",
-                            str(o),
-                            "--width",
-                            width,
-                            *s,
-                            *q,
-                            *cfg.extra.get("ppo", []),
-                        ),
-                        r / "ppo_scratch.done.json",
-                    )
-                )
-                policies["ppo_scratch"] = (o, "ppo_scratch")
-            for name, (folder, task) in policies.items():
-                # imported data records no demonstrator return: normalise by constants only
-                demo = () if cfg.data_root else ("--demonstrator-return-from", str(data))
-                tasks.append(
-                    Task(
-                        f"{game}/{seed}/eval_{name}",
-                        _lapo(
-                            "eval",
-                            "--policy",
-                            str(folder),
-                            "--env",
-                            game,
-                            "--episodes",
-                            str(cfg.episodes),
-                            "--seed",
-                            str(1000 + seed),
-                            *demo,
-                        ),
-                        r / f"eval_{name}.json",
-                        (f"{game}/{seed}/{task}", *data_deps),
-                    )
-                )
-    return tasks  # fmt: skip
+            tasks += _seed_tasks(cfg, game, seed, data, data_deps, g / f"seed{seed}")
+    return tasks
+
+
+def _data_tasks(
+    cfg: ReproduceConfig, game: str, g: Path
+) -> tuple[Path, tuple[str, ...], list[Task]]:
+    """The game's dataset, the steps it needs, and the steps that make it: none under
+    ``data_root``; else a collection by the shipped demonstrator, or by one trained first."""
+    from lapo.policies import shipped_demonstrators
+
+    if cfg.data_root:
+        return Path(cfg.data_root) / game, (), []
+    tasks: list[Task] = []
+    deps: tuple[str, ...] = ()
+    policy = "demonstrator"
+    if game not in shipped_demonstrators():
+        policy, deps = str(g / "expert"), (f"{game}/expert",)
+        expert = ExpertConfig(game=game, frames=cfg.expert_frames)
+        cmd = _lapo("expert", "train", env=game, out=policy, quiet=True, config=expert,
+                    base=ExpertConfig(game=game))  # fmt: skip
+        tasks.append(Task(f"{game}/expert", cmd, g / "expert.done.json"))
+    data = g / "data"
+    cmd = _lapo("collect", env=game, policy=policy, frames=cfg.frames,
+                test_frames=max(cfg.frames // 6, 1024), out=data, seed=0, quiet=True)  # fmt: skip
+    tasks.append(Task(f"{game}/data", cmd, g / "data.done.json", deps))
+    return data, (f"{game}/data",), tasks
+
+
+def _stage1(cfg: ReproduceConfig, seed: int, data: Path, out: Path, **changes: Any) -> list[str]:
+    base = preset(LAMConfig, cfg.preset)
+    lam = dataclasses.replace(base, seed=seed, **changes)
+    return _lapo("lam", "train", data=data, out=out, preset=cfg.preset, quiet=True, config=lam,
+                 base=base, extra=cfg.extra.get("lam", []))  # fmt: skip
+
+
+def _bc(cfg: ReproduceConfig, seed: int, *command: str, **options: Any) -> list[str]:
+    """Stage 2 or a BC baseline: the preset's BC config with ``seed``."""
+    base = preset(BCConfig, cfg.preset)
+    extra = cfg.extra.get("bc", []) + (cfg.extra.get("idm", []) if "idm-bc" in command else [])
+    return _lapo(*command, **options, preset=cfg.preset, quiet=True,
+                 config=dataclasses.replace(base, seed=seed), base=base, extra=extra)  # fmt: skip
+
+
+def _offline(policy: Path, data: Path, k: int, seed: int, out: Path) -> list[str]:
+    decode = OfflineConfig(labels=k, seed=seed)
+    return _lapo("decode", "offline", policy=policy, data=data, out=out, config=decode)
+
+
+def _seed_tasks(
+    cfg: ReproduceConfig, game: str, seed: int, data: Path, data_deps: tuple[str, ...], r: Path
+) -> list[Task]:
+    """The steps of one (game, seed): stages 1 and 2, decodings, baselines, evaluations."""
+    name, steps = f"{game}/{seed}", cfg.steps
+    tasks, methods = [], []
+    if "lam" in steps:
+        tasks.append(Task(f"{name}/lam", _stage1(cfg, seed, data, r / "lam"),
+                          r / "lam.done.json", data_deps))  # fmt: skip
+    if "bc" in steps:
+        cmd = _bc(cfg, seed, "bc", "train", lam=r / "lam", data=data, out=r / "bc")
+        lam_dep = (f"{name}/lam",) if "lam" in steps else data_deps
+        tasks.append(Task(f"{name}/bc", cmd, r / "bc.done.json", lam_dep))
+    bc_dep = (f"{name}/bc",) if "bc" in steps else data_deps
+    for k in cfg.labels if "offline" in steps else []:
+        tasks += offline_tasks(cfg, name, seed, k, data, r, bc_dep)
+        methods += [f"{m}_k{k}" for m in ("lapo_offline", "bc", "idm_bc")]
+    for k in cfg.labels if "labels" in steps else []:
+        tasks += labelled_stage1_tasks(cfg, game, seed, k, data, r, data_deps)
+        methods.append(f"lapo_labels_k{k}")
+    if "online" in steps:
+        online = OnlineConfig(frames=cfg.online_frames, seed=seed)
+        cmd = _lapo("decode", "online", policy=r / "bc", env=game, out=r / "lapo_online",
+                    quiet=True, config=online, extra=cfg.extra.get("online", []))  # fmt: skip
+        tasks.append(Task(f"{name}/lapo_online", cmd, r / "lapo_online.done.json", bc_dep))
+        methods.append("lapo_online")
+    if "ppo" in steps:
+        ppo = dataclasses.replace(PPO_BASELINE, width=4 if cfg.preset == "paper" else 1, seed=seed)
+        # --frames always: the command requires it
+        cmd = _lapo("baseline", "ppo", env=game, frames=cfg.online_frames, out=r / "ppo_scratch",
+                    quiet=True, config=ppo, base=PPO_BASELINE, extra=cfg.extra.get("ppo", []))  # fmt: skip
+        tasks.append(Task(f"{name}/ppo_scratch", cmd, r / "ppo_scratch.done.json"))
+        methods.append("ppo_scratch")
+    return tasks + eval_tasks(cfg, name, seed, methods, data, data_deps, r)
+
+
+def offline_tasks(
+    cfg: ReproduceConfig,
+    name: str,
+    seed: int,
+    k: int,
+    data: Path,
+    r: Path,
+    bc_dep: tuple[str, ...],
+) -> list[Task]:
+    """Offline decoding of stage 2 on K labels, and baselines (a) and (b) on the same K."""
+    dec = r / f"lapo_offline_k{k}"
+    tasks = [Task(f"{name}/lapo_offline_k{k}", _offline(r / "bc", data, k, seed, dec),
+                  r / f"lapo_offline_k{k}.done.json", bc_dep)]  # fmt: skip
+    for method, command in (("bc", "bc"), ("idm_bc", "idm-bc")):
+        o = r / f"{method}_k{k}"
+        cmd = _bc(cfg, seed, "baseline", command, data=data, labels_from=dec, out=o)
+        deps = (f"{name}/lapo_offline_k{k}",)
+        tasks.append(Task(f"{name}/{method}_k{k}", cmd, r / f"{method}_k{k}.done.json", deps))
+    return tasks
+
+
+def eval_tasks(
+    cfg: ReproduceConfig,
+    name: str,
+    seed: int,
+    methods: list[str],
+    data: Path,
+    data_deps: tuple[str, ...],
+    r: Path,
+) -> list[Task]:
+    """An evaluation of each method's policy (trained by step ``name/method`` into
+    ``r/method``)."""
+    game = name.split("/")[0]
+    # imported data records no demonstrator return: normalise by constants only
+    demo = None if cfg.data_root else data
+    play = EvalConfig(episodes=cfg.episodes, seed=1000 + seed)
+    return [
+        Task(
+            f"{name}/eval_{method}",
+            _lapo(
+                "eval", policy=r / method, env=game, config=play, demonstrator_return_from=demo
+            ),  # fmt: skip
+            r / f"eval_{method}.json",
+            (f"{name}/{method}", *data_deps),
+        )
+        for method in methods
+    ]
 
 
 def labelled_stage1_tasks(
@@ -310,31 +232,27 @@ def labelled_stage1_tasks(
     """LAPO with K labels in stage 1: stage 1 with ``--labels K``, stage 2 on it, and offline
     decoding on the same K windows (drawn by the same seed as every K-label row)."""
     lam, bc, dec = r / f"lam_labels_k{k}", r / f"bc_labels_k{k}", r / f"lapo_labels_k{k}"
-    pre, s, q = ("--preset", cfg.preset), ("--seed", str(seed)), ("--quiet",)
     name = f"{game}/{seed}"
     return [
         Task(
             f"{name}/lam_labels_k{k}",
-            _lapo("lam", "train", "--data", str(data), "--out", str(lam), *pre, *s, *q,
-                  "--labels", str(k), "--labels-seed", str(seed), *cfg.extra.get("lam", [])),
+            _stage1(cfg, seed, data, lam, labels=k, labels_seed=seed),
             r / f"lam_labels_k{k}.done.json",
             data_deps,
         ),
         Task(
             f"{name}/bc_labels_k{k}",
-            _lapo("bc", "train", "--lam", str(lam), "--data", str(data), "--out", str(bc),
-                  *pre, *s, *q, *cfg.extra.get("bc", [])),
+            _bc(cfg, seed, "bc", "train", lam=lam, data=data, out=bc),
             r / f"bc_labels_k{k}.done.json",
             (f"{name}/lam_labels_k{k}",),
         ),
         Task(
             f"{name}/lapo_labels_k{k}",
-            _lapo("decode", "offline", "--policy", str(bc), "--data", str(data),
-                  "--labels", str(k), "--out", str(dec), *s),
+            _offline(bc, data, k, seed, dec),
             r / f"lapo_labels_k{k}.done.json",
             (f"{name}/bc_labels_k{k}",),
         ),
-    ]  # fmt: skip
+    ]
 
 
 def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path, progress: bool = True) -> None:

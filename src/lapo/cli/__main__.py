@@ -1,0 +1,7 @@
+"""``python -m lapo.cli ...`` runs the ``lapo`` command."""
+
+import sys
+
+from lapo.cli import main
+
+sys.exit(main())

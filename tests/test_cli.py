@@ -1,0 +1,159 @@
+"""The ``lapo`` command line: generated from the config dataclasses, ``--config FILE``, one-line
+errors, and ``lapo reproduce``'s commands built from configs."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lapo.cli import main
+from lapo.cli.options import command_config
+from lapo.cli.parser import COMMANDS, build_parser
+from lapo.config import (
+    REPRODUCE_PRESETS,
+    BCConfig,
+    LAMConfig,
+    OnlineConfig,
+    QuantizerConfig,
+    lam_preset,
+    to_flags,
+)
+from lapo.reproduce import build_tasks
+
+
+def one_line_error(capsys, *text: str) -> None:
+    """stderr is one ``lapo: error:`` line holding ``text``: no traceback, no usage."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lapo: error: "), err
+    assert "Traceback" not in err and "usage:" not in err
+    for t in text:
+        assert t in err, err
+
+
+def test_every_command_has_help(capsys):
+    for name, *_ in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([*name.split(), "--help"])
+        assert e.value.code == 0
+        assert "usage: lapo " + name in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["lapo", "lapo.cli"])
+def test_python_m_runs_the_command(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "reproduce" in out.stdout
+
+
+def test_field_docstrings_are_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["lam", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--quantizer.num-codebooks" in text and "VQ: number of codebooks." in text
+    assert "--no-idm-differences" in text and "(default: 3000)" in text  # the cpu preset's
+
+
+def test_lam_train_out_naming_a_file_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["lam", "train", "--data", str(tmp_path), "--out", str(afile), "--quiet"]) == 2
+    one_line_error(capsys, "is a file")
+
+
+def test_unknown_preset_is_one_line(tmp_path, capsys):
+    args = ["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "nope"]
+    assert main(["lam", "train", *args]) == 2
+    one_line_error(capsys, "unknown preset 'nope'", "paper, cpu, fast")
+    assert main(["bc", "train", "--lam", str(tmp_path), *args]) == 2
+    one_line_error(capsys, "unknown preset 'nope'")
+
+
+def test_out_of_range_options_are_one_line(capsys):
+    assert main(["eval", "--policy", "random", "--env", "coinrun", "--episodes", "0"]) == 2
+    one_line_error(capsys, "--episodes must be at least 1")
+    assert main(["reproduce", "--preset", "cpu", "--seeds", "0", "--out", "unused"]) == 2
+    one_line_error(capsys, "--seeds must be at least 1")
+    assert main(["reproduce", "--preset", "cpu", "--stages", "lam,nope", "--out", "unused"]) == 2
+    one_line_error(capsys, "unknown --stages nope")
+
+
+def saved_run(tmp_path: Path, section: str, cfg: object, **extra: object) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"kind": section, **extra, section: dataclasses.asdict(cfg)}))
+    return path
+
+
+def test_config_file_is_the_base_and_options_override_it(tmp_path):
+    saved = dataclasses.replace(
+        lam_preset("paper"), steps=7, seed=3, quantizer=QuantizerConfig(num_entries=32)
+    )
+    path = saved_run(tmp_path, "lam", saved, data="somewhere")
+    argv = ["lam", "train", "--data", "d", "--out", "o", "--config", str(path)]
+    args = build_parser().parse_args([*argv, "--steps", "9", "--quantizer.decay", "0.5"])
+    cfg = command_config(args, LAMConfig, section="lam")
+    assert cfg == dataclasses.replace(
+        saved, steps=9, quantizer=QuantizerConfig(num_entries=32, decay=0.5)
+    )
+    # no options: the saved run's config as it was (not the --preset's)
+    assert command_config(build_parser().parse_args(argv), LAMConfig, section="lam") == saved
+    # the same for the other stages' sections
+    online = saved_run(tmp_path, "online", OnlineConfig(frames=1234, num_envs=4))
+    argv = ["decode", "online", "--policy", "p", "--env", "coinrun", "--out", "o"]
+    args = build_parser().parse_args([*argv, "--config", str(online), "--seed", "5"])
+    assert command_config(args, OnlineConfig, section="online") == OnlineConfig(
+        frames=1234, num_envs=4, seed=5
+    )
+
+
+def test_a_config_file_that_does_not_fit_is_one_line(tmp_path, capsys):
+    base = ["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"]
+    path = saved_run(tmp_path, "lam", LAMConfig())
+    cfg = json.loads(path.read_text())
+    cfg["lam"]["no_such_setting"] = 1
+    path.write_text(json.dumps(cfg))
+    assert main(["lam", "train", *base, "--config", str(path)]) == 2
+    one_line_error(capsys, "unknown LAMConfig setting(s) no_such_setting")
+    # a stage-2 run's config is no stage-1 config
+    path = saved_run(tmp_path, "bc", BCConfig())
+    assert main(["lam", "train", *base, "--config", str(path)]) == 2
+    one_line_error(capsys, "is not a run config of this command", "'lam'")
+    path.write_text("not json")
+    assert main(["lam", "train", *base, "--config", str(path)]) == 2
+    one_line_error(capsys, "cannot read")
+    assert main(["lam", "train", *base, "--config", str(tmp_path / "missing.json")]) == 2
+    one_line_error(capsys, "cannot read")
+
+
+def test_to_flags_round_trips_through_the_parser():
+    base = lam_preset("cpu")
+    cfg = dataclasses.replace(
+        base,
+        idm_differences=False,
+        learning_rate=1.5e-4,
+        wm_target="embedding",
+        quantizer=dataclasses.replace(base.quantizer, kind="fsq", reference_counts=True),
+    )
+    flags = to_flags(cfg, base)
+    assert "--no-idm-differences" in flags and "--quantizer.reference-counts" in flags
+    args = build_parser().parse_args(["lam", "train", "--data", "d", "--out", "o", *flags])
+    assert command_config(args, LAMConfig) == cfg
+
+
+def test_reproduce_commands_parse_to_the_configs_they_were_built_from(tmp_path):
+    cfg = dataclasses.replace(
+        REPRODUCE_PRESETS["cpu"], games=["coinrun", "bigfish"], seeds=2, labels=[64]
+    )
+    tasks = build_tasks(cfg, tmp_path)
+    parser = build_parser()
+    for t in tasks:  # every command is one the CLI reads
+        parser.parse_args(t.cmd[3:])
+    lam = {t.name: t.cmd[3:] for t in tasks if "lam" in t.name.split("/")[-1]}
+    for name, argv in lam.items():
+        seed = int(name.split("/")[1])
+        want = dataclasses.replace(lam_preset("cpu"), seed=seed)
+        if name.endswith("_k64"):
+            want = dataclasses.replace(want, labels=64, labels_seed=seed)
+        assert command_config(parser.parse_args(argv), LAMConfig) == want, name
+    assert {t.name for t in tasks} >= {"bigfish/expert", "coinrun/1/ppo_scratch"}
