@@ -19,6 +19,7 @@ from torch.distributions import Categorical
 from lapo.checkpoint import CheckpointError, load_tensors, read_json
 from lapo.envs import NUM_ACTIONS
 from lapo.models.actor_critic import ActorCritic
+from lapo.runkinds import load_policy_run
 
 DEMONSTRATORS_DIR = Path(__file__).parent / "demonstrators"
 
@@ -113,8 +114,6 @@ class NetworkPolicy:
     KINDS = ("decoded-policy", "action-policy", "online-agent")
 
     def __init__(self, path: Path, seed: int = 0, device: str = "cpu") -> None:
-        from lapo.bc import load_policy_run
-
         self.path = Path(path)
         self.device = torch.device(device)
         self.model, self.config = load_policy_run(self.path, self.KINDS)

@@ -156,7 +156,7 @@ def lam_probe(args: argparse.Namespace) -> None:
 
 
 def lam_plot(args: argparse.Namespace) -> None:
-    from lapo.plots import plot_lam
+    from lapo.report.latents import plot_lam
 
     _print(plot_lam(Path(args.run), Path(args.data), Path(args.out)))
 

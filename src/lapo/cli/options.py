@@ -28,7 +28,15 @@ T = TypeVar("T")
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Map each field of dataclass ``cls`` to the string literal that follows it in the source."""
+    """Map each field of dataclass ``cls`` to the string literal that follows it in the source
+    (of ``cls`` or, for an inherited field, of the base class that last declares it)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[:-1]):
+        docs.update(_own_field_docs(base))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
