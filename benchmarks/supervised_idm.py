@@ -24,8 +24,7 @@ from torch import nn
 from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
-from lapo.lam import frames_to_float
-from lapo.models.idm import stack_frames
+from lapo.models.idm import frames_to_float, stack_frames
 from lapo.models.impala import ImpalaCNN
 from lapo.probe import classification_report
 

@@ -35,8 +35,6 @@ from lapo.runkinds import (
     data_fields,
     latent_policy_spec,
 )
-from lapo.runkinds import load_policy_run as load_policy_run
-from lapo.runkinds import load_stage2 as load_stage2
 from lapo.runs import Run, resolve_device
 
 
@@ -133,6 +131,25 @@ class BCTest:
         return m
 
 
+def bc_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, np.ndarray],
+    targets_fn: Any,
+    cfg: BCConfig,
+    device: torch.device,
+) -> tuple[float, float]:
+    """One gradient step from the windows' middle frames ``o[t]`` onto their targets:
+    ``(loss, grad_norm)``."""
+    obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(device)  # (B, 64, 64, 3)
+    loss = targets_fn.loss(model(obs).float(), targets_fn(batch))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.item(), float(grad_norm)
+
+
 def train_bc(
     cfg: BCConfig,
     data: Path,
@@ -153,19 +170,9 @@ def train_bc(
     and the untrained and constant-prediction baselines.
     """
     run_config = dict(run_config or {})
-    run = Run(
-        out,
-        run_config.pop("kind", "bc"),
-        cfg,
-        columns=BC_COLUMNS,
-        total=cfg.steps,
-        desc=desc,
-        resumable=BC_RESUMABLE,
-        compare={"network": network},
-        progress=progress,
-        threads=cfg.threads,
-        device=cfg.device,
-    )
+    kind = run_config.pop("kind", "bc")
+    run = Run(out, kind, cfg, columns=BC_COLUMNS, total=cfg.steps, desc=desc,
+              resumable=BC_RESUMABLE, compare={"network": network}, progress=progress)  # fmt: skip
     with run:
         train = WindowDataset(data, "train", k=3)
         starts = train.starts if train_starts is None else np.asarray(train_starts, np.int64)
@@ -178,48 +185,31 @@ def train_bc(
         start = run.resume(model, optimizer, rng)
         for name, tensors in (extra_files or {}).items():
             run.save(name, tensors)
-        run.write_config(
-            "bc", **run_config, network=network, data=str(data), train_windows=int(len(starts))
-        )
+        run.write_config("bc", **run_config, network=network, data=str(data),
+                         train_windows=int(len(starts)))  # fmt: skip
         test = BCTest(WindowDataset(data, "test", k=3), targets_fn, cfg.seed, run.device)
         baseline = run.baseline(lambda: test.untrained(model, train, starts, rng))
         if start == 0:
             run.scalars(0, {"test/loss": baseline["test_loss"]})
-            run.row(
-                {
-                    "step": 0,
-                    "test_loss": baseline["test_loss"],
-                    "test_accuracy": baseline.get("test_accuracy"),
-                }
-            )
+            run.row({"step": 0, **baseline})
         last: dict = {}
         for step in range(start, cfg.steps):
             lr = cfg.learning_rate * lr_scale(step, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             batch = train.read(starts[rng.integers(0, len(starts), cfg.batch_size)])
-            obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(run.device)
-            loss = targets_fn.loss(model(obs).float(), targets_fn(batch))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            loss, grad_norm = bc_step(model, optimizer, batch, targets_fn, cfg, run.device)
             done = step + 1
             run.advance(1)
             if done % 50 == 0 or done == cfg.steps:
-                run.advance(0, loss=f"{loss.item():.4f}")
+                run.advance(0, loss=f"{loss:.4f}")
                 run.scalars(
-                    done,
-                    {
-                        "train/loss": loss.item(),
-                        "train/grad_norm": float(grad_norm),
-                        "train/lr": lr,
-                    },
+                    done, {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": lr}
                 )
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 last = test.metrics(model)
                 run.scalars(done, {f"test/{k[5:]}": v for k, v in last.items()})
-                run.row({"step": done, "train_loss": loss.item(), **last, "lr": lr})
+                run.row({"step": done, "train_loss": loss, **last, "lr": lr})
                 run.checkpoint(done, model, optimizer, rng)
                 run.save("policy.safetensors", model.state_dict(), {"step": done})
         if not last and (run.out / "metrics.csv").exists():

@@ -39,10 +39,11 @@ from lapo.data.dataset import WindowDataset
 from lapo.decode.offline import decode_offline
 from lapo.envs import normalized_return
 from lapo.eval import evaluate
-from lapo.lam import lam_config_from_dict, probe_lam, train_lam
+from lapo.lam import probe_lam, train_lam
 from lapo.policies import load_policy
 from lapo.report.demo import write_demo_report
 from lapo.report.latents import plot_lam
+from lapo.runkinds import lam_config_from_dict
 
 # rough seconds per stage on 2 CPU cores at the default sizes; they weight the progress bar
 STAGES = {

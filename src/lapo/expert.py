@@ -22,6 +22,7 @@ from lapo.envs import NUM_ACTIONS, check_game
 from lapo.eval import evaluate
 from lapo.models.actor_critic import ActorCritic
 from lapo.policies import ExpertPolicy
+from lapo.runkinds import PPO_EXPERT
 
 
 def refuse_other_game(ckpt: Path, game: str) -> None:
@@ -40,7 +41,7 @@ def train_expert(
     Returns a summary: frames trained, wall time, frames/s and recent mean return.
     """
     check_game(cfg.game)
-    run = ppo.ppo_run(out, "ppo-expert", cfg, f"ppo {cfg.game}", progress)
+    run = ppo.ppo_run(out, PPO_EXPERT, cfg, f"ppo {cfg.game}", progress)
     with run:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)

@@ -29,11 +29,9 @@ from lapo.data.dataset import WindowDataset
 from lapo.data.format import open_dataset
 from lapo.envs import NUM_ACTIONS
 from lapo.models.augment import random_shift
-from lapo.models.idm import build_idm, idm_latents
-from lapo.models.idm import frames_to_float as frames_to_float
+from lapo.models.idm import build_idm, frames_to_float, idm_latents
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
-from lapo.runkinds import LAM, read_run_config
-from lapo.runkinds import lam_config_from_dict as lam_config_from_dict
+from lapo.runkinds import LAM, lam_config_from_dict, read_run_config
 from lapo.runs import Run
 
 

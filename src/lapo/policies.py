@@ -19,7 +19,7 @@ from torch.distributions import Categorical
 from lapo.checkpoint import CheckpointError, load_tensors, read_json
 from lapo.envs import NUM_ACTIONS
 from lapo.models.actor_critic import ActorCritic
-from lapo.runkinds import load_policy_run
+from lapo.runkinds import POLICY_KINDS, PPO_EXPERT, load_policy_run
 
 DEMONSTRATORS_DIR = Path(__file__).parent / "demonstrators"
 
@@ -69,7 +69,7 @@ class ExpertPolicy:
     def __init__(self, path: Path, seed: int = 0, device: str = "cpu") -> None:
         self.path = Path(path)
         self.config = read_json(self.path / "config.json")
-        if self.config.get("kind") != "ppo-expert":
+        if self.config.get("kind") != PPO_EXPERT:
             raise CheckpointError(
                 f"{self.path / 'config.json'} is not a lapo policy config (kind "
                 f"{self.config.get('kind')!r}); point --policy to a folder from 'lapo expert train'"
@@ -98,7 +98,7 @@ class ExpertPolicy:
 
     def describe(self) -> dict:
         return {
-            "kind": "ppo-expert",
+            "kind": PPO_EXPERT,
             "path": str(self.path),
             "game": self.game,
             "arch": self.config["arch"],
@@ -111,7 +111,7 @@ class NetworkPolicy:
     """A policy network of stages 2-3 or the baselines (a :mod:`lapo.models.policy` network
     that maps observations to action logits), sampling from its action distribution."""
 
-    KINDS = ("decoded-policy", "action-policy", "online-agent")
+    KINDS = POLICY_KINDS
 
     def __init__(self, path: Path, seed: int = 0, device: str = "cpu") -> None:
         self.path = Path(path)

@@ -124,9 +124,12 @@ class Run:
         resumable: tuple[str, ...] = (),
         compare: dict | None = None,
         progress: bool = True,
-        threads: int = 0,
-        device: str = "auto",
+        threads: int | None = None,
+        device: str | None = None,
     ) -> None:
+        # torch threads and device: as given, else the config's own (0 / auto if it has none)
+        threads = getattr(cfg, "threads", 0) if threads is None else threads
+        device = getattr(cfg, "device", "auto") if device is None else device
         self.out, self.device = start_run(out, threads, device)
         self.kind, self.cfg = kind, cfg
         self.columns, self.total, self.unit, self.per_step = columns, total, unit, per_step

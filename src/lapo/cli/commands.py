@@ -15,20 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lapo import config
 from lapo.cli.options import command_config
-from lapo.config import (
-    DEMO_FAST,
-    PPO_BASELINE,
-    BCConfig,
-    DemoConfig,
-    EvalConfig,
-    ExpertConfig,
-    LAMConfig,
-    OfflineConfig,
-    OnlineConfig,
-    ReproduceConfig,
-    SupervisedIDMConfig,
-)
 from lapo.errors import UserError
 
 
@@ -116,7 +104,7 @@ def data_info(args: argparse.Namespace) -> None:
 def expert_train(args: argparse.Namespace) -> None:
     from lapo.expert import train_expert
 
-    cfg = command_config(args, ExpertConfig, section="train")
+    cfg = command_config(args, config.ExpertConfig, section="train")
     cfg = dataclasses.replace(cfg, game=args.env)
     summary = train_expert(cfg, Path(args.out), progress=not args.quiet, command=_command())
     _print({**summary, "command": _command()})
@@ -133,7 +121,7 @@ def expert_package(args: argparse.Namespace) -> None:
 def lam_train(args: argparse.Namespace) -> None:
     from lapo.lam import train_lam
 
-    cfg = command_config(args, LAMConfig, section="lam")
+    cfg = command_config(args, config.LAMConfig, section="lam")
     _print(train_lam(cfg, Path(args.data), Path(args.out), not args.quiet, _command()))
 
 
@@ -164,7 +152,7 @@ def lam_plot(args: argparse.Namespace) -> None:
 def bc_train(args: argparse.Namespace) -> None:
     from lapo.bc import train_latent_bc
 
-    cfg = command_config(args, BCConfig, section="bc")
+    cfg = command_config(args, config.BCConfig, section="bc")
     summary = train_latent_bc(
         cfg, Path(args.lam), Path(args.data), Path(args.out), not args.quiet, _command()
     )
@@ -174,14 +162,14 @@ def bc_train(args: argparse.Namespace) -> None:
 def decode_offline(args: argparse.Namespace) -> None:
     from lapo.decode.offline import decode_offline
 
-    cfg = command_config(args, OfflineConfig, section="offline")
+    cfg = command_config(args, config.OfflineConfig, section="offline")
     print(json.dumps(decode_offline(Path(args.policy), Path(args.data), Path(args.out), cfg)))
 
 
 def decode_online(args: argparse.Namespace) -> None:
     from lapo.decode.online import decode_online
 
-    cfg = command_config(args, OnlineConfig, section="online")
+    cfg = command_config(args, config.OnlineConfig, section="online")
     _print(
         decode_online(cfg, Path(args.policy), args.env, Path(args.out), not args.quiet, _command())
     )
@@ -193,14 +181,18 @@ def baseline_bc(args: argparse.Namespace) -> None:
 
     if args.labels < 1:
         raise UserError(f"--labels must be at least 1, got {args.labels}")
-    cfg = command_config(args, BCConfig, section="bc")
+    cfg = command_config(args, config.BCConfig, section="bc")
     where = (Path(args.data), Path(args.out), args.labels)
     run = (Path(args.labels_from) if args.labels_from else None, not args.quiet, _command())
     if args.baseline_command == "bc":
         _print(bc_on_labels(cfg, *where, *run))
     else:
         idm = command_config(
-            args, SupervisedIDMConfig, section="supervised_idm.idm", prefix="idm_", missing_ok=True
+            args,
+            config.SupervisedIDMConfig,
+            section="supervised_idm.idm",
+            prefix="idm_",
+            missing_ok=True,
         )
         _print(idm_labels_bc(cfg, idm, *where, *run))
 
@@ -215,7 +207,7 @@ def baseline_ppo(args: argparse.Namespace) -> None:
     check_game(args.env)
     if not args.config and "frames" not in args:
         raise UserError("--frames is required (the environment frames to train for)")
-    cfg = command_config(args, ExpertConfig, PPO_BASELINE, section="train")
+    cfg = command_config(args, config.ExpertConfig, config.PPO_BASELINE, section="train")
     given = {k: getattr(cfg, k) for k in PPO_BASELINE_FIELDS}
     _print(
         ppo_from_scratch(
@@ -229,7 +221,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from lapo.eval import evaluate_seeds
     from lapo.policies import demonstrator_return_of, load_policy
 
-    cfg = command_config(args, EvalConfig)
+    cfg = command_config(args, config.EvalConfig)
     if args.env is None and str(args.policy) == "random":
         raise UserError("--env is required with --policy random")
     policy = load_policy(args.policy, args.env, seed=cfg.seed)  # checks it before playing
@@ -237,8 +229,10 @@ def evaluate(args: argparse.Namespace) -> None:
     demo = args.demonstrator_return
     if demo is None and args.demonstrator_return_from:
         from lapo.data.format import open_dataset
+        from lapo.runkinds import data_fields
 
-        demo = open_dataset(Path(args.demonstrator_return_from)).manifest.get("policy_mean_return")
+        manifest = open_dataset(Path(args.demonstrator_return_from)).manifest
+        demo = data_fields(manifest)["demonstrator_return"]
         if demo is None:
             raise UserError(
                 f"{args.demonstrator_return_from} records no policy return (not recorded by a "
@@ -252,7 +246,9 @@ def evaluate(args: argparse.Namespace) -> None:
 def demo(args: argparse.Namespace) -> None:
     from lapo.demo import default_out, find_resumable, run_demo
 
-    cfg = command_config(args, DemoConfig, DemoConfig(**DEMO_FAST) if args.fast else None)
+    cfg = command_config(
+        args, config.DemoConfig, config.DemoConfig(**config.DEMO_FAST) if args.fast else None
+    )
     runs = Path(args.runs)
     out = Path(args.out) if args.out else find_resumable(runs, cfg) or default_out(runs)
     if (out / "stages.json").exists():
@@ -273,7 +269,7 @@ def reproduce(args: argparse.Namespace) -> None:
 
     games = list(GAMES) if args.games == "all" else args.games.split(",")
     extra = {k: shlex.split(getattr(args, f"{k}_args") or "") for k in EXTRA_ARGS}
-    cfg = command_config(args, ReproduceConfig)
+    cfg = command_config(args, config.ReproduceConfig)
     cfg = dataclasses.replace(cfg, games=[check_game(g) for g in games], extra=extra)
     if cfg.preset == "paper" and not torch.cuda.is_available() and not args.force:
         raise UserError(

@@ -6,22 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lapo import config
 from lapo.cli import commands as cmd
 from lapo.cli.options import add_dataclass_args
-from lapo.config import (
-    BC_PRESETS,
-    LAM_PRESETS,
-    PPO_BASELINE,
-    BCConfig,
-    DemoConfig,
-    EvalConfig,
-    ExpertConfig,
-    LAMConfig,
-    OfflineConfig,
-    OnlineConfig,
-    ReproduceConfig,
-    SupervisedIDMConfig,
-)
 from lapo.envs import GAMES
 
 Option = tuple[str, dict[str, Any]]
@@ -41,8 +28,8 @@ OUT = _req("--out", "run folder (resumes if present)")
 QUIET = _opt("--quiet", "no progress bar", action="store_true")
 CONFIG = _opt("--config", "start from a saved run's config.json (instead of the defaults or "
               "--preset); options given override it", metavar="FILE")
-LAM_PRESET = _opt("--preset", f"base configuration: {', '.join(LAM_PRESETS)}", default="cpu")
-BC_PRESET = _opt("--preset", f"base configuration: {', '.join(BC_PRESETS)}", default="cpu")
+LAM_PRESET = _opt("--preset", f"base configuration: {', '.join(config.LAM_PRESETS)}", default="cpu")
+BC_PRESET = _opt("--preset", f"base configuration: {', '.join(config.BC_PRESETS)}", default="cpu")
 RUN1 = _req("--run", "stage-1 run folder")
 STAGE2 = _req("--policy", "stage-2 run folder ('lapo bc train')")
 WITH_ACTIONS = _req("--data", "dataset with actions, same game")
@@ -53,7 +40,7 @@ LABELLED = [
          "labelled_windows.json)", metavar="DIR"),
     OUT, BC_PRESET, QUIET, CONFIG,
 ]
-BC_CPU = {"defaults": BC_PRESETS["cpu"]}
+BC_CPU = {"defaults": config.BC_PRESETS["cpu"]}
 
 GROUPS = {
     "expert": "PPO demonstrators",
@@ -68,7 +55,7 @@ GROUPS = {
 COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any]]]]] = [
     ("expert train", "train a PPO demonstrator on a Procgen game", cmd.expert_train,
      [ENV, _req("--out", "run folder (resumes if present)", metavar="DIR"), QUIET, CONFIG],
-     [(ExpertConfig, {"skip": ("game",)})]),
+     [(config.ExpertConfig, {"skip": ("game",)})]),
     ("expert package", "evaluate a trained run and copy it with a manifest", cmd.expert_package,
      [_req("--run", "folder written by 'lapo expert train'"), _req("--out", "destination folder"),
       _opt("--episodes", "evaluation episodes (default: 100)", type=int, default=100),
@@ -92,7 +79,7 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
      [("dir", {"metavar": "DIR", "help": "dataset folder"})], []),
     ("lam train", "train the latent IDM + world model on a dataset", cmd.lam_train,
      [_req("--data", "dataset folder (actions not needed)"), OUT, LAM_PRESET, QUIET, CONFIG],
-     [(LAMConfig, {"defaults": LAM_PRESETS["cpu"]})]),
+     [(config.LAMConfig, {"defaults": config.LAM_PRESETS["cpu"]})]),
     ("lam probe", "how well latent actions predict the true actions", cmd.lam_probe,
      [RUN1, WITH_ACTIONS,
       _opt("--labels", "labelled train windows", type=int, default=4096),
@@ -113,12 +100,12 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
            type=float),
       _opt("--demonstrator-return-from", "normalise by the demonstrator return recorded in this "
            "dataset's manifest", metavar="DATA")],
-     [(EvalConfig, {})]),
+     [(config.EvalConfig, {})]),
     ("demo", "the whole method on a CPU in minutes, ending in an HTML report", cmd.demo,
      [_opt("--out", "run folder (default: runs/demo-<time>, or resume the last)"),
       _opt("--runs", argparse.SUPPRESS, default="runs"),
       _opt("--fast", "toy sizes: a smoke check in ~3 minutes", action="store_true"), QUIET],
-     [(DemoConfig, {})]),
+     [(config.DemoConfig, {})]),
     ("reproduce", "the paper's grid: games x seeds x every stage", cmd.reproduce,
      [_opt("--games", "'all' or a comma-separated list", default="all"),
       _opt("--preset", "configuration", default="paper", choices=["paper", "cpu"]),
@@ -126,24 +113,24 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
       *[_opt(f"--{step}-args", f"extra options for {what}", metavar="OPTIONS")
         for step, what in cmd.EXTRA_ARGS.items()],
       _opt("--force", "run the paper preset without a GPU", action="store_true"), QUIET],
-     [(ReproduceConfig, {"skip": ("games", "preset", "extra")})]),
+     [(config.ReproduceConfig, {"skip": ("games", "preset", "extra")})]),
     ("bc train", "regress a policy onto the frozen IDM's latent actions", cmd.bc_train,
      [_req("--lam", "stage-1 run folder"),
       _req("--data", "dataset of the same game (actions not needed)"),
       OUT, BC_PRESET, QUIET, CONFIG],
-     [(BCConfig, BC_CPU)]),
+     [(config.BCConfig, BC_CPU)]),
     ("decode offline", "fit a decoder on K labelled transitions", cmd.decode_offline,
      [STAGE2, WITH_ACTIONS, _req("--out", "folder for the decoded policy"), CONFIG],
-     [(OfflineConfig, {})]),
+     [(config.OfflineConfig, {})]),
     ("decode online", "PPO with rewards on top of the latent policy", cmd.decode_online,
-     [STAGE2, ENV, OUT, QUIET, CONFIG], [(OnlineConfig, {})]),
+     [STAGE2, ENV, OUT, QUIET, CONFIG], [(config.OnlineConfig, {})]),
     ("baseline bc", "(a) BC from scratch on the K labelled transitions", cmd.baseline_bc,
-     LABELLED, [(BCConfig, BC_CPU)]),
+     LABELLED, [(config.BCConfig, BC_CPU)]),
     ("baseline idm-bc", "(b) supervised IDM on K labels labels the dataset, then BC",
-     cmd.baseline_bc, LABELLED, [(SupervisedIDMConfig, {"prefix": "idm_"}), (BCConfig, BC_CPU)]),
+     cmd.baseline_bc, LABELLED, [(config.SupervisedIDMConfig, {"prefix": "idm_"}), (config.BCConfig, BC_CPU)]),
     ("baseline ppo", "(c) PPO from scratch with the policy's IMPALA-CNN", cmd.baseline_ppo,
      [ENV, OUT, QUIET, CONFIG],
-     [(ExpertConfig, {"defaults": PPO_BASELINE, "only": cmd.PPO_BASELINE_FIELDS,
+     [(config.ExpertConfig, {"defaults": config.PPO_BASELINE, "only": cmd.PPO_BASELINE_FIELDS,
                      "required": ("frames",)})]),
 ]
 # fmt: on

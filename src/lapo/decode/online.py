@@ -29,12 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lapo.bc import load_stage2
 from lapo.checkpoint import CheckpointError, load_tensors
 from lapo.config import OnlineConfig
 from lapo.decode import fit_decoder
 from lapo.envs import NUM_ACTIONS, check_game
-from lapo.lam import frames_to_float
+from lapo.models.idm import frames_to_float
 from lapo.models.policy import OnlineAgent
 from lapo.ppo import (
     PPO_COLUMNS,
@@ -50,6 +49,7 @@ from lapo.ppo import (
     ppo_run,
     ppo_summary,
 )
+from lapo.runkinds import ONLINE_AGENT, load_stage2, online_agent_spec
 from lapo.runs import Run
 
 # parameter group -> (frames where its rate leaves 0, frames where it reaches its peak,
@@ -226,7 +226,7 @@ def decode_online(
     policy, idm, stage2 = load_stage2_run(policy_run, game)
     demo_return = stage2.get("demonstrator_return")
     compare = {"policy": str(policy_run), "env": game}
-    run = ppo_run(out, "online-agent", cfg, f"online {game}", progress, ONLINE_COLUMNS, compare)
+    run = ppo_run(out, ONLINE_AGENT, cfg, f"online {game}", progress, ONLINE_COLUMNS, compare)
     with run:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
@@ -239,7 +239,7 @@ def decode_online(
         pairs = DecoderPairs.load(run.out, run.meta.get("pairs", 0))
         width = stage2["network"]["width"]
         config = dict(
-            network={"class": "online-agent", "latent_dim": policy.latent_dim, "width": width},
+            network=online_agent_spec(policy.latent_dim, width),
             game=game,
             demonstrator_return=demo_return,
             data_policy=stage2.get("data_policy"),

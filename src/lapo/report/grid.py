@@ -131,7 +131,7 @@ def online_curves(cfg: ReproduceConfig, out: Path) -> dict[str, tuple[np.ndarray
         for game in cfg.games:
             curves = []
             for seed in range(cfg.seeds):
-                p = out / game / f"seed{seed}" / name / "progress.csv"
+                p = out / game / f"seed{seed}" / name / "metrics.csv"
                 if not p.exists():
                     continue
                 with open(p) as fh:
