@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 from lapo.config import ExpertConfig
-from lapo.expert import train_expert
+from lapo.rl.expert import train_expert
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lapo.config import lam_preset as preset
-from lapo.lam import LatentActionModel, lam_loss
+from lapo.stages.lam import LatentActionModel, lam_loss
 
 CPU_VARIANTS = "fp32,channels_last,bf16"
 CUDA_VARIANTS = "fp32,channels_last,bf16,fused,compile"

@@ -24,9 +24,9 @@ from torch import nn
 from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
+from lapo.evaluation.probe import classification_report
 from lapo.models.idm import frames_to_float, stack_frames
 from lapo.models.impala import ImpalaCNN
-from lapo.probe import classification_report
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from lapo.config import (
     lam_preset,
     to_flags,
 )
-from lapo.reproduce import build_tasks
+from lapo.workflows.reproduce import build_tasks
 
 
 def one_line_error(capsys, *text: str) -> None:

@@ -17,7 +17,7 @@ from lapo.cli import main
 from lapo.data.collect import _split_seed, collect
 from lapo.data.format import SPLITS, validate_dataset, visible_chunks
 from lapo.envs.procgen import LEVELS_PER_SPLIT, ProcgenVecEnv
-from lapo.policies import RandomPolicy
+from lapo.evaluation.policies import RandomPolicy
 
 # dodgeball under random play ends an episode every ~40 steps, so boundaries are plentiful.
 GAME = "dodgeball"

@@ -16,7 +16,7 @@ from PIL import Image
 from lapo.cli import main
 from lapo.config import DEMO_FAST as FAST
 from lapo.config import DemoConfig
-from lapo.demo import find_resumable, run_demo
+from lapo.workflows.demo import find_resumable, run_demo
 
 SECTIONS = [
     "Summary",

@@ -3,8 +3,8 @@
 import pytest
 
 from lapo.checkpoint import read_json
-from lapo.eval import run_episodes
-from lapo.policies import load_policy, shipped_demonstrators
+from lapo.evaluation.episodes import run_episodes
+from lapo.evaluation.policies import load_policy, shipped_demonstrators
 
 SHIPPED = shipped_demonstrators()
 

@@ -7,8 +7,8 @@ from lapo.checkpoint import load_tensors
 from lapo.cli import main
 from lapo.config import ExpertConfig
 from lapo.envs import NUM_ACTIONS
-from lapo.expert import train_expert
 from lapo.models.actor_critic import ActorCritic
+from lapo.rl.expert import train_expert
 
 TINY = dict(game="coinrun", arch="nature", num_envs=4, num_steps=16, num_minibatches=2, threads=1)
 

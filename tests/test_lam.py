@@ -13,7 +13,7 @@ from lapo.cli import main
 from lapo.config import LAMConfig, QuantizerConfig
 from lapo.config import lam_preset as preset
 from lapo.data.collect import collect
-from lapo.lam import LatentActionModel, lam_loss, lr_scale, shuffled_latent_loss, train_lam
+from lapo.stages.lam import LatentActionModel, lam_loss, lr_scale, shuffled_latent_loss, train_lam
 
 TOY = dict(
     idm_width=1,
@@ -311,7 +311,7 @@ def test_each_remedy_trains_with_the_stated_shapes(name, data, tmp_path):
 
 
 def test_lookahead_shows_the_idm_a_later_frame_and_the_world_model_o_t_plus_1():
-    from lapo.lam import idm_input
+    from lapo.stages.lam import idm_input
 
     cfg = LAMConfig(**{**TOY, "idm_lookahead": 4})
     frames = torch.arange(6.0).view(1, 6, 1, 1, 1).expand(64, 6, 3, 8, 8)  # frame i holds i
@@ -376,7 +376,7 @@ def test_labelled_and_unlabelled_batches_both_reach_the_gradient():
 
 
 def test_stage1_with_labels_uses_exactly_the_recorded_windows(data, tmp_path, monkeypatch):
-    import lapo.lam as lam_module
+    import lapo.stages.lam as lam_module
     from lapo.data.labels import read_labelled
 
     seen = []

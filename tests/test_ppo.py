@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lapo.ppo import RewardNormalizer, compute_gae, ppo_loss
+from lapo.rl.ppo import RewardNormalizer, compute_gae, ppo_loss
 
 
 def test_gae_by_hand():

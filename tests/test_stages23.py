@@ -18,7 +18,6 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from lapo.bc import lr_scale, train_latent_bc
 from lapo.checkpoint import CheckpointError, load_tensors, read_json, write_json
 from lapo.cli import main
 from lapo.config import BCConfig, OfflineConfig, OnlineConfig, lam_preset
@@ -27,8 +26,15 @@ from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetWriter, new_manifest, open_dataset
 from lapo.data.labels import choose_labelled, labelled_starts, read_labelled
-from lapo.decode.offline import decode_offline
-from lapo.decode.online import (
+from lapo.envs import ProcgenVecEnv
+from lapo.evaluation.episodes import run_episodes
+from lapo.evaluation.policies import load_policy
+from lapo.models.policy import ActionDecoder, OnlineAgent
+from lapo.rl.ppo import compute_gae
+from lapo.runkinds import load_stage2
+from lapo.stages.bc import lr_scale, train_latent_bc
+from lapo.stages.decode.offline import decode_offline
+from lapo.stages.decode.online import (
     GROUP_SCHEDULES,
     decode_online,
     decoder_fit_due,
@@ -36,13 +42,7 @@ from lapo.decode.online import (
     make_optimizer,
     ppo_update,
 )
-from lapo.envs import ProcgenVecEnv
-from lapo.eval import run_episodes
-from lapo.lam import load_lam, train_lam
-from lapo.models.policy import ActionDecoder, OnlineAgent
-from lapo.policies import load_policy
-from lapo.ppo import compute_gae
-from lapo.runkinds import load_stage2
+from lapo.stages.lam import load_lam, train_lam
 
 GAME = "coinrun"
 LABELS = 1000  # K labelled train windows for offline decoding

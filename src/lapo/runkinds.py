@@ -2,9 +2,9 @@
 
 Every run folder holds ``config.json`` with a ``kind``:
 
-- ``lam`` (stage 1, :mod:`lapo.lam`): ``lam.safetensors``.
-- ``latent-policy`` (stage 2, :mod:`lapo.bc`): ``policy.safetensors`` + ``idm.safetensors``.
-- ``action-policy`` (baselines (a) and (b), :mod:`lapo.baselines`), ``decoded-policy``
+- ``lam`` (stage 1, :mod:`lapo.stages.lam`): ``lam.safetensors``.
+- ``latent-policy`` (stage 2, :mod:`lapo.stages.bc`): ``policy.safetensors`` + ``idm.safetensors``.
+- ``action-policy`` (baselines (a) and (b), :mod:`lapo.stages.baselines`), ``decoded-policy``
   (offline decoding), ``online-agent`` (online decoding): ``policy.safetensors``, a network
   that maps observations to action logits (:data:`POLICY_KINDS`).
 - ``ppo-expert`` (``lapo expert train``, baseline (c)): an actor-critic.

@@ -102,7 +102,7 @@ def data_info(args: argparse.Namespace) -> None:
 
 
 def expert_train(args: argparse.Namespace) -> None:
-    from lapo.expert import train_expert
+    from lapo.rl.expert import train_expert
 
     cfg = command_config(args, config.ExpertConfig, section="train")
     cfg = dataclasses.replace(cfg, game=args.env)
@@ -111,7 +111,7 @@ def expert_train(args: argparse.Namespace) -> None:
 
 
 def expert_package(args: argparse.Namespace) -> None:
-    from lapo.expert import package_demonstrator
+    from lapo.rl.expert import package_demonstrator
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {args.episodes}")
@@ -119,14 +119,14 @@ def expert_package(args: argparse.Namespace) -> None:
 
 
 def lam_train(args: argparse.Namespace) -> None:
-    from lapo.lam import train_lam
+    from lapo.stages.lam import train_lam
 
     cfg = command_config(args, config.LAMConfig, section="lam")
     _print(train_lam(cfg, Path(args.data), Path(args.out), not args.quiet, _command()))
 
 
 def lam_probe(args: argparse.Namespace) -> None:
-    from lapo.lam import probe_lam
+    from lapo.stages.lam import probe_lam
 
     if args.threads > 0:
         import torch
@@ -150,7 +150,7 @@ def lam_plot(args: argparse.Namespace) -> None:
 
 
 def bc_train(args: argparse.Namespace) -> None:
-    from lapo.bc import train_latent_bc
+    from lapo.stages.bc import train_latent_bc
 
     cfg = command_config(args, config.BCConfig, section="bc")
     summary = train_latent_bc(
@@ -160,14 +160,14 @@ def bc_train(args: argparse.Namespace) -> None:
 
 
 def decode_offline(args: argparse.Namespace) -> None:
-    from lapo.decode.offline import decode_offline
+    from lapo.stages.decode.offline import decode_offline
 
     cfg = command_config(args, config.OfflineConfig, section="offline")
     print(json.dumps(decode_offline(Path(args.policy), Path(args.data), Path(args.out), cfg)))
 
 
 def decode_online(args: argparse.Namespace) -> None:
-    from lapo.decode.online import decode_online
+    from lapo.stages.decode.online import decode_online
 
     cfg = command_config(args, config.OnlineConfig, section="online")
     _print(
@@ -177,7 +177,7 @@ def decode_online(args: argparse.Namespace) -> None:
 
 def baseline_bc(args: argparse.Namespace) -> None:
     """``baseline bc`` and ``baseline idm-bc``."""
-    from lapo.baselines import bc_on_labels, idm_labels_bc
+    from lapo.stages.baselines import bc_on_labels, idm_labels_bc
 
     if args.labels < 1:
         raise UserError(f"--labels must be at least 1, got {args.labels}")
@@ -201,8 +201,8 @@ PPO_BASELINE_FIELDS = ("frames", "width", "num_envs", "num_steps", "seed", "thre
 
 
 def baseline_ppo(args: argparse.Namespace) -> None:
-    from lapo.baselines import ppo_from_scratch
     from lapo.envs import check_game
+    from lapo.stages.baselines import ppo_from_scratch
 
     check_game(args.env)
     if not args.config and "frames" not in args:
@@ -218,8 +218,8 @@ def baseline_ppo(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     from lapo.envs import check_game
-    from lapo.eval import evaluate_seeds
-    from lapo.policies import demonstrator_return_of, load_policy
+    from lapo.evaluation.episodes import evaluate_seeds
+    from lapo.evaluation.policies import demonstrator_return_of, load_policy
 
     cfg = command_config(args, config.EvalConfig)
     if args.env is None and str(args.policy) == "random":
@@ -244,7 +244,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def demo(args: argparse.Namespace) -> None:
-    from lapo.demo import default_out, find_resumable, run_demo
+    from lapo.workflows.demo import default_out, find_resumable, run_demo
 
     cfg = command_config(
         args, config.DemoConfig, config.DemoConfig(**config.DEMO_FAST) if args.fast else None
@@ -265,7 +265,7 @@ def reproduce(args: argparse.Namespace) -> None:
     import torch
 
     from lapo.envs import GAMES, check_game
-    from lapo.reproduce import cpu_hours, reproduce
+    from lapo.workflows.reproduce import cpu_hours, reproduce
 
     games = list(GAMES) if args.games == "all" else args.games.split(",")
     extra = {k: shlex.split(getattr(args, f"{k}_args") or "") for k in EXTRA_ARGS}

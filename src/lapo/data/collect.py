@@ -218,7 +218,7 @@ def _record(
     """Record ``todo[split]`` more frames of each split, each with its own seed."""
     from tqdm import tqdm
 
-    from lapo.policies import load_policy
+    from lapo.evaluation.policies import load_policy
 
     manifest = writer.manifest
     existing = sum(manifest["splits"][s]["chunks"] for s in SPLITS)
@@ -269,7 +269,7 @@ def collect(
     the targets. Returns a JSON-able summary (frames, mean return, bytes per frame, seconds).
     Raises :class:`DatasetError` / ``EnvError`` / ``CheckpointError`` with what to do.
     """
-    from lapo.policies import load_policy
+    from lapo.evaluation.policies import load_policy
 
     check_game(game)
     test_frames = _check_sizes(frames, test_frames, num_envs, chunk_frames)

@@ -1,6 +1,6 @@
 """The PPO demonstrators' network: one encoder, a policy head and a value head.
 
-What ``lapo expert train`` and ``lapo baseline ppo`` train (:mod:`lapo.expert`) and what a
+What ``lapo expert train`` and ``lapo baseline ppo`` train (:mod:`lapo.rl.expert`) and what a
 ``ppo-expert`` policy folder holds. The network is told its action count (Procgen's 15 is
 ``lapo.envs.NUM_ACTIONS``).
 """
@@ -18,7 +18,7 @@ class ActorCritic(nn.Module):
     observations ``(B, 64, 64, 3)``.
 
     ``features`` and ``heads`` split the forward pass where a PPO rollout may cache it
-    (:func:`lapo.ppo.collect_rollout`); ``forward`` is ``heads(features(obs))``.
+    (:func:`lapo.rl.ppo.collect_rollout`); ``forward`` is ``heads(features(obs))``.
     """
 
     def __init__(self, num_actions: int, arch: str = "impala", width: int = 1) -> None:

@@ -50,7 +50,7 @@ class ActionDecoder(nn.Module):
     """MLP from a latent action ``(B, A)`` to action logits ``(B, K)``.
 
     Latents are standardised first with ``z_mean``/``z_std``, buffers set from the labelled
-    latents the decoder is fit on (:func:`lapo.decode.fit_decoder`).
+    latents the decoder is fit on (:func:`lapo.stages.decode.fit_decoder`).
     """
 
     def __init__(
@@ -151,7 +151,7 @@ class OnlineAgent(nn.Module):
         return F.relu(self.trunk(x)).flatten(1)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        """:meth:`trunk_features`: what a PPO rollout caches (:func:`lapo.ppo.collect_rollout`)."""
+        """:meth:`trunk_features`: what a PPO rollout caches (:func:`lapo.rl.ppo.collect_rollout`)."""
         return self.trunk_features(obs)
 
     def latent(self, feats: torch.Tensor) -> torch.Tensor:

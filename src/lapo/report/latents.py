@@ -143,8 +143,8 @@ def plot_lam(
     """Write the stage-1 pictures for ``run`` on ``data``'s test split into ``out``."""
     from lapo.data.dataset import WindowDataset
     from lapo.data.format import DatasetError, open_dataset
-    from lapo.lam import encode_windows, load_lam
     from lapo.models.idm import frames_to_float
+    from lapo.stages.lam import encode_windows, load_lam
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

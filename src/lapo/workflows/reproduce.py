@@ -95,7 +95,7 @@ def _data_tasks(
 ) -> tuple[Path, tuple[str, ...], list[Task]]:
     """The game's dataset, the steps it needs, and the steps that make it: none under
     ``data_root``; else a collection by the shipped demonstrator, or by one trained first."""
-    from lapo.policies import shipped_demonstrators
+    from lapo.evaluation.policies import shipped_demonstrators
 
     if cfg.data_root:
         return Path(cfg.data_root) / game, (), []

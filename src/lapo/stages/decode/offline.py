@@ -24,12 +24,12 @@ from lapo.config import OfflineConfig
 from lapo.data.checks import dataset_for
 from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts, write_labelled
-from lapo.decode import encode_dataset_windows, fit_decoder
 from lapo.envs import NUM_ACTIONS
+from lapo.evaluation.probe import classification_report
 from lapo.models.idm import IDM, frames_to_float
 from lapo.models.policy import ActionDecoder, DecodedPolicy, LatentPolicy, build_network
-from lapo.probe import classification_report
 from lapo.runkinds import DECODED_POLICY, data_fields, decoded_policy_spec, load_stage2
+from lapo.stages.decode import encode_dataset_windows, fit_decoder
 
 
 def deployed_policy(policy: LatentPolicy, decoder: ActionDecoder, width: int) -> DecodedPolicy:

@@ -11,8 +11,8 @@ PPO loop is made of, in the order it runs them, as in CleanRL:
 - :func:`log_update`, :func:`checkpoint_due`, :func:`ppo_summary`: the bookkeeping both loops
   share, through :class:`lapo.runs.Run`.
 
-``lapo expert train`` and ``lapo baseline ppo`` (:func:`lapo.expert.train_expert`) and
-``lapo decode online`` (:func:`lapo.decode.online.decode_online`) are built from these.
+``lapo expert train`` and ``lapo baseline ppo`` (:func:`lapo.rl.expert.train_expert`) and
+``lapo decode online`` (:func:`lapo.stages.decode.online.decode_online`) are built from these.
 Names follow the paper and CleanRL: ``gamma``, ``gae_lambda``, ``clip_coef``, ``ent_coef``,
 ``vf_coef``.
 """

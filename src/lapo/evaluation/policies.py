@@ -21,7 +21,7 @@ from lapo.envs import NUM_ACTIONS
 from lapo.models.actor_critic import ActorCritic
 from lapo.runkinds import POLICY_KINDS, PPO_EXPERT, load_policy_run
 
-DEMONSTRATORS_DIR = Path(__file__).parent / "demonstrators"
+DEMONSTRATORS_DIR = Path(__file__).parent.parent / "demonstrators"
 
 
 def shipped_demonstrators() -> dict[str, Path]:

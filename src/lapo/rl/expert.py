@@ -1,9 +1,9 @@
 """Demonstrators: PPO on Procgen as in the Procgen benchmark's baseline (Cobbe et al. 2020).
 
 ``train_expert`` is one loop that reads top to bottom: rollout, minibatch epochs, logging,
-checkpoint, each step one call into :mod:`lapo.ppo`. A run folder (:class:`lapo.runs.Run`)
+checkpoint, each step one call into :mod:`lapo.rl.ppo`. A run folder (:class:`lapo.runs.Run`)
 holds ``policy.safetensors`` + ``config.json`` (kind ``ppo-expert``: the policy, loadable by
-:func:`lapo.policies.load_policy`, with the training config under ``train`` and the command),
+:func:`lapo.evaluation.policies.load_policy`, with the training config under ``train`` and the command),
 ``checkpoint.safetensors`` (everything needed to resume), ``metrics.csv`` and TensorBoard
 event files in ``tb/``.
 """
@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lapo import ppo
 from lapo.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
 from lapo.config import ExpertConfig
 from lapo.envs import NUM_ACTIONS, check_game
-from lapo.eval import evaluate
+from lapo.evaluation.episodes import evaluate
+from lapo.evaluation.policies import ExpertPolicy
 from lapo.models.actor_critic import ActorCritic
-from lapo.policies import ExpertPolicy
+from lapo.rl import ppo
 from lapo.runkinds import PPO_EXPERT
 
 

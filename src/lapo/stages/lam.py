@@ -26,8 +26,10 @@ from lapo.checkpoint import load_tensors
 from lapo.config import LAM_RESUMABLE, LAMConfig
 from lapo.data.checks import dataset_for
 from lapo.data.dataset import WindowDataset
-from lapo.data.format import open_dataset
+from lapo.data.format import DatasetError, open_dataset
+from lapo.data.labels import labelled_starts, write_labelled
 from lapo.envs import NUM_ACTIONS
+from lapo.evaluation.probe import fit_probe
 from lapo.models.augment import random_shift
 from lapo.models.idm import build_idm, frames_to_float, idm_latents
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
@@ -189,8 +191,6 @@ def probe_windows(
     The latent of window ``o[t-1], o[t], o[t+1]`` is labelled with the action taken at ``o[t]``
     (the one that led to ``o[t+1]``): the middle frame's action.
     """
-    from lapo.probe import fit_probe
-
     ztr, _ = encode_windows(model, train["obs"], device)
     zte, _ = encode_windows(model, test["obs"], device)
     return fit_probe(
@@ -242,8 +242,6 @@ class Stage1Data:
 
 def stage1_data(cfg: LAMConfig, data: Path, out: Path) -> Stage1Data:
     """Open ``data`` for stage 1; with labels, choose the K windows and record them in ``out``."""
-    from lapo.data.labels import labelled_starts, write_labelled
-
     manifest = open_dataset(data).manifest
     # training windows reach o[t+K] for the IDM's lookahead; test windows are LAPO's three frames
     train = WindowDataset(data, "train", k=cfg.idm_lookahead + 2)
@@ -481,8 +479,6 @@ def probe_lam(
     Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
     matrix (rows: true action, columns: predicted) of the continuous IDM latent.
     """
-    from lapo.data.format import DatasetError
-
     model, config = load_lam(run)
     if untrained:
         with torch.random.fork_rng(devices=[]):

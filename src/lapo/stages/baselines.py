@@ -20,17 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lapo.bc import train_action_bc
 from lapo.checkpoint import load_tensors, save_tensors, write_json
 from lapo.config import BCConfig, ExpertConfig, SupervisedIDMConfig
 from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
-from lapo.expert import train_expert
+from lapo.evaluation.probe import classification_report
 from lapo.models.idm import frames_to_float, map_windows, stack_frames
 from lapo.models.impala import ImpalaCNN
-from lapo.probe import classification_report
+from lapo.rl.expert import train_expert
 from lapo.runs import start_run
+from lapo.stages.bc import train_action_bc
 
 
 def bc_on_labels(
@@ -212,8 +212,8 @@ def ppo_from_scratch(
     """Baseline (c): PPO from scratch, the policy's IMPALA-CNN, the online rollout shape.
 
     Procgen's PPO settings (lr 5e-4, entropy 0.01) on LAPO's stage-3 rollout of 64 envs x 64
-    steps, so both methods update as often per frame. One PPO (:mod:`lapo.ppo`) through
-    :func:`lapo.expert.train_expert`: the run folder is a ``ppo-expert`` policy.
+    steps, so both methods update as often per frame. One PPO (:mod:`lapo.rl.ppo`) through
+    :func:`lapo.rl.expert.train_expert`: the run folder is a ``ppo-expert`` policy.
     """
     cfg = ExpertConfig(
         game=game,

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from lapo.envs import ProcgenVecEnv, check_game, normalized_return
-from lapo.policies import Policy, load_policy
+from lapo.evaluation.policies import Policy, load_policy
 
 
 def run_episodes(

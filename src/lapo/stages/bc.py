@@ -25,7 +25,6 @@ from torch import nn
 from lapo.config import BC_RESUMABLE, BCConfig
 from lapo.data.checks import dataset_for
 from lapo.data.dataset import WindowDataset
-from lapo.lam import load_lam
 from lapo.models.idm import IDM, frames_to_float
 from lapo.models.policy import build_network
 from lapo.runkinds import (
@@ -36,6 +35,7 @@ from lapo.runkinds import (
     latent_policy_spec,
 )
 from lapo.runs import Run, resolve_device
+from lapo.stages.lam import load_lam
 
 
 def lr_scale(step: int, cfg: BCConfig) -> float:

@@ -30,20 +30,20 @@ from pathlib import Path
 
 import torch
 
-from lapo.baselines import bc_on_labels, score_supervised_idm, train_supervised_idm
-from lapo.bc import train_latent_bc
 from lapo.checkpoint import CheckpointError, read_json, write_json
 from lapo.config import DemoConfig, OfflineConfig, SupervisedIDMConfig, bc_preset, lam_preset
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
-from lapo.decode.offline import decode_offline
 from lapo.envs import normalized_return
-from lapo.eval import evaluate
-from lapo.lam import probe_lam, train_lam
-from lapo.policies import load_policy
+from lapo.evaluation.episodes import evaluate
+from lapo.evaluation.policies import load_policy
 from lapo.report.demo import write_demo_report
 from lapo.report.latents import plot_lam
 from lapo.runkinds import lam_config_from_dict
+from lapo.stages.baselines import bc_on_labels, score_supervised_idm, train_supervised_idm
+from lapo.stages.bc import train_latent_bc
+from lapo.stages.decode.offline import decode_offline
+from lapo.stages.lam import probe_lam, train_lam
 
 # rough seconds per stage on 2 CPU cores at the default sizes; they weight the progress bar
 STAGES = {

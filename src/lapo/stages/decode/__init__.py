@@ -1,7 +1,7 @@
 """Stage 3: decode latent actions into the environment's true actions.
 
-- :mod:`lapo.decode.offline`: fit a decoder on a few labelled transitions.
-- :mod:`lapo.decode.online`: PPO with rewards, the decoder re-fit from the agent's own play.
+- :mod:`lapo.stages.decode.offline`: fit a decoder on a few labelled transitions.
+- :mod:`lapo.stages.decode.online`: PPO with rewards, the decoder re-fit from the agent's own play.
 
 :func:`fit_decoder` is the fit both use.
 """

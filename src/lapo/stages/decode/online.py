@@ -2,19 +2,19 @@
 
 The published scheme (../shared/LAPO_NOTES.md), as one loop that reads top to bottom:
 
-1. rollout (:func:`lapo.ppo.collect_rollout`): the :class:`lapo.models.policy.OnlineAgent`
+1. rollout (:func:`lapo.rl.ppo.collect_rollout`): the :class:`lapo.models.policy.OnlineAgent`
    acts; its logits are the mean of the frozen latent path's decoded logits and a
    zero-initialised RL head's;
 2. decoder data: the frozen IDM labels the agent's own frame triples
    ``o[t-1], o[t], o[t+1]`` with a latent; (latent, action taken) pairs are kept;
-3. PPO (:func:`lapo.ppo.ppo_epochs`) on the RL path and value head, each parameter group
+3. PPO (:func:`lapo.rl.ppo.ppo_epochs`) on the RL path and value head, each parameter group
    under its own learning-rate warm-up (:func:`group_lr`); the CNN trunk is frozen, so its
    features are computed once per frame during the rollout and reused by every epoch;
 4. the decoder is re-initialised and re-fit on all pairs so far, after every update while
    under ``decoder_fit_every_until`` frames and every ``decoder_fit_every`` updates after,
    only between ``decoder_fit_start`` and ``decoder_fit_end`` frames.
 
-Everything else is :mod:`lapo.ppo`'s, shared with ``lapo expert train``. A run folder holds
+Everything else is :mod:`lapo.rl.ppo`'s, shared with ``lapo expert train``. A run folder holds
 ``policy.safetensors`` + ``config.json`` (kind ``online-agent``: what ``lapo eval`` reads),
 ``checkpoint.safetensors`` and ``decoder_pairs.safetensors`` (resume), ``metrics.csv`` (the
 learning curve) and TensorBoard files in ``tb/``.
@@ -31,11 +31,10 @@ from torch import nn
 
 from lapo.checkpoint import CheckpointError, load_tensors
 from lapo.config import OnlineConfig
-from lapo.decode import fit_decoder
 from lapo.envs import NUM_ACTIONS, check_game
 from lapo.models.idm import frames_to_float
 from lapo.models.policy import OnlineAgent
-from lapo.ppo import (
+from lapo.rl.ppo import (
     PPO_COLUMNS,
     PPOBatch,
     PPOEnvs,
@@ -51,6 +50,7 @@ from lapo.ppo import (
 )
 from lapo.runkinds import ONLINE_AGENT, load_stage2, online_agent_spec
 from lapo.runs import Run
+from lapo.stages.decode import fit_decoder
 
 # parameter group -> (frames where its rate leaves 0, frames where it reaches its peak,
 # peak as a fraction of the base rate); ../shared/LAPO_NOTES.md
@@ -124,7 +124,7 @@ def ppo_update(
     cfg: OnlineConfig,
     rng: np.random.Generator,
 ) -> tuple[PPOLoss, torch.Tensor]:
-    """:func:`lapo.ppo.ppo_epochs` over one rollout of cached trunk features ``(B, F)`` (and
+    """:func:`lapo.rl.ppo.ppo_epochs` over one rollout of cached trunk features ``(B, F)`` (and
     ``(B,)`` actions, log-probabilities, advantages and returns), each parameter group's rate
     set from :func:`group_lr` at ``frames``. Returns the last minibatch's loss and grad norm.
     """

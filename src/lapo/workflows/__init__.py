@@ -1,0 +1,2 @@
+"""Whole runs of the pipeline: ``lapo demo`` (:mod:`.demo`) and ``lapo reproduce``
+(:mod:`.reproduce`)."""
