@@ -419,6 +419,19 @@ class OnlineConfig(PPOConfig):
 
 ONLINE_RESUMABLE = PPO_RESUMABLE  # the name stages 1-2 use for theirs
 
+# stage 3: the published configuration is the defaults; cpu is what `lapo reproduce --preset
+# cpu` runs; fast, toy sizes for smoke runs
+OFFLINE_PRESETS: dict[str, OfflineConfig] = {
+    "paper": OfflineConfig(),
+    "cpu": OfflineConfig(),
+    "fast": OfflineConfig(steps=200, test_windows=1_024),
+}
+ONLINE_PRESETS: dict[str, OnlineConfig] = {
+    "paper": OnlineConfig(),
+    "cpu": OnlineConfig(frames=300_000),
+    "fast": OnlineConfig(frames=8_192, num_envs=16, num_steps=64, decoder_fit_start=0),
+}
+
 
 @dataclass
 class ExpertConfig(PPOConfig):
@@ -590,6 +603,8 @@ REPRODUCE_PRESETS: dict[str, ReproduceConfig] = {
 PRESETS: dict[type, dict] = {
     LAMConfig: LAM_PRESETS,
     BCConfig: BC_PRESETS,
+    OfflineConfig: OFFLINE_PRESETS,
+    OnlineConfig: ONLINE_PRESETS,
     ReproduceConfig: REPRODUCE_PRESETS,
 }
 """Each config class with named presets: class -> name -> preset."""

@@ -158,6 +158,6 @@ def command_config(
     options given on the command line."""
     if getattr(args, "config", None):
         base = config_from_file(args.config, cls, section, missing_ok) or base
-    elif cls in PRESETS:
+    elif cls in PRESETS and getattr(args, "preset", None):
         base = preset(cls, args.preset)
     return apply_overrides(cls() if base is None else base, args, prefix)

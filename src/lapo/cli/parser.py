@@ -30,6 +30,10 @@ CONFIG = _opt("--config", "start from a saved run's config.json (instead of the 
               "--preset); options given override it", metavar="FILE")
 LAM_PRESET = _opt("--preset", f"base configuration: {', '.join(config.LAM_PRESETS)}", default="cpu")
 BC_PRESET = _opt("--preset", f"base configuration: {', '.join(config.BC_PRESETS)}", default="cpu")
+OFFLINE_PRESET = _opt("--preset", f"base configuration: {', '.join(config.OFFLINE_PRESETS)}",
+                      default="paper")
+ONLINE_PRESET = _opt("--preset", f"base configuration: {', '.join(config.ONLINE_PRESETS)}",
+                     default="paper")
 RUN1 = _req("--run", "stage-1 run folder")
 STAGE2 = _req("--policy", "stage-2 run folder ('lapo bc train')")
 WITH_ACTIONS = _req("--data", "dataset with actions, same game")
@@ -108,7 +112,7 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
      [(config.DemoConfig, {})]),
     ("reproduce", "the paper's grid: games x seeds x every stage", cmd.reproduce,
      [_opt("--games", "'all' or a comma-separated list", default="all"),
-      _opt("--preset", "configuration", default="paper", choices=["paper", "cpu"]),
+      _opt("--preset", f"configuration: {', '.join(config.REPRODUCE_PRESETS)}", default="paper"),
       _opt("--out", "grid folder (resumes if present)", default="runs/reproduce"),
       *[_opt(f"--{step}-args", f"extra options for {what}", metavar="OPTIONS")
         for step, what in cmd.EXTRA_ARGS.items()],
@@ -120,10 +124,11 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
       OUT, BC_PRESET, QUIET, CONFIG],
      [(config.BCConfig, BC_CPU)]),
     ("decode offline", "fit a decoder on K labelled transitions", cmd.decode_offline,
-     [STAGE2, WITH_ACTIONS, _req("--out", "folder for the decoded policy"), CONFIG],
+     [STAGE2, WITH_ACTIONS, _req("--out", "folder for the decoded policy"), OFFLINE_PRESET,
+      CONFIG],
      [(config.OfflineConfig, {})]),
     ("decode online", "PPO with rewards on top of the latent policy", cmd.decode_online,
-     [STAGE2, ENV, OUT, QUIET, CONFIG], [(config.OnlineConfig, {})]),
+     [STAGE2, ENV, OUT, ONLINE_PRESET, QUIET, CONFIG], [(config.OnlineConfig, {})]),
     ("baseline bc", "(a) BC from scratch on the K labelled transitions", cmd.baseline_bc,
      LABELLED, [(config.BCConfig, BC_CPU)]),
     ("baseline idm-bc", "(b) supervised IDM on K labels labels the dataset, then BC",
