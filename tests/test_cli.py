@@ -157,3 +157,13 @@ def test_reproduce_commands_parse_to_the_configs_they_were_built_from(tmp_path):
             want = dataclasses.replace(want, labels=64, labels_seed=seed)
         assert command_config(parser.parse_args(argv), LAMConfig) == want, name
     assert {t.name for t in tasks} >= {"bigfish/expert", "coinrun/1/ppo_scratch"}
+
+
+def test_stage3_presets_are_named_and_the_default_is_the_published_one():
+    argv = ["decode", "online", "--policy", "p", "--env", "coinrun", "--out", "o"]
+    default = command_config(build_parser().parse_args(argv), OnlineConfig)
+    assert default == OnlineConfig()  # paper: the published configuration
+    fast = command_config(build_parser().parse_args([*argv, "--preset", "fast"]), OnlineConfig)
+    assert (fast.frames, fast.num_envs, fast.num_steps) == (8_192, 16, 64)
+    args = build_parser().parse_args([*argv, "--preset", "cpu", "--frames", "1000"])
+    assert command_config(args, OnlineConfig).frames == 1000  # options override the preset
