@@ -155,8 +155,18 @@ def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> floa
     the latent at all; a latent can be relied on and still not encode the action, which is
     what the probe measures.
     """
+    return test_wm_losses(model, frames)[1]
+
+
+@torch.no_grad()
+def test_wm_losses(model: LatentActionModel, frames: torch.Tensor) -> tuple[float, float]:
+    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames with each window's own latent and with
+    another window's (:func:`shuffled_latent_loss`), from one IDM pass."""
     _, q = model.idm(frames[:, :3])
-    return model.prediction_error(frames[:, :2], frames[:, 2], q.z_q.roll(1, dims=0)).mean().item()
+    context, target = frames[:, :2], frames[:, 2]
+    own = model.prediction_error(context, target, q.z_q).mean().item()
+    shuffled = model.prediction_error(context, target, q.z_q.roll(1, dims=0)).mean().item()
+    return own, shuffled
 
 
 def lr_scale(step: int, cfg: LAMConfig, time_fraction: float = 0.0) -> float:
@@ -281,9 +291,8 @@ def evaluate_lam(
         model.eval()
         with torch.no_grad():
             x = frames_to_float(torch.from_numpy(d.test_batch["obs"]).to(device))
-            _, test_logs = lam_loss(model, x)
-            out["test/wm_loss"] = test_logs["wm_loss"]
-            out["test/wm_loss_shuffled_latent"] = shuffled_latent_loss(model, x)
+            own, shuffled = test_wm_losses(model, x)
+            out["test/wm_loss"], out["test/wm_loss_shuffled_latent"] = own, shuffled
         model.train()
     if probe and d.probe_train is not None:
         rep = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
