@@ -33,6 +33,7 @@ from lapo.models.policy import ActionDecoder, OnlineAgent
 from lapo.rl.ppo import compute_gae
 from lapo.runkinds import load_stage2
 from lapo.stages.bc import lr_scale, train_latent_bc
+from lapo.stages.decode import fit_decoder
 from lapo.stages.decode.offline import decode_offline
 from lapo.stages.decode.online import (
     GROUP_SCHEDULES,
@@ -474,3 +475,47 @@ def test_each_run_kind_has_one_network_spec_and_a_checked_config(tmp_path):
     write_json(tmp_path / "config.json", {"kind": "lam"})
     with pytest.raises(CheckpointError, match="is a 'lam' run; this needs a latent-policy run"):
         read_run_config(tmp_path, (LATENT_POLICY,))
+
+
+def test_decoder_started_from_the_stage1_head_predicts_what_the_head_does():
+    g = torch.Generator().manual_seed(0)
+    z, w, b = torch.randn(64, 8, generator=g), torch.randn(15, 8, generator=g), torch.randn(15)
+    y = torch.randint(0, 15, (64,), generator=g)
+    decoder = fit_decoder(z, y, steps=0, head=(w, b))
+    torch.testing.assert_close(decoder(z), z @ w.T + b)  # before any step: the head itself
+    fitted = fit_decoder(z, y, steps=50, head=(w, b))
+    assert not torch.allclose(fitted(z), z @ w.T + b)  # and the fit moves it from there
+
+
+def test_decode_offline_from_the_stage1_head(data, tmp_path, capsys):
+    """Stage 1 with labels -> stage 2 keeps its action head -> offline decoding starts there;
+    a stage-2 run whose stage 1 had no labels is refused in one line."""
+    lam_cfg = dataclasses.replace(
+        lam_preset("fast"),
+        steps=2,
+        batch_size=8,
+        eval_every=2,
+        probe_every=0,
+        labels=32,
+        test_windows=16,
+        threads=1,
+    )
+    train_lam(lam_cfg, data, tmp_path / "lam", progress=False)
+    bc = dataclasses.replace(BC, steps=2, eval_every=2, warmup_steps=1, test_windows=16)
+    train_latent_bc(bc, tmp_path / "lam", data, tmp_path / "bc", progress=False)
+    cfg = OfflineConfig(labels=32, steps=2, test_windows=64, decoder_init="stage1-head")
+    decode_offline(tmp_path / "bc", data, tmp_path / "dec", cfg)
+    assert read_json(tmp_path / "dec" / "config.json")["network"]["decoder_skip"] is True
+    policy = load_policy(tmp_path / "dec")  # what lapo eval plays
+    assert policy.act(real_obs(2)).shape == (2,)
+    tensors, _ = load_tensors(tmp_path / "bc" / "action_head.safetensors")
+    lam_head = load_lam(tmp_path / "lam")[0].action_head
+    torch.testing.assert_close(tensors["weight"], lam_head.weight)
+
+
+def test_decode_offline_from_the_stage1_head_needs_one(stage2, data, tmp_path, capsys):
+    args = ["decode", "offline", "--policy", str(stage2[0]), "--data", str(data)]
+    assert main(args + ["--out", str(tmp_path / "d"), "--decoder-init", "stage1-head"]) == 2
+    assert "--labels" in one_line_error(capsys) and not (tmp_path / "d").exists()
+    assert main(args + ["--out", str(tmp_path / "d"), "--decoder-init", "head"]) == 2
+    assert "--decoder-init must be one of" in one_line_error(capsys)

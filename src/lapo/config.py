@@ -40,6 +40,13 @@ def _positive(cfg: object, *names: str) -> None:
             raise ConfigError(f"{flag(name)} must be at least 1, got {value}")
 
 
+def _choice(cfg: object, name: str, choices: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` unless field ``name`` is one of ``choices``."""
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise ConfigError(f"{flag(name)} must be one of {', '.join(choices)}, got {value!r}")
+
+
 @dataclass
 class QuantizerConfig:
     """The latent-action bottleneck."""
@@ -150,6 +157,8 @@ class LAMConfig:
     """Labelled train windows for the probe during training."""
     probe_test: int = 2_048
     """Test windows for the probe during training."""
+    test_windows: int = 512
+    """Fixed test windows for the test losses at each evaluation (and the untrained baseline)."""
     labels: int = 0
     """K labelled train windows whose true actions train a linear head on the latent beside the
     video-only loss (LAOM, CLAM); 0 = video only (LAPO). The rest of the data is used without
@@ -173,7 +182,7 @@ class LAMConfig:
     """cpu, cuda or auto."""
 
     def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size")
+        _positive(self, "steps", "batch_size", "test_windows")
 
     @property
     def uses_labels(self) -> bool:
@@ -224,6 +233,7 @@ LAM_RESUMABLE = (
     "probe_every",
     "probe_train",
     "probe_test",
+    "test_windows",
     "threads",
     "device",
     "max_minutes",
@@ -257,6 +267,8 @@ class BCConfig:
     """Gradient norm clip."""
     eval_every: int = 1_000
     """Steps between test-loss evaluations (and checkpoints)."""
+    test_windows: int = 1_024
+    """Fixed test windows for the test loss at each evaluation (and the untrained baseline)."""
     seed: int = 0
     """Seed of initialisation and batch sampling."""
     threads: int = 0
@@ -265,7 +277,7 @@ class BCConfig:
     """cpu, cuda or auto."""
 
     def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size")
+        _positive(self, "steps", "batch_size", "test_windows")
 
 
 BC_PRESETS: dict[str, BCConfig] = {
@@ -287,7 +299,7 @@ BC_PRESETS: dict[str, BCConfig] = {
 }
 
 
-BC_RESUMABLE = ("steps", "eval_every", "threads", "device")
+BC_RESUMABLE = ("steps", "eval_every", "test_windows", "threads", "device")
 
 
 def bc_preset(name: str) -> BCConfig:
@@ -315,9 +327,13 @@ class OfflineConfig:
     """Held-out test windows for the accuracies in decode.json."""
     seed: int = 0
     """Seed of the labelled subset and of the decoder's initialisation."""
+    decoder_init: str = "fresh"
+    """'fresh', or 'stage1-head': start from the action head of a stage-1 run trained with
+    --labels (a linear path on the latent, beside the MLP whose last layer starts at zero)."""
 
     def __post_init__(self) -> None:
         _positive(self, "labels", "steps", "batch_size")
+        _choice(self, "decoder_init", ("fresh", "stage1-head"))
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Every run folder holds ``config.json`` with a ``kind``:
 
 - ``lam`` (stage 1, :mod:`lapo.stages.lam`): ``lam.safetensors``.
-- ``latent-policy`` (stage 2, :mod:`lapo.stages.bc`): ``policy.safetensors`` + ``idm.safetensors``.
+- ``latent-policy`` (stage 2, :mod:`lapo.stages.bc`): ``policy.safetensors`` + ``idm.safetensors``
+  (+ ``action_head.safetensors`` when stage 1 was trained with labels).
 - ``action-policy`` (baselines (a) and (b), :mod:`lapo.stages.baselines`), ``decoded-policy``
   (offline decoding), ``online-agent`` (online decoding): ``policy.safetensors``, a network
   that maps observations to action logits (:data:`POLICY_KINDS`).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json
@@ -32,6 +34,7 @@ ACTION_POLICY = "action-policy"
 DECODED_POLICY = "decoded-policy"
 ONLINE_AGENT = "online-agent"
 PPO_EXPERT = "ppo-expert"
+ACTION_HEAD_FILE = "action_head.safetensors"  # stage 1's latent -> action head, in stage 2's run
 POLICY_KINDS = (DECODED_POLICY, ACTION_POLICY, ONLINE_AGENT)  # networks that output actions
 
 
@@ -41,9 +44,11 @@ def latent_policy_spec(latent_dim: int, width: int) -> dict:
     return {"class": LATENT_POLICY, "latent_dim": int(latent_dim), "width": width}
 
 
-def decoded_policy_spec(latent_dim: int, width: int) -> dict:
-    """Offline decoding's :class:`~lapo.models.policy.DecodedPolicy`."""
-    return {"class": DECODED_POLICY, "latent_dim": int(latent_dim), "width": width}
+def decoded_policy_spec(latent_dim: int, width: int, decoder_skip: bool = False) -> dict:
+    """Offline decoding's :class:`~lapo.models.policy.DecodedPolicy` (``decoder_skip``: its
+    decoder has the linear path that starts from stage 1's action head)."""
+    spec = {"class": DECODED_POLICY, "latent_dim": int(latent_dim), "width": width}
+    return {**spec, "decoder_skip": True} if decoder_skip else spec
 
 
 def online_agent_spec(latent_dim: int, width: int) -> dict:
@@ -124,3 +129,16 @@ def load_stage2(run: Path) -> tuple[LatentPolicy, IDM, dict]:
     idm = build_idm(lam_config_from_dict(config["lam"]))
     load_weights(idm, Path(run) / "idm.safetensors")
     return policy, idm.eval(), config
+
+
+def load_action_head(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1's action head ``(weight (K, A), bias (K,))`` kept in stage-2 run ``run``; a
+    stage-1 run trained without ``--labels`` has none (one clear error)."""
+    path = Path(run) / ACTION_HEAD_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"stage-2 run {run} has no stage-1 action head: its stage 1 was trained without "
+            "--labels; train stage 1 with --labels K or use --decoder-init fresh"
+        )
+    tensors, _ = load_tensors(path)
+    return tensors["weight"], tensors["bias"]

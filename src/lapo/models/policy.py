@@ -50,7 +50,9 @@ class ActionDecoder(nn.Module):
     """MLP from a latent action ``(B, A)`` to action logits ``(B, K)``.
 
     Latents are standardised first with ``z_mean``/``z_std``, buffers set from the labelled
-    latents the decoder is fit on (:func:`lapo.stages.decode.fit_decoder`).
+    latents the decoder is fit on (:func:`lapo.stages.decode.fit_decoder`). With ``skip``, a
+    linear layer on the raw latent is added to the MLP's logits: offline decoding starts it
+    from stage 1's action head (a stage-1 run trained with labels).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class ActionDecoder(nn.Module):
         latent_dim: int,
         hidden: tuple[int, ...] = DECODER_HIDDEN,
         num_actions: int = PROCGEN_ACTIONS,
+        skip: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -69,19 +72,27 @@ class ActionDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.register_buffer("z_mean", torch.zeros(latent_dim))
         self.register_buffer("z_std", torch.ones(latent_dim))
+        self.skip = nn.Linear(latent_dim, num_actions) if skip else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # (B, A) -> (B, K)
-        return self.net((z - self.z_mean) / self.z_std)
+        logits = self.net((z - self.z_mean) / self.z_std)
+        return logits if self.skip is None else logits + self.skip(z)
 
 
 class DecodedPolicy(nn.Module):
     """Offline decoding's deployed policy: ``decoder(latent_policy(o))`` -> ``(B, K)`` logits."""
 
-    def __init__(self, latent_dim: int, width: int = 4, num_actions: int = PROCGEN_ACTIONS) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        width: int = 4,
+        num_actions: int = PROCGEN_ACTIONS,
+        decoder_skip: bool = False,
+    ) -> None:
         super().__init__()
         self.latent_policy = LatentPolicy(latent_dim, width)
-        self.decoder = ActionDecoder(latent_dim, num_actions=num_actions)
+        self.decoder = ActionDecoder(latent_dim, num_actions=num_actions, skip=decoder_skip)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         # (B, 64, 64, 3) uint8 -> (B, A) -> (B, K)

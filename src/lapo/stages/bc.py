@@ -9,7 +9,8 @@ Both share one loop, :func:`train_bc`. A run folder holds ``config.json`` (kind,
 game, the data it came from, full config), ``policy.safetensors``, ``checkpoint.safetensors``
 (resume), ``metrics.csv``, ``untrained.json`` (the baselines the test loss must beat) and
 TensorBoard files in ``tb/``. A stage-2 run also holds ``idm.safetensors``: the frozen IDM,
-so that decoding needs only this folder.
+so that decoding needs only this folder, and, where stage 1 was trained with labels, its
+action head (``action_head.safetensors``), which offline decoding may start from.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lapo.data.dataset import WindowDataset
 from lapo.models.idm import IDM, frames_to_float
 from lapo.models.policy import build_network
 from lapo.runkinds import (
+    ACTION_HEAD_FILE,
     ACTION_POLICY,
     LATENT_POLICY,
     action_policy_spec,
@@ -101,8 +103,10 @@ class BCTest:
     """Fixed test windows (drawn once from their own generator) and what a policy scores on
     them: the loss against the targets, and for actions the accuracy."""
 
-    def __init__(self, test: WindowDataset, targets_fn: Any, seed: int, device: torch.device):
-        batch = test.sample(min(1024, len(test)), np.random.default_rng(seed + 1))
+    def __init__(
+        self, test: WindowDataset, targets_fn: Any, seed: int, device: torch.device, n: int = 1024
+    ):
+        batch = test.sample(min(n, len(test)), np.random.default_rng(seed + 1))
         self.obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(device)
         self.targets_fn = targets_fn
         self.y = targets_fn.test_targets(batch)
@@ -121,10 +125,11 @@ class BCTest:
         self, model: nn.Module, train: WindowDataset, starts: np.ndarray, rng: np.random.Generator
     ) -> dict:
         """The baselines the trained policy must beat: the untrained network, and for latents
-        the best constant prediction (the mean latent of training windows)."""
+        the best constant prediction (the mean latent of twice as many training windows as
+        there are test windows)."""
         m = self.metrics(model)
         if self.targets_fn.kind == "latent":
-            mean = self.targets_fn(train.read(rng.choice(starts, 2048))).mean(0)
+            mean = self.targets_fn(train.read(rng.choice(starts, 2 * len(self.y)))).mean(0)
             m["test_loss_mean_prediction"] = self.targets_fn.loss(
                 mean.expand_as(self.y), self.y
             ).item()
@@ -187,7 +192,9 @@ def train_bc(
             run.save(name, tensors)
         run.write_config("bc", **run_config, network=network, data=str(data),
                          train_windows=int(len(starts)))  # fmt: skip
-        test = BCTest(WindowDataset(data, "test", k=3), targets_fn, cfg.seed, run.device)
+        test = BCTest(
+            WindowDataset(data, "test", k=3), targets_fn, cfg.seed, run.device, cfg.test_windows
+        )
         baseline = run.baseline(lambda: test.untrained(model, train, starts, rng))
         if start == 0:
             run.scalars(0, {"test/loss": baseline["test_loss"]})
@@ -248,6 +255,9 @@ def train_latent_bc(
         "latent_dim": latent_dim,
         "command": command,
     }
+    extra = {"idm.safetensors": lam.idm.state_dict()}
+    if lam.action_head is not None:  # stage 1 with labels: offline decoding may start from it
+        extra[ACTION_HEAD_FILE] = lam.action_head.state_dict()
     return train_bc(
         cfg,
         data,
@@ -255,7 +265,7 @@ def train_latent_bc(
         network,
         LatentTargets(lam.idm, device),
         run_config=run_config,
-        extra_files={"idm.safetensors": lam.idm.state_dict()},
+        extra_files=extra,
         progress=progress,
         desc="stage 2",
     )

@@ -267,7 +267,7 @@ def stage1_data(cfg: LAMConfig, data: Path, out: Path) -> Stage1Data:
         labelled = three, starts  # three-frame windows, like the probe's
     # fixed windows for the test loss and the probe, drawn once from their own generator
     fixed = np.random.default_rng(cfg.seed + 1)
-    test_batch = test.sample(min(512, len(test)), fixed)
+    test_batch = test.sample(min(cfg.test_windows, len(test)), fixed)
     probe_tr = probe_te = None
     if manifest.get("has_actions") and cfg.probe_every > 0:
         probe_tr = three.sample(cfg.probe_train, fixed)

@@ -26,18 +26,29 @@ def fit_decoder(
     weight_decay: float = 0.0,
     label_smoothing: float = 0.05,
     seed: int = 0,
+    head: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ActionDecoder:
     """A fresh :class:`ActionDecoder` fit on latents ``z`` ``(N, A)`` -> actions ``y`` ``(N,)``.
 
     Cross-entropy with label smoothing, Adam(W), ``steps`` minibatches drawn by epochs over a
     seeded permutation. Latents are standardised by their own mean and std (kept in the
     decoder's buffers, so the decoder applies the same to a policy's latents).
+
+    ``head`` (stage 1's action head: weight ``(K, A)``, bias ``(K,)``) starts the decoder at
+    that head: its linear path on the raw latent copies it and the MLP's last layer starts at
+    zero, so before the first step the decoder predicts what stage 1's head predicts.
     """
     z, y = z.float().cpu(), y.long().cpu()
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        decoder = ActionDecoder(z.shape[1])
+        decoder = ActionDecoder(z.shape[1], skip=head is not None)
+    if head is not None and decoder.skip is not None:
+        with torch.no_grad():
+            decoder.skip.weight.copy_(head[0])
+            decoder.skip.bias.copy_(head[1])
+            decoder.net[-1].weight.zero_()
+            decoder.net[-1].bias.zero_()
     decoder.z_mean.copy_(z.mean(0))
     decoder.z_std.copy_(z.std(0).nan_to_num(1.0) + 1e-6 if len(z) > 1 else torch.ones(z.shape[1]))
     opt = torch.optim.AdamW(decoder.parameters(), lr=learning_rate, weight_decay=weight_decay)

@@ -28,13 +28,21 @@ from lapo.envs import NUM_ACTIONS
 from lapo.evaluation.probe import classification_report
 from lapo.models.idm import IDM, frames_to_float
 from lapo.models.policy import ActionDecoder, DecodedPolicy, LatentPolicy, build_network
-from lapo.runkinds import DECODED_POLICY, data_fields, decoded_policy_spec, load_stage2
+from lapo.runkinds import (
+    DECODED_POLICY,
+    data_fields,
+    decoded_policy_spec,
+    load_action_head,
+    load_stage2,
+)
 from lapo.stages.decode import encode_dataset_windows, fit_decoder
 
 
 def deployed_policy(policy: LatentPolicy, decoder: ActionDecoder, width: int) -> DecodedPolicy:
     """``decoder(policy(o))`` as one network (eval mode): what ``lapo eval`` plays."""
-    deployed = build_network(decoded_policy_spec(policy.latent_dim, width))
+    deployed = build_network(
+        decoded_policy_spec(policy.latent_dim, width, decoder.skip is not None)
+    )
     assert isinstance(deployed, DecodedPolicy)
     deployed.latent_policy.load_state_dict(policy.state_dict())
     deployed.decoder.load_state_dict(decoder.state_dict())
@@ -75,6 +83,7 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
     """Fit the decoder for stage-2 run ``policy_run`` on ``cfg.labels`` windows of ``data``."""
     t0 = time.time()
     policy, idm, config = load_stage2(policy_run)
+    head = load_action_head(policy_run) if cfg.decoder_init == "stage1-head" else None
     what = f"stage-2 run {policy_run}"
     manifest = dataset_for(data, what, config.get("game"), actions_for="offline decoding")
     train = WindowDataset(data, "train", k=3)
@@ -89,6 +98,7 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
         cfg.weight_decay,
         cfg.label_smoothing,
         cfg.seed,
+        head,
     )
     width = config["network"]["width"]
     deployed = deployed_policy(policy, decoder, width)
@@ -110,7 +120,7 @@ def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) 
         out / "config.json",
         {
             "kind": DECODED_POLICY,
-            "network": decoded_policy_spec(policy.latent_dim, width),
+            "network": decoded_policy_spec(policy.latent_dim, width, head is not None),
             **data_fields(manifest),
             "game": config.get("game"),
             "policy_run": str(policy_run),
