@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -213,17 +214,24 @@ def resample(
             yield held[2], n
 
 
-def to_obs(frame: Any, crop: str = "centre", size: int = SIZE) -> np.ndarray:
+def to_obs(
+    frame: Any, crop: str = "centre", size: int = SIZE, reformatter: Any = None
+) -> np.ndarray:
     """A decoded ``av.VideoFrame`` as ``(size, size, 3)`` uint8 RGB, C-contiguous: scaled by
     swscale's area filter so its short side is ``size`` and centre-cropped square (``crop``
-    "centre"), or squeezed to ``size x size`` (``crop`` "none")."""
+    "centre"), or squeezed to ``size x size`` (``crop`` "none"). Pass the same
+    ``av.video.reformatter.VideoReformatter`` for every frame of a video: it keeps swscale's
+    set-up, which costs ten times the conversion of a small frame."""
     w, h = frame.width, frame.height
-    if crop == "none":
-        rgb = frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="AREA")
-        return np.ascontiguousarray(rgb)
-    s = size / min(w, h)
-    W, H = max(size, round(w * s)), max(size, round(h * s))
-    rgb = frame.to_ndarray(width=W, height=H, format="rgb24", interpolation="AREA")  # (H, W, 3)
+    W = H = size
+    if crop != "none":
+        s = size / min(w, h)
+        W, H = max(size, round(w * s)), max(size, round(h * s))
+    if reformatter is not None:
+        frame = reformatter.reformat(frame, W, H, "rgb24", interpolation="AREA")
+        rgb = frame.to_ndarray()  # (H, W, 3)
+    else:
+        rgb = frame.to_ndarray(width=W, height=H, format="rgb24", interpolation="AREA")
     y, x = (H - size) // 2, (W - size) // 2
     return np.ascontiguousarray(rgb[y : y + size, x : x + size])  # (size, size, 3)
 
@@ -247,8 +255,10 @@ def video_frames(probe: VideoProbe, opts: VideoImport) -> Iterator[tuple[np.ndar
     ``count`` times in a row; decoded one at a time. Raises :class:`VideoError` on a damaged
     file."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     rate = _rate(probe, opts)
+    reformatter = VideoReformatter()
     start = Fraction(opts.start)
     end = None if opts.end is None else Fraction(opts.end)
     try:
@@ -259,7 +269,7 @@ def video_frames(probe: VideoProbe, opts: VideoImport) -> Iterator[tuple[np.ndar
                 origin = stream.start_time or 0
                 c.seek(origin + int(start / stream.time_base), stream=stream)
             for frame, n in resample(_timed(c.decode(stream), stream, rate), rate, start, end):
-                yield to_obs(frame, opts.crop, opts.size), n
+                yield to_obs(frame, opts.crop, opts.size, reformatter), n
     except av.error.FFmpegError as e:
         reason = getattr(e, "strerror", None) or e
         raise VideoError(f"{probe.path} is damaged or truncated ({reason})") from None
@@ -290,7 +300,7 @@ def check_length(probe: VideoProbe, opts: VideoImport, frames: int) -> None:
     if reached < until - max(0.5, 0.02 * probe.duration):
         raise VideoError(
             f"{probe.path} ends at {float(reached):.2f} s but declares {probe.duration:.2f} s: "
-            "it is truncated; copy it again"
+            "it is truncated"
         )
 
 
@@ -448,7 +458,7 @@ def _probe_all(files: list[Path], skip_bad: bool, skipped: list[dict]) -> list[V
             probes.append(probe_video(f))
         except VideoError as e:
             if not skip_bad:
-                raise VideoError(f"{e}; remove it from the input or pass --skip-bad") from None
+                raise VideoError(f"{e}; remove or replace it, or pass --skip-bad") from None
             skipped.append({"path": str(f), "reason": str(e)})
     return probes
 
@@ -477,7 +487,8 @@ def import_videos(
         raise UserError(f"--chunk-frames must be at least 1, got {chunk_frames}")
     out = Path(out)
     created_by = created_by or {"function": "lapo.data.video.import_videos", "args": asdict(opts)}
-    exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    given_empty = out.is_dir() and not any(out.iterdir())
+    exists = out.exists() and not given_empty
     if exists and not resume:
         raise DatasetError(
             f"{out} already exists: choose a new --out, or pass --resume to continue the import"
@@ -497,11 +508,25 @@ def import_videos(
             f"{skipped[0]['reason']})"
         )
     splits = assign_splits(files, opts.test_fraction, opts.seed)
-    out.mkdir(parents=True, exist_ok=True)
     writer = DatasetWriter(out, manifest)
-    writer.write_manifest()
-    _import_all(writer, probes, splits, opts, chunk_frames, skip_bad, skipped, progress)
+    if not exists:  # a new dataset, valid (and resumable) from the start
+        out.mkdir(parents=True, exist_ok=True)
+        writer.write_manifest()
+    try:
+        _import_all(writer, probes, splits, opts, chunk_frames, skip_bad, skipped, progress)
+    except BaseException:
+        if not exists and not manifest["sources"]:  # nothing got in: leave no folder behind
+            _discard(out, keep_folder=given_empty)
+        raise
     return _summary(out, manifest, len(finished), skipped, removed, time.time() - t0)
+
+
+def _discard(out: Path, keep_folder: bool) -> None:
+    """Delete what a new import wrote in ``out``, and ``out`` unless ``keep_folder``."""
+    for p in out.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if not keep_folder:
+        out.rmdir()
 
 
 def _expected_frames(probe: VideoProbe, opts: VideoImport) -> int:
@@ -536,8 +561,8 @@ def _import_all(
                 if not skip_bad:
                     done = len(writer.manifest["sources"])
                     raise VideoError(
-                        f"{e}; remove it or pass --skip-bad ({writer.root} keeps the {done} "
-                        "videos imported before it: run again with --resume)"
+                        f"{e}; remove or replace it, or pass --skip-bad ({writer.root} keeps the "
+                        f"{done} videos imported before it: run again with --resume)"
                     ) from None
                 skipped.append({"path": str(probe.path), "reason": str(e)})
     finally:

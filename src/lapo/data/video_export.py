@@ -117,16 +117,24 @@ def _overlay(img: np.ndarray, text: str) -> np.ndarray:
 
 
 def _pal8(img: np.ndarray) -> Any:
-    """An ``av.VideoFrame`` in pal8 with ``img``'s own 256-colour palette (for GIF)."""
+    """An ``av.VideoFrame`` in pal8 for GIF: ``img``'s own colours as its palette when it has
+    256 or fewer (lossless: Procgen frames have about 50), else Pillow's median cut."""
     import av
     from PIL import Image
 
-    q = Image.fromarray(img).quantize(256, method=Image.Quantize.MEDIANCUT)
-    rgb = np.array(q.getpalette()[:768], np.uint8).reshape(-1, 3)
+    packed = img.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)  # (H, W)
+    colours, index = np.unique(packed, return_inverse=True)
+    if len(colours) <= 256:
+        rgb = (colours[:, None] >> np.array([16, 8, 0], np.uint32)) & 255
+        pixels = index.reshape(img.shape[:2]).astype(np.uint8)
+    else:
+        q = Image.fromarray(img).quantize(256, method=Image.Quantize.MEDIANCUT)
+        rgb = np.array(q.getpalette()[:768], np.uint8).reshape(-1, 3)
+        pixels = np.asarray(q)
     palette = np.zeros((256, 4), np.uint8)  # ARGB
     palette[:, 0] = 255
     palette[: len(rgb), 1:] = rgb
-    return av.VideoFrame.from_ndarray((np.asarray(q), palette), format="pal8")
+    return av.VideoFrame.from_ndarray((pixels, palette), format="pal8")
 
 
 class VideoWriter:
@@ -155,6 +163,9 @@ class VideoWriter:
             self._s.options = {"crf": str(crf)}
         elif codec == "libvpx-vp9":  # constant quality needs a zero target bit rate
             self._s.options = {"crf": str(crf), "b": "0"}
+        else:  # each frame has its own palette: FFmpeg's diffing against the last frame's
+            # palette indices would keep pixels whose index stayed but whose colour changed
+            self._s.options = {"gifflags": "-offsetting-transdiff"}
         self.frames = 0
 
     def write(self, img: np.ndarray) -> None:
