@@ -472,9 +472,12 @@ def import_videos(
     skip_bad: bool = False,
     progress: bool = True,
     created_by: dict | None = None,
+    split_of: dict[Path, str] | None = None,
 ) -> dict[str, Any]:
     """Import the videos ``paths`` (files, or folders searched for videos) into the new
     action-free dataset ``out``, one episode per video; returns a JSON-able summary.
+    ``split_of`` sets the split of the files it names (resolved paths), e.g. to keep the
+    split of exported episodes; the others are chosen by ``opts.test_fraction``.
 
     Refuses a non-empty ``out`` unless ``resume``, which imports only the videos its manifest
     does not list. A bad file stops the import with its name (the dataset keeps the videos
@@ -507,7 +510,7 @@ def import_videos(
             f"none of the {len(files)} files is a video lapo can import (first: "
             f"{skipped[0]['reason']})"
         )
-    splits = assign_splits(files, opts.test_fraction, opts.seed)
+    splits = {**assign_splits(files, opts.test_fraction, opts.seed), **(split_of or {})}
     writer = DatasetWriter(out, manifest)
     if not exists:  # a new dataset, valid (and resumable) from the start
         out.mkdir(parents=True, exist_ok=True)
