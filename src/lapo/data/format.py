@@ -21,6 +21,9 @@ complete; readers ignore dot-folders. The manifest lists the chunks it *commits*
 (``splits.<split>.chunk_lengths``); it is rewritten atomically after every chunk, so a
 collection killed at any point leaves a valid dataset (a chunk renamed just before the kill
 but not yet in the manifest is "uncommitted": readers skip it, ``collect --resume`` adopts it).
+A writer whose unit is larger than a chunk (``import-video``: one video) records the unit's
+chunks in one manifest write when the unit is complete (:meth:`DatasetWriter.record_pending`);
+its resume deletes the uncommitted chunks of an unfinished unit (:func:`remove_uncommitted`).
 """
 
 from __future__ import annotations

@@ -164,7 +164,9 @@ def probe_video(path: str | Path) -> VideoProbe:
             codec = s.codec_context.name
     except (av.error.FFmpegError, OSError) as e:
         reason = getattr(e, "strerror", None) or e
-        raise VideoError(f"{path} is not a video FFmpeg can read ({reason}): truncated?") from None
+        if isinstance(e, av.error.InvalidDataError):
+            reason = f"{reason}: not a video, or truncated"
+        raise VideoError(f"{path} is not a video FFmpeg can read ({reason})") from None
     if width < 1 or height < 1:
         raise VideoError(f"{path} declares {width}x{height} frames: it is damaged")
     return VideoProbe(path, width, height, Fraction(rate) if rate else None, duration, codec)
