@@ -29,7 +29,8 @@ CODECS: dict[str, tuple[str, str, int]] = {
     ".gif": ("gif", "pal8", 0),
 }
 DEFAULT_CRF = 15
-"""Near-lossless for Procgen frames at H.264 and VP9 (a few dB below lossless; README)."""
+"""On coinrun frames, H.264 at crf 15 keeps 33.1 dB PSNR (worst frame 31.2 dB) against 34.1 dB
+at crf 0: yuv420p's halved colour resolution, not the crf, costs most (yuv444p crf 0: 53 dB)."""
 _BLOCK = 256  # frames read from a chunk at a time
 
 # A span is (chunk position in the split, first frame, end frame) of consecutive frames.
