@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 
 from lapo.cli import main
 from lapo.data.collect import collect
-from lapo.data.format import open_dataset, validate_dataset, visible_chunks
+from lapo.data.format import DatasetError, open_dataset, validate_dataset, visible_chunks
 from lapo.data.video import VideoImport, import_videos, resample
 from lapo.data.video_export import episode_spans, export_episodes, export_video, read_span
 
@@ -259,11 +258,12 @@ def test_bad_inputs_one_line_exit_2(tmp_path: Path, bad_files: dict, capsys) -> 
     }
     for name, words in expect.items():
         path = str(bad_files[name])
-        for out, extra in ((ds, ["--resume"]), (tmp_path / "new", [])):
-            argv = ["data", "import-video", path, "--out", str(out), "--quiet", *extra]
-            code, _, err = run_cli(capsys, *argv)
-            assert code == 2 and err.count("\n") == 1 and words in err and path in err, err
-            assert not (tmp_path / "new").exists()
+        argv = ["data", "import-video", path, "--out", str(ds), "--quiet", "--resume"]
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and words in err and path in err, err
+        with pytest.raises(DatasetError, match=re.escape(words)):
+            import_videos([path], tmp_path / "new", progress=False)  # a new dataset: none left
+        assert not (tmp_path / "new").exists()
         assert snapshot(ds) == before, name
     code, _, err = run_cli(capsys, "data", "import-video", str(vids), "--out", str(ds))
     assert code == 2 and "--resume" in err and err.count("\n") == 1
@@ -321,8 +321,10 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path) -> None:
             if unrecorded(out) >= 3:
                 break
             time.sleep(0.005)
+        else:
+            pytest.fail("the import ended before it could be killed in the middle of a video")
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.kill()  # SIGKILL
         proc.wait()
     info = validate_dataset(out)  # valid: only the finished videos count
     done = len(info.manifest["sources"])
