@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
         return 0
     except KeyboardInterrupt:
-        hint = " with --resume" if getattr(args, "command", None) == "collect" else ""
+        resumable = getattr(args, "command", None) == "collect" or (
+            getattr(args, "data_command", None) == "import-video"
+        )
+        hint = " with --resume" if resumable else ""
         print(f"lapo: interrupted; run the same command again{hint} to continue", file=sys.stderr)
         return 130
     return 0

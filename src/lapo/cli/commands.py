@@ -71,6 +71,48 @@ def data_import_lapo(args: argparse.Namespace) -> None:
     _print(summary)
 
 
+def data_import_video(args: argparse.Namespace) -> None:
+    from lapo.data.video import VideoImport, import_videos
+
+    opts = VideoImport(
+        **{k: getattr(args, k) for k in ("fps", "crop", "size", "start", "end", "seed", "game")},
+        test_fraction=args.test_fraction,
+    )
+    summary = import_videos(
+        args.paths,
+        args.out,
+        opts,
+        chunk_frames=args.chunk_frames,
+        resume=args.resume,
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+        created_by=_invocation(args, "data import-video"),
+    )
+    for bad in summary["skipped"]:
+        print(f"lapo: skipped: {bad['reason']}", file=sys.stderr)
+    for note in summary["notes"]:
+        print(f"lapo: note: {note}", file=sys.stderr)
+    _print(summary)
+
+
+def data_export_video(args: argparse.Namespace) -> None:
+    from lapo.data.video_export import export_video, parse_episodes, parse_frames
+
+    summary = export_video(
+        args.dir,
+        args.out,
+        split=args.split,
+        episodes=parse_episodes(args.episodes),
+        frames=parse_frames(args.frames),
+        fps=args.fps,
+        overlay_actions=args.overlay_actions,
+        scale=args.scale,
+        crf=args.crf,
+        progress=not args.quiet,
+    )
+    _print(summary)
+
+
 def dataset_summary(path: str) -> dict[str, Any]:
     """Validate the dataset at ``path`` (every chunk) and summarise its manifest."""
     from lapo.data.format import SPLITS, disk_bytes, validate_dataset

@@ -1,7 +1,8 @@
 """Datasets of Procgen play: the on-disk format, collection, import and window sampling.
 
 ``collect`` records a policy into a dataset folder, ``import_lapo`` converts the reference
-implementation's ``.npz`` files, ``WindowDataset`` samples ``k``-frame windows that never
+implementation's ``.npz`` files, :mod:`lapo.data.video` imports videos as action-free data
+and :mod:`lapo.data.video_export` writes frames back out as videos, ``WindowDataset`` samples ``k``-frame windows that never
 cross an episode boundary. :mod:`lapo.data.checks` holds what a run asks of a dataset (true
 actions, the same game) and :mod:`lapo.data.labels` the choice of the K labelled windows.
 """

@@ -21,6 +21,9 @@ complete; readers ignore dot-folders. The manifest lists the chunks it *commits*
 (``splits.<split>.chunk_lengths``); it is rewritten atomically after every chunk, so a
 collection killed at any point leaves a valid dataset (a chunk renamed just before the kill
 but not yet in the manifest is "uncommitted": readers skip it, ``collect --resume`` adopts it).
+A writer whose unit is larger than a chunk (``import-video``: one video) records the unit's
+chunks in one manifest write when the unit is complete (:meth:`DatasetWriter.record_pending`);
+its resume deletes the uncommitted chunks of an unfinished unit (:func:`remove_uncommitted`).
 """
 
 from __future__ import annotations
@@ -78,6 +81,27 @@ def visible_chunks(split_dir: Path) -> list[str]:
         return []
     names = [p.name for p in split_dir.iterdir() if p.is_dir() and chunk_index(p.name) is not None]
     return sorted(names, key=lambda n: chunk_index(n))  # type: ignore[arg-type, return-value]
+
+
+def remove_uncommitted(root: Path, manifest: dict) -> list[str]:
+    """Delete what a killed writer left that ``manifest`` does not list: unfinished
+    ``.chunk_*.tmp`` folders and visible chunks it had not recorded yet. Returns what went.
+
+    For writers that commit several chunks at once (:meth:`DatasetWriter.record_pending`):
+    an unrecorded chunk is part of an unfinished unit, which is written again from its start.
+    """
+    gone = []
+    for split in SPLITS:
+        split_dir = Path(root) / split
+        if not split_dir.is_dir():
+            continue
+        committed = manifest["splits"][split]["chunk_lengths"]
+        for p in sorted(split_dir.iterdir()):
+            unfinished = p.name.startswith(".chunk_") and p.name.endswith(".tmp")
+            if p.is_dir() and (unfinished or (_CHUNK_RE.match(p.name) and p.name not in committed)):
+                shutil.rmtree(p)
+                gone.append(f"{split}/{p.name}")
+    return gone
 
 
 def _fsync_dir(path: Path) -> None:
@@ -296,7 +320,8 @@ def record_chunk(
 class DatasetWriter:
     """Owns a dataset folder being written: hands out chunk writers, commits them to the manifest.
 
-    The one implementation of writing data, shared by ``collect`` and ``import-lapo``.
+    The one implementation of writing data, shared by ``collect``, ``import-lapo`` and
+    ``import-video``.
     """
 
     def __init__(self, root: Path, manifest: dict) -> None:
@@ -306,6 +331,7 @@ class DatasetWriter:
             s: 1 + max([chunk_index(n) for n in visible_chunks(self.root / s)], default=-1)
             for s in SPLITS
         }
+        self._pending: list[tuple[str, str, int, list[float]]] = []
 
     def write_manifest(self) -> None:
         write_json(self.root / MANIFEST, self.manifest)
@@ -320,11 +346,34 @@ class DatasetWriter:
             has_rewards=self.manifest["has_rewards"],
         )
 
-    def commit(self, split: str, writer: ChunkWriter, episode_returns: list[float]) -> None:
-        """Make ``writer``'s chunk visible, then record it in the manifest (in that order)."""
+    def commit(
+        self, split: str, writer: ChunkWriter, episode_returns: list[float], defer: bool = False
+    ) -> None:
+        """Make ``writer``'s chunk visible, then record it in the manifest (in that order).
+
+        With ``defer`` the chunk is made visible but stays uncommitted (readers skip it) until
+        :meth:`record_pending` records it with the others in one manifest write: how a unit of
+        work larger than a chunk (an imported video) appears in the dataset all at once.
+        """
         writer.commit()
-        record_chunk(self.manifest, split, writer.name, writer.frames, episode_returns)
+        self._pending.append((split, writer.name, writer.frames, list(episode_returns)))
+        if not defer:
+            self.record_pending()
+
+    def record_pending(self) -> None:
+        """Record the chunks committed with ``defer`` in the manifest, in one atomic write."""
+        for split, name, frames, returns in self._pending:
+            record_chunk(self.manifest, split, name, frames, returns)
+        self._pending = []
         self.write_manifest()
+
+    def drop_pending(self) -> None:
+        """Delete the chunks committed with ``defer`` and not yet recorded (their names are
+        handed out again)."""
+        for split, name, *_ in self._pending:
+            shutil.rmtree(self.root / split / name, ignore_errors=True)
+            self._next_index[split] = min(self._next_index[split], chunk_index(name))  # type: ignore[type-var]
+        self._pending = []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +438,8 @@ class DatasetInfo:
 
 
 def _imported(manifest: dict) -> bool:
-    return (manifest.get("policy") or {}).get("kind") == "imported-lapo"
+    """Imported data (reference .npz files, videos) is re-imported, not collected again."""
+    return (manifest.get("policy") or {}).get("kind") in ("imported-lapo", "video")
 
 
 def _fix_hint(manifest: dict) -> str:
