@@ -2,7 +2,7 @@
 latent actions learnt from them.
 
     python benchmarks/video_roundtrip.py --data DATASET --out DIR [--fps 15] [--crf 15]
-                                         [--lam-minutes 0] [--probe-args "..."]
+                                         [--lam-minutes 0 | --lam-steps 0] [--probe-args "..."]
 
 1. Every episode of DATASET (a Procgen dataset with actions; both splits) is exported to its
    own mp4 (``export_episodes``: libx264, yuv420p, ``--crf``), then the folder is imported back
@@ -14,7 +14,8 @@ latent actions learnt from them.
 4. With ``--lam-minutes M`` > 0: ``lapo lam train --preset cpu --max-minutes M --threads 1``
    on the original and then on the round-tripped copy (the same wall time each, one after
    the other, steps high enough that time binds), then ``lapo lam probe`` on both; prints
-   both probes' figures (in full: ``DIR/lam_*/probe.json``).
+   both probes' figures (in full: ``DIR/lam_*/probe.json``). ``--lam-steps N`` instead trains
+   N steps on each (the same work whatever else the machine is doing).
 
 Prints JSON.
 """
@@ -117,12 +118,14 @@ def join_actions(data: Path, copy: Path, episodes: list[dict], dest: Path) -> Pa
     return dest
 
 
-def lam(data: Path, out: Path, minutes: float, probe_args: list[str]) -> dict:
-    """Stage 1 for ``minutes`` of training on one thread, then its probe."""
+def lam(data: Path, out: Path, minutes: float, steps: int, probe_args: list[str]) -> dict:
+    """Stage 1 for ``minutes`` of training (or ``steps`` steps) on one thread, then its probe."""
     lapo = [sys.executable, "-m", "lapo"]
     shutil.rmtree(out, ignore_errors=True)
     train = ["lam", "train", "--data", str(data), "--out", str(out), "--preset", "cpu"]
-    train += ["--max-minutes", str(minutes), "--steps", "1000000", "--threads", "1", "--quiet"]
+    budget = ["--steps", str(steps)] if steps else ["--max-minutes", str(minutes)]
+    budget += [] if steps else ["--steps", "1000000"]
+    train += [*budget, "--threads", "1", "--quiet"]
     t0 = time.time()
     summary = json.loads(subprocess.run([*lapo, *train], check=True, capture_output=True).stdout)
     probe = ["lam", "probe", "--run", str(out), "--data", str(data), "--threads", "1"]
@@ -144,6 +147,7 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=15.0, help="frame rate of the files")
     ap.add_argument("--crf", type=int, default=15, help="H.264 quality of the files")
     ap.add_argument("--lam-minutes", type=float, default=0.0, help="stage 1 on both; 0 = skip")
+    ap.add_argument("--lam-steps", type=int, default=0, help="stage 1 on both for N steps")
     ap.add_argument("--probe-args", default="", help="extra options for lapo lam probe")
     args = ap.parse_args()
 
@@ -168,10 +172,11 @@ def main() -> None:
     }
     joined = join_actions(data, copy, episodes, out / "roundtrip_actions")
     result["copy_with_actions"] = str(joined)
-    if args.lam_minutes > 0:
+    if args.lam_minutes > 0 or args.lam_steps > 0:
         extra = shlex.split(args.probe_args)
-        result["lam_original"] = lam(data, out / "lam_original", args.lam_minutes, extra)
-        result["lam_roundtrip"] = lam(joined, out / "lam_roundtrip", args.lam_minutes, extra)
+        budget = (args.lam_minutes, args.lam_steps)
+        result["lam_original"] = lam(data, out / "lam_original", *budget, extra)
+        result["lam_roundtrip"] = lam(joined, out / "lam_roundtrip", *budget, extra)
     print(json.dumps(result, indent=2))
 
 
