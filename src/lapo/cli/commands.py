@@ -146,7 +146,9 @@ def lam_probe(args: argparse.Namespace) -> None:
 def lam_plot(args: argparse.Namespace) -> None:
     from lapo.report.latents import plot_lam
 
-    _print(plot_lam(Path(args.run), Path(args.data), Path(args.out)))
+    if args.clusters < 1:
+        raise UserError(f"--clusters must be at least 1, got {args.clusters}")
+    _print(plot_lam(Path(args.run), Path(args.data), Path(args.out), clusters=args.clusters))
 
 
 def bc_train(args: argparse.Namespace) -> None:

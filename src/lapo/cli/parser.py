@@ -93,8 +93,12 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
            "65,536 labelled and 65,536 test windows (capped at what the data holds), 3 epochs",
            default="quick", choices=["quick", "paper"]),
       _opt("--threads", "torch CPU threads; 0 = all cores", type=int, default=0)], []),
-    ("lam plot", "UMAP of latents, world-model predictions, rollout GIF", cmd.lam_plot,
-     [RUN1, _req("--data", "dataset of the same game"), _req("--out", "folder for the pictures")],
+    ("lam plot", "UMAP of latents, what each cluster of latents does, world-model predictions, "
+     "rollout GIF", cmd.lam_plot,
+     [RUN1, _req("--data", "dataset of the same game (actions not needed)"),
+      _req("--out", "folder for the pictures"),
+      _opt("--clusters", "k-means clusters of the latents (clusters.png; the latent map's "
+           "colours on data without actions)", type=int, default=8, metavar="K")],
      []),
     ("eval", "play a policy for N episodes and print its returns as JSON", cmd.evaluate,
      [_req("--policy", "'random', 'demonstrator' (shipped) or a policy folder"),
