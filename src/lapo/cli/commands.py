@@ -151,6 +151,19 @@ def lam_plot(args: argparse.Namespace) -> None:
     _print(plot_lam(Path(args.run), Path(args.data), Path(args.out), clusters=args.clusters))
 
 
+def play(args: argparse.Namespace) -> None:
+    import torch
+
+    from lapo.play.server import serve
+    from lapo.play.session import open_session
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data) if args.data else None
+    session = open_session(Path(args.run), data, args.windows, args.clusters, args.seed)
+    serve(session, args.host, args.port, open_browser=not args.no_browser)
+
+
 def bc_train(args: argparse.Namespace) -> None:
     from lapo.stages.bc import train_latent_bc
 

@@ -100,6 +100,18 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
       _opt("--clusters", "k-means clusters of the latents (clusters.png; the latent map's "
            "colours on data without actions)", type=int, default=8, metavar="K")],
      []),
+    ("play", "play the world model in a browser: pick latent actions, see its frames", cmd.play,
+     [RUN1, _opt("--data", "dataset of the same game (default: the run's own); its test split "
+                 "gives the start frames and the buttons' latents", metavar="DIR"),
+      _opt("--port", "port to serve on (0: any free one)", type=int, default=8765),
+      _opt("--host", "address to serve on", default="127.0.0.1"),
+      _opt("--no-browser", "do not open a browser", action="store_true"),
+      _opt("--clusters", "buttons on data without actions: k-means clusters of the latents",
+           type=int, default=8, metavar="K"),
+      _opt("--windows", "data windows whose latents make the buttons", type=int, default=2000),
+      _opt("--seed", "seed of the windows, the clusters and the start frames", type=int,
+           default=0),
+      _opt("--threads", "torch CPU threads; 0 = all cores", type=int, default=1)], []),
     ("eval", "play a policy for N episodes and print its returns as JSON", cmd.evaluate,
      [_req("--policy", "'random', 'demonstrator' (shipped) or a policy folder"),
       _opt("--env", "game (default: the policy's own)", metavar="GAME"),

@@ -2,22 +2,22 @@
 
 Without labels, the only handle on what the IDM's latents mean is to group them and look at
 what each group does. :func:`kmeans` is a small seeded k-means (k-means++ seeding, Lloyd
-iterations; Arthur & Vassilvitskii 2007) in numpy; :func:`latent_sample` draws the windows
-and latents that ``lapo lam plot`` and ``lapo play`` cluster, so that with the same data,
-seed and sizes cluster ``i`` of the picture is button ``i`` of the play page.
+iterations; Arthur & Vassilvitskii 2007) in numpy; :func:`exact_codes` snaps quantised
+latents onto their codes so that equal codes compare equal. ``lapo lam plot`` and
+``lapo play`` cluster the same sample of latents
+(:func:`lapo.report.latents.latent_sample`): with the same data, seed and sizes, cluster
+``i`` of the picture is button ``i`` of the play page.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
-from lapo.data.dataset import WindowDataset
-from lapo.data.format import DatasetError
-from lapo.models.idm import idm_latents
+from lapo.models.quantizers import FSQ, EMAVectorQuantizer
 
 
 @dataclass
@@ -90,25 +90,25 @@ def nearest_points(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return _sq_dist(np.asarray(x, np.float64), np.asarray(centres, np.float64)).argmin(0)
 
 
-def test_or_train(data: Path, k: int = 3) -> WindowDataset:
-    """``data``'s test windows of ``k`` frames, or its train windows where the test split has
-    none."""
-    try:
-        return WindowDataset(data, "test", k=k)
-    except DatasetError:
-        return WindowDataset(data, "train", k=k)
+@torch.no_grad()
+def exact_codes(
+    quantizer: torch.nn.Module, z_q: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Quantised latents ``z_q`` ``(N, A)`` as the quantiser's exact codes, and each slot's
+    code index ``(N, slots)`` (a VQ latent's codes; an FSQ group's index), or ``None`` for a
+    continuous latent (returned as it is).
 
-
-def latent_sample(
-    model, data: Path, windows: int, seed: int = 0
-) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """``windows`` windows of ``data`` (test split if it has any) drawn with ``seed``, and the
-    stage-1 ``model``'s latents of them: ``(batch, z (N, A), z_q (N, A))``. ``batch`` is the
-    loader's (``obs`` uint8 ``(N, 3, 64, 64, 3)``, ``actions`` ``(N, 3)`` if any)."""
-    ds = test_or_train(data)
-    rng = np.random.default_rng(seed)
-    batch = ds.read(np.sort(rng.choice(ds.starts, min(windows, len(ds)), replace=False)))
-    obs = batch["obs"]
-    chunks = (obs[i : i + 256] for i in range(0, len(obs), 256))
-    z, z_q = idm_latents(model.idm, chunks, torch.device("cpu"))
-    return batch, z, z_q
+    The straight-through estimator (``z + (q - z).detach()``) leaves float noise on ``z_q``:
+    two windows given the same code differ in the last bits. Snapped, equal codes are equal."""
+    if isinstance(quantizer, EMAVectorQuantizer):
+        was = quantizer.training
+        idx = quantizer.eval()(z_q).indices  # (N, codebooks, latents): the nearest codes
+        quantizer.train(was)
+        return quantizer.codes(idx), rearrange(idx, "b n l -> b (n l)")
+    if isinstance(quantizer, FSQ):
+        half = (quantizer.levels - 1) / 2  # (K,)
+        x = rearrange(z_q.float(), "b (g k) -> b g k", k=len(half))
+        digits = (x * half + half).round()  # (N, G, K) in [0, levels)
+        index = (digits.long() * quantizer.basis.long()).sum(-1)  # (N, G)
+        return rearrange((digits - half) / half, "b g k -> b (g k)"), index
+    return z_q, None

@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lapo.data.dataset import WindowDataset
+from lapo.data.format import DatasetError
 from lapo.envs import ACTION_NAMES
-from lapo.evaluation.clusters import KMeans, kmeans, latent_sample
+from lapo.evaluation.clusters import KMeans, exact_codes, kmeans
+from lapo.models.idm import idm_latents
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -46,6 +49,31 @@ def embed_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     with warnings.catch_warnings():  # "n_jobs overridden by random_state": seeded on purpose
         warnings.simplefilter("ignore", UserWarning)
         return reducer.fit_transform(z), "umap"
+
+
+def test_or_train(data: Path, k: int = 3) -> WindowDataset:
+    """``data``'s test windows of ``k`` frames, or its train windows where the test split has
+    none."""
+    try:
+        return WindowDataset(data, "test", k=k)
+    except DatasetError:
+        return WindowDataset(data, "train", k=k)
+
+
+def latent_sample(
+    model, data: Path, windows: int, seed: int = 0
+) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``windows`` windows of ``data`` (test split if it has any) drawn with ``seed``, and the
+    stage-1 ``model``'s latents of them: ``(batch, z (N, A), z_q (N, A), codes)``, ``z_q`` and
+    ``codes`` (``(N, slots)`` or None) from :func:`exact_codes`. ``batch`` is the loader's
+    (``obs`` uint8 ``(N, 3, 64, 64, 3)``, ``actions`` ``(N, 3)`` if the data has them)."""
+    ds = test_or_train(data)
+    rng = np.random.default_rng(seed)
+    batch = ds.read(np.sort(rng.choice(ds.starts, min(windows, len(ds)), replace=False)))
+    obs = batch["obs"]
+    chunks = (obs[i : i + 256] for i in range(0, len(obs), 256))
+    z, z_q = idm_latents(model.idm, chunks, torch.device("cpu"))
+    return batch, z, *exact_codes(model.idm.quantizer, z_q)
 
 
 def plot_latents(
@@ -246,8 +274,6 @@ def prediction_picture(model, batch: dict, out: Path, title: str) -> str:
 def rollout_picture(model, data: Path, out: Path, rollout_frames: int = 48) -> str:
     """The open-loop rollout of the first stretch of ``rollout_frames`` frames (fewer if no
     test episode is as long) of ``data``'s test split: ``rollout.gif``."""
-    from lapo.data.dataset import WindowDataset
-    from lapo.data.format import DatasetError
     from lapo.models.idm import frames_to_float
 
     long = None
@@ -288,7 +314,7 @@ def plot_lam(
     game = manifest.get("game", "?")
     title = str(game)
     out.mkdir(parents=True, exist_ok=True)
-    batch, z, z_q = latent_sample(model, data, windows, seed)
+    batch, z, z_q, _ = latent_sample(model, data, windows, seed)
     km = kmeans(z_q.numpy(), clusters, seed)
     files = latent_pictures(batch, z.numpy(), km, out, title, seed)
     summary = {"run": str(run), "data": str(data), "game": game, "clusters": len(km.centres)}
