@@ -287,3 +287,6 @@ def test_plot_on_action_free_data_draws_clusters(run, plain, tmp_path, capsys):
     with Image.open(files["clusters"]) as img:
         assert img.size[1] > img.size[0] * 0.3  # three rows of pictures
     assert Path(files["latents"]).name in ("latent_umap.png", "latent_pca.png")
+    # without actions the latent map's colours are the clusters: --clusters 0 cannot be
+    assert main(args + ["--clusters", "0"]) == 2
+    assert "has no actions" in one_line(capsys)

@@ -146,8 +146,8 @@ def lam_probe(args: argparse.Namespace) -> None:
 def lam_plot(args: argparse.Namespace) -> None:
     from lapo.report.latents import plot_lam
 
-    if args.clusters < 1:
-        raise UserError(f"--clusters must be at least 1, got {args.clusters}")
+    if args.clusters < 0:
+        raise UserError(f"--clusters must be at least 0, got {args.clusters}")
     _print(plot_lam(Path(args.run), Path(args.data), Path(args.out), clusters=args.clusters))
 
 

@@ -98,7 +98,8 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
      [RUN1, _req("--data", "dataset of the same game (actions not needed)"),
       _req("--out", "folder for the pictures"),
       _opt("--clusters", "k-means clusters of the latents (clusters.png; the latent map's "
-           "colours on data without actions)", type=int, default=8, metavar="K")],
+           "colours on data without actions); 0: no clusters.png", type=int, default=8,
+           metavar="K")],
      []),
     ("play", "play the world model in a browser: pick latent actions, see its frames", cmd.play,
      [RUN1, _opt("--data", "dataset of the same game (default: the run's own); its test split "

@@ -25,6 +25,7 @@ import torch
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetError
 from lapo.envs import ACTION_NAMES
+from lapo.errors import UserError
 from lapo.evaluation.clusters import KMeans, exact_codes, kmeans
 from lapo.models.idm import idm_latents
 
@@ -241,10 +242,10 @@ def plot_clusters(
 
 
 def latent_pictures(
-    batch: dict, z: np.ndarray, km: KMeans, out: Path, title: str, seed: int = 0
+    batch: dict, z: np.ndarray, km: KMeans | None, out: Path, title: str, seed: int = 0
 ) -> dict:
     """The latent map (by true action where ``batch`` has actions, else by cluster ``km``) and
-    the cluster picture, into ``out``; returns their paths by name."""
+    the cluster picture (unless ``km`` is None), into ``out``; returns their paths by name."""
     actions = batch["actions"][:, 1] if "actions" in batch else None
     tmp = out / "latent_tmp.png"
     if actions is not None:
@@ -253,6 +254,8 @@ def latent_pictures(
         names = [f"cluster {i + 1}" for i in range(len(km.centres))]
         method = plot_latents(z, km.labels, tmp, title, seed, names, "k-means cluster")
     files = {"latents": str(tmp.rename(out / f"latent_{method}.png"))}
+    if km is None:
+        return files
     plot_clusters(batch["obs"], km.labels, out / "clusters.png", title, actions, seed=seed)
     files["clusters"] = str(out / "clusters.png")
     return files
@@ -304,20 +307,24 @@ def plot_lam(
     clusters: int = 8,
 ) -> dict:
     """Write the stage-1 pictures for ``run`` on ``data``'s test split into ``out``, the
-    latents grouped into ``clusters`` k-means clusters."""
+    latents grouped into ``clusters`` k-means clusters (0: no cluster picture, on data with
+    actions only)."""
     from lapo.data.checks import dataset_for
     from lapo.stages.lam import load_lam
 
     out = Path(out)
     model, config = load_lam(run)
     manifest = dataset_for(data, f"stage-1 run {run}", config.get("game"))
+    if clusters < (0 if manifest.get("has_actions") else 1):
+        raise UserError(f"{data} has no actions: its latents need --clusters of at least 1")
     game = manifest.get("game", "?")
     title = str(game)
     out.mkdir(parents=True, exist_ok=True)
     batch, z, z_q, _ = latent_sample(model, data, windows, seed)
-    km = kmeans(z_q.numpy(), clusters, seed)
+    km = kmeans(z_q.numpy(), clusters, seed) if clusters else None
     files = latent_pictures(batch, z.numpy(), km, out, title, seed)
-    summary = {"run": str(run), "data": str(data), "game": game, "clusters": len(km.centres)}
+    summary = {"run": str(run), "data": str(data), "game": game}
+    summary["clusters"] = len(km.centres) if km else 0
     if not model.predicts_pixels:
         # a world model that predicts embeddings has no frames to show
         return {**summary, "files": files}
