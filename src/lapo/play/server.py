@@ -33,7 +33,7 @@ def make_handler(session: PlaySession) -> type[BaseHTTPRequestHandler]:
     """A request handler class bound to ``session``."""
 
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base's name
+        def log_message(self, format: str, *args) -> None:
             pass  # one line per request would drown the URL the player needs
 
         def _send(self, status: int, body: bytes, kind: str) -> None:
