@@ -211,7 +211,7 @@ def test_plot_writes_every_promised_file(data, tmp_path, capsys):
     out = tmp_path / "plots"
     assert main(["lam", "plot", "--run", str(run), "--data", str(data), "--out", str(out)]) == 0
     files = json.loads(capsys.readouterr().out)["files"]
-    assert set(files) == {"latents", "predictions", "rollout"}
+    assert set(files) == {"latents", "clusters", "predictions", "rollout"}
     from PIL import Image
 
     for path in files.values():

@@ -188,7 +188,22 @@ def lam_probe(args: argparse.Namespace) -> None:
 def lam_plot(args: argparse.Namespace) -> None:
     from lapo.report.latents import plot_lam
 
-    _print(plot_lam(Path(args.run), Path(args.data), Path(args.out)))
+    if args.clusters < 0:
+        raise UserError(f"--clusters must be at least 0, got {args.clusters}")
+    _print(plot_lam(Path(args.run), Path(args.data), Path(args.out), clusters=args.clusters))
+
+
+def play(args: argparse.Namespace) -> None:
+    import torch
+
+    from lapo.play.server import serve
+    from lapo.play.session import open_session
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data) if args.data else None
+    session = open_session(Path(args.run), data, args.windows, args.clusters, args.seed)
+    serve(session, args.host, args.port, open_browser=not args.no_browser)
 
 
 def bc_train(args: argparse.Namespace) -> None:

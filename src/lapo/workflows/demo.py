@@ -182,7 +182,8 @@ def stage_ceiling(d: Demo) -> dict:
 
 
 def stage_plots(d: Demo) -> dict:
-    return plot_lam(d.lam_run, d.data, d.out / "plots", windows=1_500, seed=d.cfg.seed)
+    # clusters=0: no cluster picture, the report shows the latents by true action
+    return plot_lam(d.lam_run, d.data, d.out / "plots", windows=1_500, seed=d.cfg.seed, clusters=0)
 
 
 def stage_stage2(d: Demo) -> dict:
