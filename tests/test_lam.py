@@ -23,6 +23,7 @@ TOY = dict(
     probe_every=8,
     probe_train=256,
     probe_test=128,
+    test_windows=64,  # the fixed test windows each evaluation scores
     threads=1,
     quantizer=QuantizerConfig(num_codebooks=1, latents_per_codebook=2, code_dim=4, num_entries=8),
 )
@@ -258,7 +259,7 @@ def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path, kill_a
     cmd = [sys.executable, "-m", "lapo.cli", "lam", "train", "--data", str(data), "--quiet"]
     toy = [
         "--idm-width", "1", "--wm-base", "4", "--batch-size", "8", "--steps", "40",
-        "--eval-every", "4", "--probe-every", "0", "--threads", "1",
+        "--eval-every", "4", "--probe-every", "0", "--threads", "1", "--test-windows", "64",
         "--quantizer.num-codebooks", "1", "--quantizer.num-entries", "8",
     ]  # fmt: skip
     straight = tmp_path / "straight"

@@ -46,6 +46,7 @@ TOY = dict(
     steps=4,
     eval_every=4,
     probe_every=0,
+    test_windows=64,  # the fixed test windows each evaluation scores
     threads=1,
     # a continuous latent: after 4 steps a codebook may give one code for every window (the
     # codes' own path is pinned by test_exact_codes_remove_the_straight_through_noise)

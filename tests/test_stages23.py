@@ -363,7 +363,7 @@ def first_chunks(src: Path, dst: Path, actions: bool) -> Path:
 
 BASELINE_TOY = [
     "--steps", "20", "--batch-size", "8", "--threads", "1", "--eval-every", "10",
-    "--width", "1", "--quiet",
+    "--test-windows", "64", "--width", "1", "--quiet",
 ]  # fmt: skip
 
 
