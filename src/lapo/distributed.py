@@ -166,9 +166,23 @@ def global_sum(t: torch.Tensor) -> torch.Tensor:
     gradient, so a loss on global statistics trains every rank's inputs."""
     if not active():
         return t
-    from torch.distributed.nn.functional import all_reduce
+    return _GlobalSum.apply(t)
 
-    return all_reduce(t)
+
+class _GlobalSum(torch.autograd.Function):
+    """Sum over the ranks; its gradient is the sum of every rank's gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        out = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
 
 
 def batch_var(x: torch.Tensor) -> torch.Tensor:
