@@ -178,7 +178,13 @@ class Run:
         """Load the checkpoint, if any, into ``model``, ``optimizer``, torch's RNG and ``rng``;
         return the step (or update: ``counter``) to start from, 0 for a fresh run. The
         checkpoint's whole meta is kept in ``self.meta`` for the loop's own counters."""
-        if self.ckpt.exists():
+        found = self.ckpt.exists()
+        if distributed.mean_floats({"differ": found != distributed.on_main(lambda: found)})["differ"]:
+            raise UserError(
+                f"the processes disagree on whether {self.ckpt} exists: put --out on a filesystem "
+                "every machine of the run shares"
+            )
+        if found:
             tensors, meta = load_tensors(self.ckpt)
             saved = {**meta["config"], **{k: meta.get(k) for k in self.compare}}
             refuse_changed_settings(self.ckpt, saved, self.settings(), self.resumable)
@@ -207,16 +213,17 @@ class Run:
         return read_json(path) if path.exists() else {}
 
     # -- the model, its optimiser and its data: data-parallel, and the fast path ------------
-    def prepare(self, model: torch.nn.Module, *compiled: torch.nn.Module) -> torch.nn.Module:
+    def prepare(self, model: torch.nn.Module, *compiled: str) -> torch.nn.Module:
         """``model`` on the run's device, channels-last if the config says so (faster
-        convolutions on CPU and on GPU tensor cores), and with ``compile`` the submodules
-        ``compiled`` compiled in place (their state-dict keys do not change)."""
+        convolutions on CPU and on GPU tensor cores), and with ``compile`` its submodules
+        named ``compiled`` (``""``: the whole model) compiled in place, so state-dict keys
+        and checkpoints stay as they are."""
         model = model.to(self.device)
         if getattr(self.cfg, "channels_last", False):
             model = model.to(memory_format=torch.channels_last)
         if getattr(self.cfg, "compile", False):
-            for m in compiled:
-                m.compile()
+            for name in compiled:
+                model.get_submodule(name).compile()
         return model
 
     def optimizer(self, cls: type, params: Any, **kw: Any) -> torch.optim.Optimizer:

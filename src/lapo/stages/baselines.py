@@ -180,7 +180,9 @@ def idm_labels_bc(
     starts = labelled_starts(data, labels, cfg.seed, labels_from, purpose="baseline (b)")
     out, device = start_run(out, cfg.threads, cfg.device)
     # the labels once, by rank 0 under torchrun; then every rank reads them from out
-    distributed.on_main(lambda: idm_labels(idm_cfg, data, out, starts, cfg.seed, device)[1])
+    distributed.on_main(
+        lambda: idm_labels(idm_cfg, data, out, starts, cfg.seed, device, progress)[1]
+    )
     frame_labels, report = idm_labels(idm_cfg, data, out, starts, cfg.seed, device, progress)
     summary = train_action_bc(
         cfg,
