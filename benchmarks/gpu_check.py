@@ -43,7 +43,11 @@ LAM_ROWS = [
     ("+ channels-last", ["--channels-last"], 1),
     ("+ bf16", ["--precision", "bf16"], 1),
     ("+ bf16 + data on device", ["--precision", "bf16", "--data-on-device"], 1),
-    ("+ bf16 + data on device + compile", ["--precision", "bf16", "--data-on-device", "--compile"], 1),
+    (
+        "+ bf16 + data on device + compile",
+        ["--precision", "bf16", "--data-on-device", "--compile"],
+        1,
+    ),
     ("torchrun x2, bf16 + data on device", ["--precision", "bf16", "--data-on-device"], 2),
 ]
 BC_ROWS = [
@@ -86,7 +90,8 @@ def bc_flops_per_sample(toy: bool) -> float:
 
 def steady_rate(run: Path) -> tuple[float, int]:
     """Steps per training second between the first and the last evaluation row after step 0."""
-    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train_seconds")]
+    with open(run / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train_seconds")]
     rows = [r for r in rows if int(r["step"]) > 0]
     first, last = rows[0], rows[-1]
     steps = int(last["step"]) - int(first["step"])
@@ -128,7 +133,11 @@ def run_rows(stage: str, rows: list, base: list[str], work: Path, args, flops: f
         if stage == "lam":
             cmd += ["--probe-every", "0"]
         results.append(
-            {"stage": stage, "processes": processes, **measure(name, cmd, out, batch, flops, budget)}
+            {
+                "stage": stage,
+                "processes": processes,
+                **measure(name, cmd, out, batch, flops, budget),
+            }
         )
         print(json.dumps(results[-1]), flush=True)
     return results
@@ -162,11 +171,15 @@ def collect_data(work: Path, frames: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--toy", action="store_true", default=bool(os.environ.get("LAPO_GPU_CHECK_TOY")))
+    ap.add_argument(
+        "--toy", action="store_true", default=bool(os.environ.get("LAPO_GPU_CHECK_TOY"))
+    )
     ap.add_argument("--work", default="runs/gpu_check", help="folder for the data and the runs")
     ap.add_argument("--lam-steps", type=int, default=None, help="per row (default 300; toy 30)")
     ap.add_argument("--bc-steps", type=int, default=None, help="per row (default 600; toy 30)")
-    ap.add_argument("--frames", type=int, default=None, help="demonstrator frames (30,000; toy 2,000)")
+    ap.add_argument(
+        "--frames", type=int, default=None, help="demonstrator frames (30,000; toy 2,000)"
+    )
     ap.add_argument("--budget", type=float, default=540.0, help="seconds before rows are skipped")
     args = ap.parse_args()
     args.t0 = time.time()
@@ -178,7 +191,11 @@ def main() -> None:
     print(f"lapo gpu check: {device}, torch {torch.__version__}", flush=True)
     data = collect_data(work, args.frames or (2_000 if args.toy else 30_000))
     print(f"collected {data} in {time.time() - args.t0:.0f} s", flush=True)
-    sizes = ["--preset", "fast", "--batch-size", "16", "--threads", "1"] if args.toy else ["--preset", "paper"]
+    sizes = (
+        ["--preset", "fast", "--batch-size", "16", "--threads", "1"]
+        if args.toy
+        else ["--preset", "paper"]
+    )
     results = run_rows("lam", LAM_ROWS, ["--data", str(data), *sizes], work, args,
                        lam_flops_per_sample(args.toy))  # fmt: skip
     lam_run = next((work / f"lam{i}" for i in range(len(LAM_ROWS))
@@ -192,7 +209,9 @@ def main() -> None:
         out = Path(os.environ["OUT"])
         out.mkdir(parents=True, exist_ok=True)
         (out / "gpu_check.md").write_text(report + "\n")
-        (out / "gpu_check.json").write_text(json.dumps({"device": device, "rows": results}, indent=2))
+        (out / "gpu_check.json").write_text(
+            json.dumps({"device": device, "rows": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

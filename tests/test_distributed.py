@@ -111,7 +111,9 @@ def kill_after_checkpoint(cmd: list[str], checkpoint: Path, at_least: int) -> in
 
 def test_two_processes_train_stage1_as_one_and_resume_after_a_kill(data, one_process, tmp_path):
     two = tmp_path / "two"
-    cmd = lapo_cmd("lam", "train", "--data", str(data), "--out", str(two), *to_flags(TOY, lam_preset("cpu")))
+    cmd = lapo_cmd(
+        "lam", "train", "--data", str(data), "--out", str(two), *to_flags(TOY, lam_preset("cpu"))
+    )
     assert kill_after_checkpoint(cmd, two / "checkpoint.safetensors", 2) < TOY.steps
     shutil.copytree(two, tmp_path / "two_then_one")
     subprocess.run(cmd, check=True, capture_output=True)  # resumed by two processes
@@ -182,7 +184,8 @@ def test_two_processes_train_stage2_as_one(data, one_process, tmp_path):
                    "--out", str(tmp_path / "two"), *flags)  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     train_latent_bc(BC_TOY, one_process, data, tmp_path / "one", progress=False)
-    a, b = flat(tmp_path / "two", "policy.safetensors"), flat(tmp_path / "one", "policy.safetensors")
+    a = flat(tmp_path / "two", "policy.safetensors")
+    b = flat(tmp_path / "one", "policy.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 

@@ -200,9 +200,10 @@ def gather(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
     batch, when ``t`` is a rank's :func:`local` slice (no gradient)."""
     if not active():
         return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, dim)
+    mine = t.contiguous().to(_collective_device())  # gloo gathers CPU tensors only
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts, dim).to(t.device)
 
 
 def average_gradients(params: Any) -> None:

@@ -201,7 +201,9 @@ class WindowDataset:
         split, in global frame order, one chunk at a time; returns ``out``."""
         for c, path in enumerate(self._obs_paths):
             a, b = int(self._chunk_start[c]), int(self._chunk_start[c + 1])
-            chunk = np.fromfile(path, np.uint8, (b - a) * FRAME_BYTES, offset=int(self._obs_offset[c]))
+            chunk = np.fromfile(
+                path, np.uint8, (b - a) * FRAME_BYTES, offset=int(self._obs_offset[c])
+            )
             if chunk.size != (b - a) * FRAME_BYTES:
                 raise DatasetError(f"{path} ended early: the file changed or is truncated")
             out[a:b].copy_(torch.from_numpy(chunk.reshape(b - a, *OBS_SHAPE)))
@@ -298,6 +300,8 @@ class DeviceWindows:
             obs = torch.from_numpy(self.ds.read(starts)["obs"])
             batch["obs"] = obs.to(self.device, non_blocking=True)
         else:
-            index = torch.from_numpy(np.asarray(starts, np.int64)).to(self.device, non_blocking=True)
+            index = torch.from_numpy(np.asarray(starts, np.int64)).to(
+                self.device, non_blocking=True
+            )
             batch["obs"] = self.frames[index[:, None] + self._steps]  # (B, k, 64, 64, 3)
         return batch
