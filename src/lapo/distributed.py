@@ -251,6 +251,14 @@ def agree(value: float) -> float:
     return float(t.item())
 
 
+def same_everywhere(value: Any) -> bool:
+    """Whether every rank holds rank 0's JSON-able ``value`` (the same answer on every rank)."""
+    if not active():
+        return True
+    differs = value != on_main(lambda: value)
+    return mean_floats({"differs": float(differs)})["differs"] == 0
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

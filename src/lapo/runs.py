@@ -179,9 +179,7 @@ class Run:
         return the step (or update: ``counter``) to start from, 0 for a fresh run. The
         checkpoint's whole meta is kept in ``self.meta`` for the loop's own counters."""
         found = self.ckpt.exists()
-        if distributed.mean_floats({"differ": found != distributed.on_main(lambda: found)})[
-            "differ"
-        ]:
+        if not distributed.same_everywhere(found):
             raise UserError(
                 f"the processes disagree on whether {self.ckpt} exists: put --out on a filesystem "
                 "every machine of the run shares"
