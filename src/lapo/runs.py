@@ -258,6 +258,11 @@ class Run:
         (the one host synchronisation of a step)."""
         return distributed.mean_floats(values)
 
+    @staticmethod
+    def agree(value: float) -> float:
+        """Rank 0's ``value`` on every rank: a clock reading that decides when all stop."""
+        return distributed.agree(value)
+
     def synchronize(self) -> None:
         """Wait for the device's queued work (before reading a clock)."""
         if self.device.type == "cuda":

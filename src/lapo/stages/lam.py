@@ -417,7 +417,7 @@ def train_lam(
                 run.synchronize()  # the clock counts the device's work, not its queue
             train_seconds += time.perf_counter() - t_step
             if budget:  # every rank stops at the same step
-                train_seconds = distributed.agree(train_seconds)
+                train_seconds = run.agree(train_seconds)
             # the last step: the step budget, or the time budget about to run out
             final = done == cfg.steps or bool(budget and train_seconds >= budget)
             evaluate = evaluate or final
