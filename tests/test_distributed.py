@@ -52,14 +52,10 @@ def torchrun(*args: str) -> list[str]:
             "2", *args]  # fmt: skip
 
 
-def lapo_cmd(*args: str) -> list[str]:
-    return torchrun("-m", "lapo", *args, "--quiet")
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "coinrun"
-    collect("coinrun", "random", 600, out, test_frames=60, num_envs=2, chunk_frames=256,
+    collect("coinrun", "random", 400, out, test_frames=60, num_envs=2, chunk_frames=256,
             progress=False)  # fmt: skip
     return out
 
@@ -111,9 +107,8 @@ def kill_after_checkpoint(cmd: list[str], checkpoint: Path, at_least: int) -> in
 
 def test_two_processes_train_stage1_as_one_and_resume_after_a_kill(data, one_process, tmp_path):
     two = tmp_path / "two"
-    cmd = lapo_cmd(
-        "lam", "train", "--data", str(data), "--out", str(two), *to_flags(TOY, lam_preset("cpu"))
-    )
+    flags = [*to_flags(TOY, lam_preset("cpu")), "--quiet"]
+    cmd = torchrun("-m", "lapo", "lam", "train", "--data", str(data), "--out", str(two), *flags)
     assert kill_after_checkpoint(cmd, two / "checkpoint.safetensors", 2) < TOY.steps
     shutil.copytree(two, tmp_path / "two_then_one")
     subprocess.run(cmd, check=True, capture_output=True)  # resumed by two processes
@@ -132,6 +127,7 @@ RANKS = """
 import json, sys, torch
 from lapo import distributed
 from lapo.checkpoint import save_tensors
+from lapo.cli import main
 from lapo.config import LAMConfig, config_from_dict
 from lapo.stages.lam import LatentActionModel, lam_loss
 torch.set_num_threads(1)
@@ -148,7 +144,23 @@ state = {"grad." + n: p.grad for n, p in model.named_parameters()}
 state.update(model.state_dict())
 if distributed.current().main:
     save_tensors(sys.argv[2], state)
+sys.exit(main(sys.argv[3:]))  # then a command in the same process group
 """
+
+
+@pytest.fixture(scope="module")
+def two_ranks(data, one_process, tmp_path_factory):
+    """One torchrun launch of two processes: one step of stage 1's loss on each rank's half of
+    a fixed batch (``ranks.safetensors``: averaged gradients and the model's state), then
+    stage 2 (``bc train``) into ``bc``."""
+    tmp = tmp_path_factory.mktemp("two_ranks")
+    (tmp / "ranks.py").write_text(RANKS)
+    bc = ["bc", "train", "--lam", str(one_process), "--data", str(data), "--out", str(tmp / "bc"),
+          *to_flags(BC_TOY, bc_preset("cpu")), "--quiet"]  # fmt: skip
+    values = json.dumps(dataclasses.asdict(TOY))
+    cmd = torchrun(str(tmp / "ranks.py"), values, str(tmp / "ranks.safetensors"), *bc)
+    subprocess.run(cmd, check=True, capture_output=True)
+    return tmp
 
 
 def one_rank_step(cfg: LAMConfig) -> dict[str, torch.Tensor]:
@@ -162,29 +174,19 @@ def one_rank_step(cfg: LAMConfig) -> dict[str, torch.Tensor]:
     return {**{"grad." + n: p.grad for n, p in model.named_parameters()}, **model.state_dict()}
 
 
-def test_two_ranks_reduce_gradients_codebook_and_batch_norm_to_one_ranks(tmp_path):
-    """One step of the loss on each rank's half of a batch: averaged gradients, the EMA
-    codebook (counts, sums, restarted codes) and batch-norm statistics equal one rank's on
-    the whole batch; then stage 2 (bc train) by two processes equals one process."""
-    script, out = tmp_path / "ranks.py", tmp_path / "ranks.safetensors"
-    script.write_text(RANKS)
-    values = dataclasses.asdict(TOY)
-    subprocess.run(torchrun(str(script), json.dumps(values), str(out)), check=True,
-                   capture_output=True)  # fmt: skip
-    two, one = load_tensors(out)[0], one_rank_step(TOY)
+def test_two_ranks_reduce_gradients_codebook_and_batch_norm_to_one_ranks(two_ranks):
+    """Averaged gradients, the EMA codebook (counts, sums, restarted codes) and batch-norm
+    statistics of two ranks, each with half the batch, equal one rank's on the whole batch."""
+    two, one = flat(two_ranks, "ranks.safetensors"), one_rank_step(TOY)
     assert (one["idm.quantizer.steps_unused"] == 0).all()  # codes were restarted ...
     assert (one["idm.quantizer.ema_count"] == 1 / 8).any()  # ... at one use
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
-def test_two_processes_train_stage2_as_one(data, one_process, tmp_path):
-    flags = to_flags(BC_TOY, bc_preset("cpu"))
-    cmd = lapo_cmd("bc", "train", "--lam", str(one_process), "--data", str(data),
-                   "--out", str(tmp_path / "two"), *flags)  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True)
+def test_two_processes_train_stage2_as_one(data, one_process, two_ranks, tmp_path):
     train_latent_bc(BC_TOY, one_process, data, tmp_path / "one", progress=False)
-    a = flat(tmp_path / "two", "policy.safetensors")
+    a = flat(two_ranks / "bc", "policy.safetensors")
     b = flat(tmp_path / "one", "policy.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
