@@ -214,11 +214,14 @@ class Run:
 
     # -- the model, its optimiser and its data: data-parallel, and the fast path ------------
     def prepare(self, model: torch.nn.Module, *compiled: str) -> torch.nn.Module:
-        """``model`` on the run's device, channels-last if the config says so (faster
-        convolutions on CPU and on GPU tensor cores), and with ``compile`` its submodules
+        """``model`` on the run's device (cuDNN benchmarking its kernels on CUDA), channels-last
+        if the config says so (faster convolutions on CPU and on GPU tensor cores), and with
+        ``compile`` its submodules
         named ``compiled`` (``""``: the whole model) compiled in place, so state-dict keys
         and checkpoints stay as they are."""
         model = model.to(self.device)
+        if self.device.type == "cuda":  # a run's shapes are fixed: let cuDNN pick its fastest
+            torch.backends.cudnn.benchmark = True
         if getattr(self.cfg, "channels_last", False):
             model = model.to(memory_format=torch.channels_last)
         if getattr(self.cfg, "compile", False):
