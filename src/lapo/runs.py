@@ -216,9 +216,8 @@ class Run:
     def prepare(self, model: torch.nn.Module, *compiled: str) -> torch.nn.Module:
         """``model`` on the run's device (cuDNN benchmarking its kernels on CUDA), channels-last
         if the config says so (faster convolutions on CPU and on GPU tensor cores), and with
-        ``compile`` its submodules
-        named ``compiled`` (``""``: the whole model) compiled in place, so state-dict keys
-        and checkpoints stay as they are."""
+        ``compile`` its submodules named ``compiled`` (``""``: the whole model) compiled in
+        place, so state-dict keys and checkpoints stay as they are."""
         model = model.to(self.device)
         if self.device.type == "cuda":  # a run's shapes are fixed: let cuDNN pick its fastest
             torch.backends.cudnn.benchmark = True
