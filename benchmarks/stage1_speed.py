@@ -1,146 +1,159 @@
-"""Stage-1 training speed (samples/s and achieved FLOP/s) per preset and execution variant.
+"""Stage-1 training speed (samples/s, achieved FLOP/s) per preset and precision, beside the
+reference implementation's figures, and bf16's loss against float32.
 
-    python benchmarks/stage1_speed.py [--presets cpu,paper] [--batch 128] [--device auto]
-        [--variants ...] [--seconds 20]
+    python benchmarks/stage1_speed.py [--presets cpu,paper] [--precision fp32,bf16]
+        [--batch 128] [--device auto] [--seconds 20] [--threads 0] [--loss-steps 5]
+        [--no-channels-last] [--compile]
 
-One training step is what ``lapo lam train`` does: IDM + quantiser + world model forward, the
-loss, backward, grad-norm clip and an Adam step. FLOPs per step are counted once with
-``torch.utils.flop_counter`` (forward + backward); the achieved FLOP/s is that count times the
-measured steps/s. Each variant also reports its loss on one fixed batch against float32
-contiguous from the same weights (``loss_rel_diff``), so a faster variant that changes the
-numbers shows it. Variants:
+A step is ``lapo lam train``'s own (:func:`lapo.stages.lam.lam_step` through the run harness:
+autocast, channels-last, fused Adam on CUDA, torch.compile as configured): IDM + quantiser +
+world model forward, the loss, backward, grad-norm clip and an Adam step, on a fixed batch
+(no data loading). FLOPs per sample are counted once with ``torch.utils.flop_counter``
+(forward + backward, float32); achieved FLOP/s is that count times the measured samples/s.
 
-- ``fp32``: float32, contiguous (NCHW) tensors;
-- ``channels_last``: float32, channels-last model (what ``lapo lam train`` uses);
-- ``bf16``: channels-last + bfloat16 autocast;
-- ``fused``: channels-last + bf16 autocast + fused Adam (CUDA only);
-- ``compile``: the ``fused`` variant (or ``channels_last`` on CPU) under ``torch.compile``.
+bf16 check: from the same weights, ``--loss-steps`` training steps on the same batches in
+each precision; the table reports the largest gap between bf16's and float32's loss.
 
 Reference figures (the issue): the reference implementation on a 2-core CPU ran at about 64
-samples/s at IDM x1 / world-model base 8 and about 20 samples/s at the paper architecture.
+samples/s at IDM x1 / world-model base 8 (the ``cpu`` preset's networks) and about 20
+samples/s at the paper architecture.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
+import tempfile
 import time
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lapo.config import lam_preset as preset
-from lapo.stages.lam import LatentActionModel, lam_loss
+from lapo.config import lam_preset
+from lapo.runs import Run, resolve_device
+from lapo.stages.lam import LatentActionModel, lam_loss, lam_step
 
-CPU_VARIANTS = "fp32,channels_last,bf16"
-CUDA_VARIANTS = "fp32,channels_last,bf16,fused,compile"
+REFERENCE = {"cpu": 64.0, "paper": 20.0}
+"""Samples/s of the reference implementation on a 2-core CPU (the issue's figures)."""
 
 
-def build(name: str, variant: str, device: torch.device, seed: int = 0):
-    cfg = preset(name)
-    torch.manual_seed(seed)
-    model = LatentActionModel(cfg).to(device)
-    if variant != "fp32":
-        model = model.to(memory_format=torch.channels_last)
-    fused = variant in ("fused", "compile") and device.type == "cuda"
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=fused or None)
-    autocast = variant in ("bf16", "fused", "compile") and (
-        device.type == "cuda" or variant == "bf16"
-    )
-    loss_fn = torch.compile(lam_loss) if variant == "compile" else lam_loss
+def trainer(cfg, folder: str):
+    """``(step(frames) -> loss, run)``: one ``lam train`` step from the seed's weights."""
+    run = Run(folder, "lam", cfg, columns=["step"], total=1, progress=False)
+    torch.manual_seed(cfg.seed)
+    model = run.prepare(LatentActionModel(cfg), "idm.encoder", "world_model")
+    optimizer = run.optimizer(torch.optim.Adam, model.parameters(), lr=cfg.learning_rate)
 
     def step(frames: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, _ = loss_fn(model, frames)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        return loss.detach()
+        logs, _ = lam_step(model, optimizer, frames, None, cfg, run)
+        return logs["wm_loss"]
 
-    @torch.no_grad()
-    def fixed_loss(frames: torch.Tensor) -> float:
-        model.eval()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, _ = lam_loss(model, frames)
-        model.train()
-        return float(loss)
-
-    return model, step, fixed_loss
+    return step, run
 
 
-def count_flops(name: str, batch: int, device: torch.device) -> float:
-    """Forward + backward FLOPs of one training step (float32, as counted by PyTorch)."""
-    model = LatentActionModel(preset(name)).to(device)
+def count_flops(cfg, batch: int, device: torch.device) -> float:
+    """Forward + backward FLOPs of one training step on ``batch`` windows (float32)."""
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).to(device)
     frames = torch.rand(batch, 3, 3, 64, 64, device=device) - 0.5
     with FlopCounterMode(display=False) as counter:
-        loss, _ = lam_loss(model, frames)
+        loss, _ = lam_loss(model, frames, cfg)
         loss.backward()
     return float(counter.get_total_flops())
+
+
+def speed(cfg, frames: torch.Tensor, seconds: float, folder: str) -> float:
+    """Steady-state seconds per step (after 3 warm-up steps, compilation included there)."""
+    step, run = trainer(cfg, folder)
+    for _ in range(3):
+        step(frames)
+    run.synchronize()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 3:
+        step(frames)
+        n += 1
+    run.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def loss_gap(cfg, batches: list[torch.Tensor], folder: str) -> float:
+    """Largest |bf16 loss - fp32 loss| over training steps on ``batches`` from one init."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        step, _ = trainer(dataclasses.replace(cfg, precision=precision), f"{folder}/{precision}")
+        losses[precision] = [float(step(f)) for f in batches]
+    return max(abs(a - b) for a, b in zip(losses["fp32"], losses["bf16"], strict=True))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", default="cpu,paper")
+    ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    ap.add_argument("--variants", default=None, help=f"default {CPU_VARIANTS} / {CUDA_VARIANTS}")
-    ap.add_argument("--seconds", type=float, default=20.0, help="timed seconds per variant")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=20.0, help="timed seconds per column")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
+    ap.add_argument("--loss-steps", type=int, default=5, help="steps of the bf16 loss check")
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the networks")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    variants = (args.variants or (CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS)).split(
-        ","
-    )
-    machine = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    )
-    results: dict = {"machine": machine, "torch": torch.__version__, "batch": args.batch}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    g = torch.Generator().manual_seed(0)
-    frames = (torch.rand(args.batch, 3, 3, 64, 64, generator=g) - 0.5).to(device)
-    for name in args.presets.split(","):
-        flops = count_flops(name, args.batch, device)
-        results[name] = {"gflop_per_sample": round(flops / args.batch / 1e9, 3)}
-        reference = None
-        for variant in variants:
-            _, step, fixed_loss = build(name, variant, device)
-            loss0 = fixed_loss(frames)
-            if variant == "fp32":
-                reference = loss0
-            for _ in range(3):  # warm-up (and compilation)
-                step(frames)
-            sync()
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < args.seconds or n < 3:
-                step(frames)
-                n += 1
-            sync()
-            dt = (time.perf_counter() - t0) / n
-            row = {
-                "samples_per_second": round(args.batch / dt, 1),
-                "gflop_per_second": round(flops / dt / 1e9, 1),
-                "loss_rel_diff": None
-                if reference is None
-                else round(abs(loss0 - reference) / abs(reference), 5),
-            }
-            if device.type == "cuda" and name == "paper":
-                row["minutes_for_50k_steps"] = round(50_000 * dt / 60, 1)
-            results[name][variant] = row
-            print(json.dumps({name: {variant: row}}), flush=True)
+    precisions = args.precision.split(",")
+    results: dict = {"torch": torch.__version__, "batch": args.batch}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.presets.split(","):
+            cfg = dataclasses.replace(
+                lam_preset(name),
+                batch_size=args.batch,
+                device=args.device,
+                threads=args.threads,
+                channels_last=args.channels_last,
+                compile=args.compile,
+            )
+            device = resolve_device(args.device)
+            results["machine"] = machine(device)
+            g = torch.Generator().manual_seed(0)
+            batches = [(torch.rand(args.batch, 3, 3, 64, 64, generator=g) - 0.5).to(device)
+                       for _ in range(max(args.loss_steps, 1))]  # fmt: skip
+            flops = count_flops(cfg, args.batch, device)
+            row = {"preset": name, "gflop_per_sample": round(flops / args.batch / 1e9, 2)}
+            for p in precisions:
+                folder = f"{tmp}/{name}-{p}"
+                dt = speed(dataclasses.replace(cfg, precision=p), batches[0], args.seconds, folder)
+                row[p] = round(args.batch / dt, 1)
+                row[f"{p}_gflop_per_second"] = round(flops / dt / 1e9, 1)
+                print(json.dumps({name: {p: row[p]}}), flush=True)
+            if args.loss_steps > 0 and "bf16" in precisions:
+                row["bf16_loss_gap"] = loss_gap(cfg, batches, f"{tmp}/{name}-gap")
+            results[name] = row
+            rows.append(row)
     print(json.dumps(results, indent=2))
+    print(table(rows, precisions))
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def table(rows: list[dict], precisions: list[str]) -> str:
+    """The results as a Markdown table beside the reference implementation's samples/s."""
+    head = ["preset", "GFLOP/sample", "reference", *precisions]
+    if any("bf16_loss_gap" in r for r in rows):
+        head.append("bf16 loss gap")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["preset"], str(r["gflop_per_sample"]), str(REFERENCE.get(r["preset"], "-"))]
+        cells += [f"{r[p]} ({r[f'{p}_gflop_per_second']} GFLOP/s)" for p in precisions]
+        if "bf16_loss_gap" in r:
+            cells.append(f"{r['bf16_loss_gap']:.1e}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,19 @@ def test_dataset_checks_say_one_thing_each(data, tmp_path):
     (plain / "manifest.json").write_text(json.dumps({**manifest, "obs_shape": [84, 84, 3]}))
     with pytest.raises(DatasetError, match="holds 84x84x3 frames; lapo.s networks take 64x64x3"):
         dataset_for(plain)
+
+
+def test_windows_held_in_memory_are_the_windows_read_from_disk(data):
+    from lapo.data.dataset import DeviceWindows
+
+    out, arrays, _ = data
+    ds = WindowDataset(out, "train", k=4)
+    cpu = torch.device("cpu")
+    held, read = DeviceWindows(ds, cpu, resident=True), DeviceWindows(ds, cpu)
+    assert held.resident and not read.resident
+    torch.testing.assert_close(held.frames, torch.from_numpy(arrays["obs"]))  # every frame
+    starts = ds.draw(32, np.random.default_rng(0))
+    a, b = held(starts), read(starts)
+    assert a["obs"].dtype == torch.uint8 and a["obs"].shape == (32, 4, 64, 64, 3)
+    assert torch.equal(a["obs"], b["obs"])
+    np.testing.assert_array_equal(a["actions"], b["actions"])

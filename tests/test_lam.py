@@ -79,9 +79,9 @@ def test_shuffled_latent_loss_differs_only_through_the_latent():
     same = frames[:1].expand(4, -1, -1, -1, -1).contiguous()
     _, logs = lam_loss(model, same)
     # identical windows have identical latents: shuffling them changes nothing
-    assert shuffled_latent_loss(model, same) == pytest.approx(logs["wm_loss"], rel=1e-5)
+    assert shuffled_latent_loss(model, same) == pytest.approx(float(logs["wm_loss"]), rel=1e-5)
     _, logs = lam_loss(model, frames)
-    assert shuffled_latent_loss(model, frames) != pytest.approx(logs["wm_loss"], rel=1e-7)
+    assert shuffled_latent_loss(model, frames) != pytest.approx(float(logs["wm_loss"]), rel=1e-7)
 
 
 def test_loss_shapes_and_gradients_reach_both_models():
@@ -400,10 +400,11 @@ def test_stage1_with_labels_uses_exactly_the_recorded_windows(data, tmp_path, mo
 
     assert np.array_equal(labelled_starts(data, 20, 3), recorded)
     # each labelled batch holds windows from those starts, with their true middle actions
-    from lapo.data.dataset import WindowDataset
+    from lapo.data.dataset import DeviceWindows, WindowDataset
 
     ds = WindowDataset(data, "train", k=3)
-    x, y = real(ds, recorded, cfg, np.random.default_rng(0), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    x, y = real(DeviceWindows(ds, cpu), recorded, cfg, np.random.default_rng(0), cpu)
     assert x.shape == (cfg.batch_size // 4, 3, 3, 64, 64) and y.shape == (cfg.batch_size // 4,)
     assert set(y.tolist()) <= set(ds.arrays["actions"][recorded + 1].tolist())
 

@@ -141,7 +141,17 @@ def optimizer_from_flat(
     for key, v in meta.get("scalars", {}).items():
         pid, name = key.split("/", 1)
         state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # hyperparameters from the checkpoint; the implementation (fused on CUDA or not) as now
+    groups = [
+        {**saved, **{k: now[k] for k in _IMPLEMENTATION if k in now}}
+        for saved, now in zip(meta["param_groups"], opt.param_groups, strict=False)
+    ]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+_IMPLEMENTATION = ("fused", "foreach", "capturable")
+"""Optimiser settings that choose a kernel, not the maths: a run resumed on another device
+keeps its own."""
 
 
 def refuse_changed_settings(

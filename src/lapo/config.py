@@ -32,6 +32,14 @@ def _frames(frames: int) -> None:
         raise ConfigError(f"--frames must be a positive number of frames, got {frames}")
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}")
+
+
 def _positive(cfg: object, *names: str) -> None:
     """Raise :class:`ConfigError` unless every field in ``names`` is at least 1."""
     for name in names:
@@ -179,10 +187,22 @@ class LAMConfig:
     threads: int = 0
     """torch CPU threads; 0 = all cores."""
     device: str = "auto"
-    """cpu, cuda or auto."""
+    """cpu, cuda or auto (under torchrun: each process's own GPU)."""
+    precision: str = "fp32"
+    """fp32, or bf16: the forward pass under bfloat16 autocast (CUDA and CPU); the quantiser's
+    statistics and the optimiser stay float32."""
+    channels_last: bool = True
+    """Convolutions on channels-last tensors (~1.4x faster on CPU, tensor cores on GPU)."""
+    compile: bool = False
+    """torch.compile the convolutional networks (a minute or more of compilation at the start:
+    pays on a GPU over long runs)."""
+    data_on_device: bool = False
+    """Hold the train split's frames on the device as uint8 (12 KB a frame: GPU memory, or RAM
+    on CPU) and gather each batch there, when they fit; otherwise batches are read from disk."""
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "test_windows")
+        _precision(self.precision)
 
     @property
     def uses_labels(self) -> bool:
@@ -225,6 +245,10 @@ LAM_PRESETS: dict[str, LAMConfig] = {
 }
 
 
+# how a step is computed, not what it computes (bf16 changes the rounding only): a run resumed
+# on another machine may change them
+FAST_PATH = ("precision", "channels_last", "compile", "data_on_device")
+
 # options a resumed run may change: the budget (which stretches the lr schedule) and the
 # bookkeeping; anything that shapes the model or the optimisation must stay as it was
 LAM_RESUMABLE = (
@@ -237,6 +261,7 @@ LAM_RESUMABLE = (
     "threads",
     "device",
     "max_minutes",
+    *FAST_PATH,
 )
 
 
@@ -274,10 +299,22 @@ class BCConfig:
     threads: int = 0
     """torch CPU threads; 0 = all cores."""
     device: str = "auto"
-    """cpu, cuda or auto."""
+    """cpu, cuda or auto (under torchrun: each process's own GPU)."""
+    precision: str = "fp32"
+    """fp32, or bf16: the forward pass under bfloat16 autocast (CUDA and CPU); the quantiser's
+    statistics and the optimiser stay float32."""
+    channels_last: bool = True
+    """Convolutions on channels-last tensors (~1.4x faster on CPU, tensor cores on GPU)."""
+    compile: bool = False
+    """torch.compile the convolutional networks (a minute or more of compilation at the start:
+    pays on a GPU over long runs)."""
+    data_on_device: bool = False
+    """Hold the train split's frames on the device as uint8 (12 KB a frame: GPU memory, or RAM
+    on CPU) and gather each batch there, when they fit; otherwise batches are read from disk."""
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "test_windows")
+        _precision(self.precision)
 
 
 BC_PRESETS: dict[str, BCConfig] = {
@@ -299,7 +336,7 @@ BC_PRESETS: dict[str, BCConfig] = {
 }
 
 
-BC_RESUMABLE = ("steps", "eval_every", "test_windows", "threads", "device")
+BC_RESUMABLE = ("steps", "eval_every", "test_windows", "threads", "device", *FAST_PATH)
 
 
 def bc_preset(name: str) -> BCConfig:

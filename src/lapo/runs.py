@@ -16,6 +16,14 @@ writes checkpoints atomically and closes everything on the way out, killed or no
 Every run kind (stage 1, stage 2, decoders, baselines, PPO) uses this, so a run folder
 always holds ``config.json`` (with ``kind``), ``metrics.csv``, ``tb/`` and
 ``checkpoint.safetensors``.
+
+Started by ``torchrun`` (:mod:`lapo.distributed`), a run is data-parallel: the config's
+``batch_size`` is the global batch, each rank trains on its slice (:meth:`Run.local`) and
+averages gradients (:meth:`Run.backward`); rank 0 alone creates the folder, writes the
+config, checkpoints, logs and the progress bar. The GPU fast path is read from the config
+too: ``precision`` (:meth:`Run.autocast`), ``channels_last`` and ``compile``
+(:meth:`Run.prepare`), fused Adam on CUDA (:meth:`Run.optimizer`) and ``data_on_device``
+(:meth:`Run.windows`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lapo import distributed
 from lapo.checkpoint import (
     atomic_write_bytes,
     load_tensors,
@@ -41,27 +50,33 @@ from lapo.checkpoint import (
     training_state,
     write_json,
 )
+from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch names it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` -> this process's GPU under
+    torchrun; anything else as torch names it (:func:`lapo.distributed.device_for`)."""
+    return distributed.device_for(name)
 
 
-def start_run(out: Path, threads: int = 0, device: str = "auto") -> tuple[Path, torch.device]:
-    """Create the run folder ``out``, clear temporaries a killed run left in it, set torch's
-    CPU threads (0 = leave the default) and return ``(out, device)``."""
-    out = Path(out)
+def _make_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a folder for the run (new or to resume)")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
+
+
+def start_run(out: Path, threads: int = 0, device: str = "auto") -> tuple[Path, torch.device]:
+    """Join torchrun's process group if started by it, create the run folder ``out`` and
+    clear temporaries a killed run left in it (rank 0; the others wait), set torch's CPU
+    threads (0 = leave the default) and return ``(out, this rank's device)``."""
+    _, device_ = distributed.init(device)
+    out = Path(out)
+    distributed.on_main(lambda: _make_folder(out))
     if threads > 0:
         torch.set_num_threads(threads)
-    return out, resolve_device(device)
+    return out, device_
 
 
 class CsvLog:
@@ -130,12 +145,16 @@ class Run:
         # torch threads and device: as given, else the config's own (0 / auto if it has none)
         threads = getattr(cfg, "threads", 0) if threads is None else threads
         device = getattr(cfg, "device", "auto") if device is None else device
+        self.dist, _ = distributed.init(device)
+        if hasattr(cfg, "batch_size"):  # the global batch: refused before any file is made
+            distributed.split(cfg.batch_size, "--batch-size")
         self.out, self.device = start_run(out, threads, device)
+        self.main = self.dist.main
         self.kind, self.cfg = kind, cfg
         self.columns, self.total, self.unit, self.per_step = columns, total, unit, per_step
         self.desc = desc or kind
         self.resumable, self.compare = resumable, compare or {}
-        self.progress = progress
+        self.progress = progress and self.main
         self.ckpt = self.out / "checkpoint.safetensors"
         self.start = 0
         self.meta: dict = {}  # the resumed checkpoint's meta ({} for a fresh run)
@@ -159,27 +178,97 @@ class Run:
         """Load the checkpoint, if any, into ``model``, ``optimizer``, torch's RNG and ``rng``;
         return the step (or update: ``counter``) to start from, 0 for a fresh run. The
         checkpoint's whole meta is kept in ``self.meta`` for the loop's own counters."""
-        if self.ckpt.exists():
+        found = self.ckpt.exists()
+        if not distributed.same_everywhere(found):
+            raise UserError(
+                f"the processes disagree on whether {self.ckpt} exists: put --out on a filesystem "
+                "every machine of the run shares"
+            )
+        if found:
             tensors, meta = load_tensors(self.ckpt)
             saved = {**meta["config"], **{k: meta.get(k) for k in self.compare}}
             refuse_changed_settings(self.ckpt, saved, self.settings(), self.resumable)
             restore_training_state(tensors, meta, model, optimizer, rng)
+            if "rng/cuda" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
             self.start, self.meta = int(meta[counter]), meta
         return self.start
 
     def write_config(self, config_key: str, **extra: Any) -> dict:
         """Save ``config.json``: the kind, the config under ``config_key`` and ``extra``."""
         config = {"kind": self.kind, **extra, config_key: dataclasses.asdict(self.cfg)}
-        write_json(self.out / "config.json", config)
+        if self.main:
+            write_json(self.out / "config.json", config)
         return config
 
     def baseline(self, measure: Callable[[], dict], name: str = "untrained.json") -> dict:
-        """What the untrained model scores, measured once by a fresh run and read back by a
-        resumed one: the figure training must beat."""
+        """What the untrained model scores, measured once by a fresh run (on every rank
+        alike) and read back by a resumed one: the figure training must beat."""
         path = self.out / name
         if self.start == 0:
-            write_json(path, measure())
+            measured = measure()
+            if self.main:
+                write_json(path, measured)
+            return measured
         return read_json(path) if path.exists() else {}
+
+    # -- the model, its optimiser and its data: data-parallel, and the fast path ------------
+    def prepare(self, model: torch.nn.Module, *compiled: str) -> torch.nn.Module:
+        """``model`` on the run's device (cuDNN benchmarking its kernels on CUDA), channels-last
+        if the config says so (faster convolutions on CPU and on GPU tensor cores), and with
+        ``compile`` its submodules named ``compiled`` (``""``: the whole model) compiled in
+        place, so state-dict keys and checkpoints stay as they are."""
+        model = model.to(self.device)
+        if self.device.type == "cuda":  # a run's shapes are fixed: let cuDNN pick its fastest
+            torch.backends.cudnn.benchmark = True
+        if getattr(self.cfg, "channels_last", False):
+            model = model.to(memory_format=torch.channels_last)
+        if getattr(self.cfg, "compile", False):
+            for name in compiled:
+                model.get_submodule(name).compile()
+        return model
+
+    def optimizer(self, cls: type, params: Any, **kw: Any) -> torch.optim.Optimizer:
+        """``cls(params, **kw)`` (Adam or AdamW), fused into one kernel on CUDA."""
+        return cls(params, fused=True if self.device.type == "cuda" else None, **kw)
+
+    def autocast(self) -> torch.autocast:
+        """The forward pass's precision: bf16 autocast with ``precision bf16`` (CUDA and
+        CPU), else float32."""
+        bf16 = getattr(self.cfg, "precision", "fp32") == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def windows(self, ds: WindowDataset, frames: torch.Tensor | None = None) -> DeviceWindows:
+        """Batches of ``ds`` on the run's device; with ``data_on_device`` the split's frames
+        are held there (``frames``: another reader's upload of the same split)."""
+        return DeviceWindows(ds, self.device, getattr(self.cfg, "data_on_device", False), frames)
+
+    @staticmethod
+    def local(batch: Any) -> Any:
+        """This rank's slice of a global batch (all of it in one process): every rank draws
+        the same global batch and trains on its own part."""
+        return distributed.local(batch)
+
+    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        """``loss.backward()``, then the gradients averaged over the ranks: the gradient of
+        the global batch's mean loss."""
+        loss.backward()
+        distributed.average_gradients(model.parameters())
+
+    def floats(self, values: dict[str, Any]) -> dict[str, float]:
+        """Logged scalars (tensors) as floats averaged over the ranks; at log steps only
+        (the one host synchronisation of a step)."""
+        return distributed.mean_floats(values)
+
+    @staticmethod
+    def agree(value: float) -> float:
+        """Rank 0's ``value`` on every rank: a clock reading that decides when all stop."""
+        return distributed.agree(value)
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (before reading a clock)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def open_logs(self) -> None:
         """Open TensorBoard, ``metrics.csv`` (cut back to the resumed step) and the bar."""
@@ -206,6 +295,8 @@ class Run:
     # -- during the loop -------------------------------------------------------------------
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """TensorBoard scalars ``name -> value`` at ``step`` (None values skipped)."""
+        if not self.main:
+            return
         if self.writer is None:
             self.open_logs()
         for name, v in values.items():
@@ -214,6 +305,8 @@ class Run:
 
     def row(self, values: dict[str, Any]) -> None:
         """One ``metrics.csv`` row by column name."""
+        if not self.main:
+            return
         if self.csv is None:
             self.open_logs()
         assert self.csv is not None
@@ -221,6 +314,8 @@ class Run:
 
     def advance(self, n: int = 1, **postfix: str) -> None:
         """Move the progress bar by ``n`` (steps or frames), showing ``postfix``."""
+        if not self.main:
+            return
         if self.bar is None:
             self.open_logs()
         self.bar.update(n)
@@ -236,7 +331,10 @@ class Run:
         counter: str = "step",
         **meta: Any,
     ) -> None:
-        """Write the resumable state atomically, with the config and ``compare`` settings."""
+        """Write the resumable state atomically, with the config and ``compare`` settings
+        (rank 0: every rank holds the same state)."""
+        if not self.main:
+            return
         state = training_state(
             model,
             optimizer,
@@ -246,11 +344,14 @@ class Run:
             **self.compare,
             **meta,
         )
+        if self.device.type == "cuda":  # per-sample draws on the GPU use its generator
+            state[0]["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         save_tensors(self.ckpt, *state)
 
     def save(self, name: str, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-        """Write ``name`` (tensors + JSON meta) in the run folder, atomically."""
-        save_tensors(self.out / name, tensors, meta)
+        """Write ``name`` (tensors + JSON meta) in the run folder, atomically (rank 0)."""
+        if self.main:
+            save_tensors(self.out / name, tensors, meta)
 
     # -- after the loop --------------------------------------------------------------------
     def wall_seconds(self) -> float:

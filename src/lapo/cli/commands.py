@@ -20,8 +20,12 @@ from lapo.cli.options import command_config
 from lapo.errors import UserError
 
 
-def _print(result: Any) -> None:
-    print(json.dumps(result, indent=2))
+def _print(result: Any, indent: int | None = 2) -> None:
+    """``result`` as JSON on stdout, once (by rank 0 under torchrun)."""
+    from lapo import distributed
+
+    if distributed.current().main:
+        print(json.dumps(result, indent=indent))
 
 
 def _command() -> str:
@@ -220,7 +224,7 @@ def decode_offline(args: argparse.Namespace) -> None:
     from lapo.stages.decode.offline import decode_offline
 
     cfg = command_config(args, config.OfflineConfig, section="offline")
-    print(json.dumps(decode_offline(Path(args.policy), Path(args.data), Path(args.out), cfg)))
+    _print(decode_offline(Path(args.policy), Path(args.data), Path(args.out), cfg), indent=None)
 
 
 def decode_online(args: argparse.Namespace) -> None:

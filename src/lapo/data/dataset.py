@@ -6,6 +6,10 @@ Host memory does not grow with the dataset: observations are never held or memor
 straight into the batch array. Only the small per-frame arrays (episode ids, dones,
 actions, rewards, level seeds: 29 bytes a frame) and the index of valid window starts
 (8 bytes a window) live in RAM.
+
+:class:`DeviceWindows` hands training loops batches as tensors on their device; asked to
+(``data_on_device``), it holds the split's frames there as uint8 (a GPU's memory fits
+millions of frames) and gathers each batch's windows without a trip through the host.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lapo.data.format import FRAME_BYTES, DatasetError, load_small, open_dataset
 from lapo.envs.procgen import OBS_SHAPE
@@ -182,11 +187,27 @@ class WindowDataset:
                 job.result()
         else:
             read_range(0, B)
-        frames = starts[:, None] + np.arange(k)  # (B, k) global frame numbers
-        batch = {"obs": out, "index": starts}
-        for name, arr in self.arrays.items():
-            batch[name] = arr[frames]
-        return batch
+        return {"obs": out, **self.labels_at(starts)}
+
+    def labels_at(self, starts: np.ndarray) -> dict[str, np.ndarray]:
+        """Everything :meth:`read` returns but the frames: the per-frame arrays ``(B, k)`` of
+        the windows at ``starts`` and ``index`` (``starts``), from RAM."""
+        starts = np.asarray(starts, np.int64)
+        frames = starts[:, None] + np.arange(self.k)  # (B, k) global frame numbers
+        return {"index": starts, **{name: arr[frames] for name, arr in self.arrays.items()}}
+
+    def all_frames(self, out: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` ``(frames, 64, 64, 3)`` uint8 (on any device) with every frame of the
+        split, in global frame order, one chunk at a time; returns ``out``."""
+        for c, path in enumerate(self._obs_paths):
+            a, b = int(self._chunk_start[c]), int(self._chunk_start[c + 1])
+            chunk = np.fromfile(
+                path, np.uint8, (b - a) * FRAME_BYTES, offset=int(self._obs_offset[c])
+            )
+            if chunk.size != (b - a) * FRAME_BYTES:
+                raise DatasetError(f"{path} ended early: the file changed or is truncated")
+            out[a:b].copy_(torch.from_numpy(chunk.reshape(b - a, *OBS_SHAPE)))
+        return out
 
     def chunks(self, starts: np.ndarray, size: int = 512) -> Iterator[dict[str, np.ndarray]]:
         """The windows at ``starts`` read ``size`` at a time (a split may not fit in memory):
@@ -201,7 +222,11 @@ class WindowDataset:
         ``dones`` bool, ``episode_ids`` and ``level_seeds`` int64, each ``(B, k)``; ``index``
         int64 ``(B,)`` global start frames.
         """
-        return self.read(self.starts[rng.integers(0, len(self.starts), batch_size)])
+        return self.read(self.draw(batch_size, rng))
+
+    def draw(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """``batch_size`` valid window starts ``(B,)`` drawn uniformly (with replacement)."""
+        return self.starts[rng.integers(0, len(self.starts), batch_size)]
 
     def batches(self, batch_size: int, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """An endless stream of :meth:`sample` batches from ``np.random.default_rng(seed)``."""
@@ -215,9 +240,68 @@ def to_torch(batch: dict[str, np.ndarray], device: Any = "cpu") -> dict[str, Any
 
     The consumer converts on the device, e.g. ``obs.float() / 255 - 0.5``.
     """
-    import torch
-
     return {
         k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True)
         for k, v in batch.items()
     }
+
+
+def _free_bytes(device: torch.device) -> int:
+    """Memory free for data on ``device``: the GPU's free memory less a quarter of it for the
+    models and activations, or on the CPU half of the available RAM."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return int(free - total // 4)
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+
+
+class DeviceWindows:
+    """Batches of ``ds``'s windows as tensors on ``device``.
+
+    ``windows(starts)`` returns :meth:`WindowDataset.read`'s batch with ``obs`` a uint8 tensor
+    ``(B, k, 64, 64, 3)`` on ``device`` (the small arrays stay numpy). With ``resident`` the
+    split's frames are uploaded once (uint8, 12,288 bytes a frame; ``frames`` shares another
+    reader's upload of the same split) and each batch is gathered on the device from the
+    starts alone; if they do not fit, a one-line warning says so and batches are read from
+    disk. Copies to the device never wait for the device (``non_blocking``).
+    """
+
+    def __init__(
+        self,
+        ds: WindowDataset,
+        device: torch.device,
+        resident: bool = False,
+        frames: torch.Tensor | None = None,
+    ) -> None:
+        self.ds, self.device = ds, device
+        self.frames = frames
+        if resident and frames is None:
+            need = ds.frames * FRAME_BYTES
+            if need <= _free_bytes(device):
+                empty = torch.empty((ds.frames, *OBS_SHAPE), dtype=torch.uint8, device=device)
+                self.frames = ds.all_frames(empty)
+            else:
+                import sys
+
+                print(
+                    f"lapo: --data-on-device: the {ds.split} split's {need / 2**30:.1f} GiB of "
+                    f"frames do not fit in {device}'s free memory; reading batches from disk",
+                    file=sys.stderr,
+                )
+        self._steps = torch.arange(ds.k, device=device)
+
+    @property
+    def resident(self) -> bool:
+        return self.frames is not None
+
+    def __call__(self, starts: np.ndarray) -> dict[str, Any]:
+        batch: dict[str, Any] = self.ds.labels_at(starts)
+        if self.frames is None:
+            obs = torch.from_numpy(self.ds.read(starts)["obs"])
+            batch["obs"] = obs.to(self.device, non_blocking=True)
+        else:
+            index = torch.from_numpy(np.asarray(starts, np.int64)).to(
+                self.device, non_blocking=True
+            )
+            batch["obs"] = self.frames[index[:, None] + self._steps]  # (B, k, 64, 64, 3)
+        return batch

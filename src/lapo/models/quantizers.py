@@ -14,6 +14,12 @@ gradient, so the inverse dynamics model learns through the bottleneck.
 - :class:`FSQ`: finite scalar quantisation (Mentzer et al. 2023): each dimension is bounded
   and rounded to a few levels; no codebook, so nothing can collapse.
 - :class:`NoQuantizer`: the continuous latent, for ablations.
+
+Under ``torchrun`` the EMA statistics are those of the global batch: each rank's code counts
+and sums are summed over the ranks before the update, and restarts pick from the gathered
+global batch with the same RNG on every rank (:mod:`lapo.distributed`), so every rank keeps
+the codebook one process would. Statistics are tensors: reading them is the caller's
+host synchronisation, at log steps only.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from lapo import distributed
 from lapo.config import QuantizerConfig, parse_levels
 
 
@@ -37,13 +44,20 @@ class QuantizerOutput:
     """() auxiliary loss (VQ commitment), 0 for the others."""
     indices: torch.Tensor | None
     """(B, G, L) code indices (G codebooks / groups, L latents), or None."""
-    stats: dict[str, float]
-    """Codebook perplexity and usage, for logging."""
+    stats: dict[str, torch.Tensor]
+    """Codebook perplexity and usage ``()`` each, for logging."""
+
+
+def one_hot(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """``(..., n)`` int -> ``(..., n, num_codes)`` float; unlike ``F.one_hot`` it never reads
+    the indices back to the host to check them (no synchronisation on a GPU)."""
+    out = torch.zeros(*indices.shape, num_codes, device=indices.device)
+    return out.scatter_(-1, indices.unsqueeze(-1), 1.0)
 
 
 def perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """exp(entropy) of the code histogram: (..., n) int -> (...) float; 1 = one code used."""
-    counts = F.one_hot(indices, num_codes).float().mean(-2)
+    counts = one_hot(indices, num_codes).mean(-2)
     return torch.exp(-(counts * torch.log(counts + 1e-10)).sum(-1))
 
 
@@ -70,6 +84,11 @@ class EMAVectorQuantizer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        # distances and EMA statistics in float32, under bf16 autocast too
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
         # z: (B, N*L*D) -> x: (N, B*L, D), one set of vectors per codebook
         cfg = self.cfg
         N, M, D, L = cfg.num_codebooks, cfg.num_entries, cfg.code_dim, cfg.latents_per_codebook
@@ -98,10 +117,7 @@ class EMAVectorQuantizer(nn.Module):
             # else 100 steps): what the codebook actually uses, not what its EMA remembers
             horizon = cfg.restart_unused_steps or 100
             used = (self.steps_unused < horizon).float().mean()
-        stats = {
-            "perplexity": float(perp.sum()),
-            "usage": float(used),
-        }
+        stats = {"perplexity": perp.sum(), "usage": used}
         return QuantizerOutput(z_q, loss, indices, stats)
 
     @torch.no_grad()
@@ -109,31 +125,35 @@ class EMAVectorQuantizer(nn.Module):
         # x: (N, n, D) latents, idx: (N, n) their nearest codes
         cfg = self.cfg
         M = cfg.num_entries
-        onehot = F.one_hot(idx, M).float()  # (N, n, M)
-        uses = onehot.sum(1)  # (N, M)
+        onehot = one_hot(idx, M)  # (N, n, M)
+        # the global batch's uses (N, M) and sums (N, M, D): summed over the ranks
+        uses_dw = torch.cat([onehot.sum(1).unsqueeze(-1), onehot.transpose(1, 2) @ x], -1)
+        uses_dw = distributed.all_reduce_(uses_dw)  # (N, M, 1 + D)
+        uses, dw = uses_dw[..., 0], uses_dw[..., 1:]
         self.ema_count.mul_(cfg.decay).add_(uses, alpha=1 - cfg.decay)
         # Laplace smoothing keeps unused codes from dividing by zero
         n = self.ema_count.sum(-1, keepdim=True)
         count = (self.ema_count + self.eps) / (n + M * self.eps) * n
         if cfg.reference_counts:
             self.ema_count.copy_(count)
-        dw = onehot.transpose(1, 2) @ x  # (N, M, D)
         self.ema_weight.mul_(cfg.decay).add_(dw, alpha=1 - cfg.decay)
         self.embedding.copy_(self.ema_weight / count.unsqueeze(-1))
         self.steps_unused.add_(1).masked_fill_(uses > 0, 0)
+        if cfg.restart_unused_steps <= 0 and cfg.dead_code_threshold <= 0:
+            return  # no restarts (the paper's quantiser): nothing to read back
 
         dead = torch.zeros_like(uses, dtype=torch.bool)
         if cfg.restart_unused_steps > 0:
             dead |= self.steps_unused >= cfg.restart_unused_steps
         if cfg.dead_code_threshold > 0:
             dead |= self.ema_count < cfg.dead_code_threshold
-        if dead.any():
-            self._restart(x, dead)
+        if dead.any():  # the same answer on every rank: the statistics are global
+            self._restart(distributed.gather(x, dim=1), dead)
 
     @torch.no_grad()
     def _restart(self, x: torch.Tensor, dead: torch.Tensor) -> None:
-        """Move each dead code ``dead`` ``(N, M)`` onto a random latent of ``x`` ``(N, n, D)``,
-        its EMA statistics reset to one use of that latent per batch."""
+        """Move each dead code ``dead`` ``(N, M)`` onto a random latent of ``x`` ``(N, n, D)``
+        (the global batch's), its EMA statistics reset to one use of that latent per batch."""
         cfg = self.cfg
         one = max(cfg.dead_code_threshold, 1.0 / cfg.num_entries)
         for c in range(cfg.num_codebooks):
@@ -186,10 +206,8 @@ class FSQ(nn.Module):
         indices = (digits * self.basis.long()).sum(-1, keepdim=True)  # (B, G, 1)
         with torch.no_grad():
             perp = perplexity(indices.squeeze(-1).T, self.num_codes)  # (G,)
-        stats = {
-            "perplexity": float(perp.sum()),
-            "usage": float(indices.unique().numel() / (self.num_codes * 1.0)),
-        }
+            hit = torch.zeros(self.num_codes, device=z.device).index_fill_(0, indices.flatten(), 1)
+        stats = {"perplexity": perp.sum(), "usage": hit.mean()}
         out = rearrange(z_q, "b g k -> b (g k)").to(z.dtype)
         return QuantizerOutput(out, z.new_zeros(()), indices, stats)
 

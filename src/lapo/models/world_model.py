@@ -11,7 +11,37 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from lapo import distributed
 from lapo.models.impala import ImpalaCNN
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose training statistics are the global batch's under ``torchrun`` (as
+    ``nn.SyncBatchNorm``, which CUDA alone runs): N processes normalise as one process does
+    with their batches together. One process: ``nn.BatchNorm2d`` itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> (B, C, H, W)
+        if not self.training or distributed.world_size() == 1:
+            return super().forward(x)
+        return self._global(x)
+
+    @torch.compiler.disable  # collectives stay outside compiled graphs
+    def _global(self, x: torch.Tensor) -> torch.Tensor:
+        world, C = distributed.world_size(), x.shape[1]
+        n = x.numel() // C * world  # values per channel in the global batch
+        xf = x.float()
+        # two passes, as torch computes the variance: the mean, then the squared deviations
+        mean = distributed.global_sum(xf.sum((0, 2, 3))) / n  # (C,)
+        dev = xf - mean.view(1, C, 1, 1)
+        var = distributed.global_sum(dev.pow(2).sum((0, 2, 3))) / n  # (C,) biased
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 0.1
+            self.running_mean.lerp_(mean.detach(), m)
+            self.running_var.lerp_(var.detach() * n / max(n - 1, 1), m)
+            self.num_batches_tracked.add_(1)
+        y = dev * torch.rsqrt(var + self.eps).view(1, C, 1, 1)
+        return (y * self.weight.view(1, C, 1, 1) + self.bias.view(1, C, 1, 1)).to(x.dtype)
 
 
 class ResidualLayer(nn.Module):
@@ -75,7 +105,7 @@ class Down(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.net = nn.Sequential(
-            nn.BatchNorm2d(c_out),
+            BatchNorm2d(c_out),
             ResidualLayer(c_out),
             nn.MaxPool2d(2),
             nn.ReLU(),
@@ -105,7 +135,7 @@ class Up(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.ConvTranspose2d(c_in, c_out, 2, stride=2),
-            nn.BatchNorm2d(c_out),
+            BatchNorm2d(c_out),
             ResidualLayer(c_out),
             nn.ReLU(),
         )

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lapo import distributed
 from lapo.checkpoint import load_tensors, save_tensors, write_json
 from lapo.config import BCConfig, ExpertConfig, SupervisedIDMConfig
 from lapo.data.dataset import WindowDataset
@@ -178,6 +179,10 @@ def idm_labels_bc(
     """Baseline (b): supervised IDM on K labels -> labels for every train window -> BC."""
     starts = labelled_starts(data, labels, cfg.seed, labels_from, purpose="baseline (b)")
     out, device = start_run(out, cfg.threads, cfg.device)
+    # the labels once, by rank 0 under torchrun; then every rank reads them from out
+    distributed.on_main(
+        lambda: idm_labels(idm_cfg, data, out, starts, cfg.seed, device, progress)[1]
+    )
     frame_labels, report = idm_labels(idm_cfg, data, out, starts, cfg.seed, device, progress)
     summary = train_action_bc(
         cfg,

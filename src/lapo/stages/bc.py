@@ -5,7 +5,7 @@
 - Baselines (:func:`train_action_bc`): the target is an action (a true label on a few
   windows, or labels written by a supervised IDM); loss cross-entropy.
 
-Both share one loop, :func:`train_bc`. A run folder holds ``config.json`` (kind, network,
+Both share one loop, :func:`train_bc`, data-parallel under torchrun (:mod:`lapo.runs`). A run folder holds ``config.json`` (kind, network,
 game, the data it came from, full config), ``policy.safetensors``, ``checkpoint.safetensors``
 (resume), ``metrics.csv``, ``untrained.json`` (the baselines the test loss must beat) and
 TensorBoard files in ``tb/``. A stage-2 run also holds ``idm.safetensors``: the frozen IDM,
@@ -15,6 +15,7 @@ action head (``action_head.safetensors``), which offline decoding may start from
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lapo import distributed
 from lapo.config import BC_RESUMABLE, BCConfig
 from lapo.data.checks import dataset_for
-from lapo.data.dataset import WindowDataset
+from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.models.idm import IDM, frames_to_float
 from lapo.models.policy import build_network
 from lapo.runkinds import (
@@ -53,16 +55,15 @@ class LatentTargets:
     kind = "latent"
 
     def __init__(self, idm: IDM, device: torch.device) -> None:
-        self.idm = idm.to(device).eval()
+        self.idm = idm.to(device, memory_format=torch.channels_last).eval()
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        # (B, 3, 64, 64, 3) uint8 windows -> (B, A) continuous latents
-        frames = frames_to_float(torch.from_numpy(batch["obs"]).to(self.device))
-        return self.idm(frames)[0].float()
+    def __call__(self, batch: dict) -> torch.Tensor:
+        # (B, 3, 64, 64, 3) uint8 windows on the device -> (B, A) continuous latents
+        return self.idm(frames_to_float(batch["obs"]))[0].float()
 
-    def test_targets(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+    def test_targets(self, batch: dict) -> torch.Tensor:
         return self(batch)
 
     @staticmethod
@@ -84,19 +85,20 @@ class ActionTargets:
         self.device = device
         self.labels = labels
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+    def __call__(self, batch: dict) -> torch.Tensor:
         y = batch["actions"][:, 1] if self.labels is None else self.labels[batch["index"]]
-        return torch.from_numpy(np.ascontiguousarray(y)).to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(y)).to(self.device, non_blocking=True)
 
-    def test_targets(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(batch["actions"][:, 1])).to(self.device)
+    def test_targets(self, batch: dict) -> torch.Tensor:
+        y = np.ascontiguousarray(batch["actions"][:, 1])
+        return torch.from_numpy(y).to(self.device, non_blocking=True)
 
     @staticmethod
     def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred, target)
 
 
-BC_COLUMNS = ["step", "train_loss", "test_loss", "test_accuracy", "lr"]
+BC_COLUMNS = ["step", "train_loss", "test_loss", "test_accuracy", "lr", "train_seconds"]
 
 
 class BCTest:
@@ -106,8 +108,9 @@ class BCTest:
     def __init__(
         self, test: WindowDataset, targets_fn: Any, seed: int, device: torch.device, n: int = 1024
     ):
-        batch = test.sample(min(n, len(test)), np.random.default_rng(seed + 1))
-        self.obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(device)
+        starts = test.draw(min(n, len(test)), np.random.default_rng(seed + 1))
+        batch = DeviceWindows(test, device)(starts)
+        self.obs = batch["obs"][:, 1]  # (N, 64, 64, 3) uint8
         self.targets_fn = targets_fn
         self.y = targets_fn.test_targets(batch)
 
@@ -122,14 +125,16 @@ class BCTest:
         return m
 
     def untrained(
-        self, model: nn.Module, train: WindowDataset, starts: np.ndarray, rng: np.random.Generator
+        self, model: nn.Module, train: DeviceWindows, starts: np.ndarray, rng: np.random.Generator
     ) -> dict:
         """The baselines the trained policy must beat: the untrained network, and for latents
         the best constant prediction (the mean latent of twice as many training windows as
-        there are test windows)."""
+        there are test windows, at most as many as there are; each rank encodes its share)."""
         m = self.metrics(model)
         if self.targets_fn.kind == "latent":
-            mean = self.targets_fn(train.read(rng.choice(starts, 2 * len(self.y)))).mean(0)
+            chosen = rng.choice(starts, min(2 * len(self.y), len(starts)))
+            total = self.targets_fn(train(distributed.local(chosen))).sum(0)  # (A,)
+            mean = distributed.all_reduce_(total) / len(chosen)
             m["test_loss_mean_prediction"] = self.targets_fn.loss(
                 mean.expand_as(self.y), self.y
             ).item()
@@ -139,20 +144,21 @@ class BCTest:
 def bc_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    batch: dict[str, np.ndarray],
+    batch: dict,
     targets_fn: Any,
     cfg: BCConfig,
-    device: torch.device,
-) -> tuple[float, float]:
-    """One gradient step from the windows' middle frames ``o[t]`` onto their targets:
-    ``(loss, grad_norm)``."""
-    obs = torch.from_numpy(np.ascontiguousarray(batch["obs"][:, 1])).to(device)  # (B, 64, 64, 3)
-    loss = targets_fn.loss(model(obs).float(), targets_fn(batch))
+    run: Run,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step from this rank's windows' middle frames ``o[t]`` onto their targets:
+    ``(loss, grad_norm)``, tensors read only at log steps."""
+    obs = batch["obs"][:, 1]  # (B, 64, 64, 3) uint8 on the device
+    with run.autocast():
+        loss = targets_fn.loss(model(obs).float(), targets_fn(batch))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    run.backward(loss, model)  # gradients of the global batch's loss
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
-    return loss.item(), float(grad_norm)
+    return loss.detach(), grad_norm
 
 
 def train_bc(
@@ -180,14 +186,15 @@ def train_bc(
               resumable=BC_RESUMABLE, compare={"network": network}, progress=progress)  # fmt: skip
     with run:
         train = WindowDataset(data, "train", k=3)
+        windows = run.windows(train)
         starts = train.starts if train_starts is None else np.asarray(train_starts, np.int64)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        model = build_network(network).to(run.device, memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-        )
+        model = run.prepare(build_network(network), "")
+        optimizer = run.optimizer(torch.optim.AdamW, model.parameters(), lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)  # fmt: skip
         start = run.resume(model, optimizer, rng)
+        train_seconds = run.meta.get("train_seconds", 0.0)
         for name, tensors in (extra_files or {}).items():
             run.save(name, tensors)
         run.write_config("bc", **run_config, network=network, data=str(data),
@@ -195,33 +202,44 @@ def train_bc(
         test = BCTest(
             WindowDataset(data, "test", k=3), targets_fn, cfg.seed, run.device, cfg.test_windows
         )
-        baseline = run.baseline(lambda: test.untrained(model, train, starts, rng))
+        baseline = run.baseline(lambda: test.untrained(model, windows, starts, rng))
         if start == 0:
             run.scalars(0, {"test/loss": baseline["test_loss"]})
             run.row({"step": 0, **baseline})
         last: dict = {}
         for step in range(start, cfg.steps):
+            t_step = time.perf_counter()
             lr = cfg.learning_rate * lr_scale(step, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            batch = train.read(starts[rng.integers(0, len(starts), cfg.batch_size)])
-            loss, grad_norm = bc_step(model, optimizer, batch, targets_fn, cfg, run.device)
+            batch = windows(run.local(starts[rng.integers(0, len(starts), cfg.batch_size)]))
+            loss, grad_norm = bc_step(model, optimizer, batch, targets_fn, cfg, run)
             done = step + 1
+            log = done % 50 == 0 or done == cfg.steps
+            evaluate = done % cfg.eval_every == 0 or done == cfg.steps
+            if log or evaluate:
+                run.synchronize()  # the clock counts the device's work, not its queue
+                logs = run.floats({"loss": loss, "grad_norm": grad_norm})
+            train_seconds += time.perf_counter() - t_step
             run.advance(1)
-            if done % 50 == 0 or done == cfg.steps:
-                run.advance(0, loss=f"{loss:.4f}")
-                run.scalars(
-                    done, {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": lr}
-                )
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            if log:
+                run.advance(0, loss=f"{logs['loss']:.4f}")
+                run.scalars(done, {f"train/{k}": v for k, v in logs.items()} | {"train/lr": lr})
+            if evaluate:
                 last = test.metrics(model)
                 run.scalars(done, {f"test/{k[5:]}": v for k, v in last.items()})
-                run.row({"step": done, "train_loss": loss, **last, "lr": lr})
-                run.checkpoint(done, model, optimizer, rng)
+                run.row({"step": done, "train_loss": logs["loss"], **last, "lr": lr,
+                         "train_seconds": round(train_seconds, 2)})  # fmt: skip
+                run.checkpoint(done, model, optimizer, rng, train_seconds=train_seconds)
                 run.save("policy.safetensors", model.state_dict(), {"step": done})
         if not last and (run.out / "metrics.csv").exists():
             last = test.metrics(model)
-        wall = run.wall_seconds()
+    return bc_summary(run, cfg, start, baseline, last)
+
+
+def bc_summary(run: Run, cfg: BCConfig, start: int, baseline: dict, last: dict) -> dict:
+    """What a BC command prints: steps, time, rate, the untrained baselines and test figures."""
+    wall = run.wall_seconds()
     return {
         "out": str(run.out),
         "steps": cfg.steps,

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lapo import distributed
 from lapo.checkpoint import load_tensors
 from lapo.config import LAM_RESUMABLE, LAMConfig
 from lapo.data.checks import dataset_for
-from lapo.data.dataset import WindowDataset
+from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.data.format import DatasetError, open_dataset
 from lapo.data.labels import labelled_starts, write_labelled
 from lapo.envs import NUM_ACTIONS
@@ -86,13 +87,16 @@ class LatentActionModel(nn.Module):
 def idm_input(frames: torch.Tensor, cfg: LAMConfig | None = None) -> torch.Tensor:
     """The IDM's frames ``(B, 3, 3, 64, 64)`` from a training window ``(B, K+2, 3, 64, 64)``:
     ``o[t-1], o[t], o[t+k]`` with k drawn per window from 1..K (``idm_lookahead``), each frame
-    shifted by up to ``aug_shift`` pixels. Without ``cfg`` (evaluation): ``o[t-1], o[t], o[t+1]``."""
+    shifted by up to ``aug_shift`` pixels. Without ``cfg`` (evaluation): ``o[t-1], o[t], o[t+1]``.
+    Per-window draws are made for the global batch and sliced (:func:`distributed.draw_local`):
+    N processes draw what one process does."""
     if cfg is None or (cfg.idm_lookahead <= 1 and cfg.aug_shift <= 0):
         return frames[:, :3]
     x = frames[:, :3]
     if cfg.idm_lookahead > 1:
         B = frames.shape[0]
-        k = torch.randint(1, cfg.idm_lookahead + 1, (B,), device=frames.device)
+        K, dev = cfg.idm_lookahead, frames.device
+        k = distributed.draw_local(lambda n: torch.randint(1, K + 1, (n,), device=dev), B)
         far = frames[torch.arange(B, device=frames.device), 1 + k]  # (B, 3, 64, 64)
         x = torch.cat([frames[:, :2], far[:, None]], 1)
     return random_shift(x, cfg.aug_shift)
@@ -114,16 +118,18 @@ def lam_loss(
     background. ``latent_var_floor`` adds a hinge on each latent dimension's batch variance.
     ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``) adds
     ``label_weight`` x the cross-entropy of the model's action head on their latents.
-    Returns ``(loss, logs)``; ``logs`` holds the plain prediction error and codebook statistics.
+    Returns ``(loss, logs)``; ``logs`` holds the plain prediction error and codebook statistics
+    as detached tensors (reading them waits for the device: log steps only).
     """
     z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
     context, target = frames[:, :2], frames[:, 2]
     if cfg is not None and cfg.wm_mask_past > 0:
-        keep = torch.rand(len(frames), device=frames.device) >= cfg.wm_mask_past  # (B,)
+        draw = lambda n: torch.rand(n, device=frames.device)  # noqa: E731
+        keep = distributed.draw_local(draw, len(frames)) >= cfg.wm_mask_past  # (B,)
         context = torch.stack([context[:, 0] * keep[:, None, None, None], context[:, 1]], 1)
     err = model.prediction_error(context, target, q.z_q)  # (B, 3, 64, 64) or (B,)
     wm_loss = err.mean()
-    logs = {"wm_loss": wm_loss.item(), "vq_loss": q.loss.item(), **q.stats}
+    logs = {"wm_loss": wm_loss.detach(), "vq_loss": q.loss.detach(), **q.stats}
     loss = wm_loss + q.loss
     if cfg is None:
         return loss, logs
@@ -132,16 +138,16 @@ def lam_loss(
         changed = (target != frames[:, 1]).any(1, keepdim=True).float()
         loss = (err * (1 + cfg.changed_pixel_weight * changed)).mean() + q.loss
     if cfg.latent_var_floor > 0:
-        var_loss = F.relu(cfg.latent_var_floor - z.float().var(0)).mean()
-        logs["latent_var_loss"] = var_loss.item()
+        var_loss = F.relu(cfg.latent_var_floor - distributed.batch_var(z.float())).mean()
+        logs["latent_var_loss"] = var_loss.detach()
         loss = loss + var_loss
     if labelled is not None and model.action_head is not None:
         x, actions = labelled
         z_l, _ = model.idm(random_shift(x, cfg.aug_shift))  # (L, A)
         logits = model.action_head(z_l)  # (L, 15)
         label_loss = F.cross_entropy(logits.float(), actions)
-        logs["label_loss"] = label_loss.item()
-        logs["label_accuracy"] = (logits.argmax(-1) == actions).float().mean().item()
+        logs["label_loss"] = label_loss.detach()
+        logs["label_accuracy"] = (logits.argmax(-1) == actions).float().mean()
         loss = loss + cfg.label_weight * label_loss
     return loss, logs
 
@@ -214,14 +220,15 @@ def probe_windows(
 
 
 def labelled_batch(
-    ds: WindowDataset, starts: np.ndarray, cfg: LAMConfig, rng: np.random.Generator, device
+    ds: DeviceWindows, starts: np.ndarray, cfg: LAMConfig, rng: np.random.Generator, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A mini-batch of the K labelled windows: float frames ``(L, 3, 3, 64, 64)`` and the
-    middle frame's actions ``(L,)``, ``L = label_batch`` (a quarter of the batch if 0)."""
+    """This rank's slice of a mini-batch of the K labelled windows: float frames
+    ``(L, 3, 3, 64, 64)`` and the middle frame's actions ``(L,)``, ``L = label_batch`` (a
+    quarter of the batch if 0) over all ranks."""
     n = cfg.label_batch or max(cfg.batch_size // 4, 1)
-    batch = ds.read(np.sort(rng.choice(starts, n, replace=len(starts) < n)))
-    x = frames_to_float(torch.from_numpy(batch["obs"]).to(device))
-    return x, torch.from_numpy(batch["actions"][:, 1]).to(device)
+    batch = ds(distributed.local(np.sort(rng.choice(starts, n, replace=len(starts) < n))))
+    y = torch.from_numpy(batch["actions"][:, 1]).to(device, non_blocking=True)
+    return frames_to_float(batch["obs"]), y
 
 
 LAM_COLUMNS = [
@@ -332,68 +339,68 @@ def untrained_baseline(
     }
 
 
+class Stage1Batches:
+    """Each step's batch on the run's device: every rank draws the global batch of training
+    windows (and, with labels, of labelled windows) from ``rng`` and keeps its slice."""
+
+    def __init__(self, d: Stage1Data, cfg: LAMConfig, run: Run) -> None:
+        self.d, self.cfg, self.run = d, cfg, run
+        self.train = run.windows(d.train)
+        self.labelled = None
+        if d.labelled is not None:  # the train split's frames again: shared when held
+            self.labelled = run.windows(d.labelled[0], frames=self.train.frames), d.labelled[1]
+
+    def __call__(self, rng: np.random.Generator) -> tuple[torch.Tensor, tuple | None]:
+        """Float frames ``(B, K+2, 3, 64, 64)`` and the labelled batch (or None)."""
+        obs = self.train(self.run.local(self.d.train.draw(self.cfg.batch_size, rng)))["obs"]
+        labelled = None
+        if self.labelled is not None:
+            labelled = labelled_batch(*self.labelled, self.cfg, rng, self.run.device)
+        return frames_to_float(obs), labelled
+
+
 def lam_step(
     model: LatentActionModel,
     optimizer: torch.optim.Optimizer,
-    d: Stage1Data,
+    frames: torch.Tensor,
+    labelled: tuple[torch.Tensor, torch.Tensor] | None,
     cfg: LAMConfig,
-    rng: np.random.Generator,
-    device: torch.device,
-) -> tuple[dict, float]:
-    """One gradient step on a batch (and, with labels, a labelled batch): ``(logs, grad_norm)``."""
-    obs = torch.from_numpy(d.train.sample(cfg.batch_size, rng)["obs"]).to(device)
-    labelled = labelled_batch(*d.labelled, cfg, rng, device) if d.labelled is not None else None
-    loss, logs = lam_loss(model, frames_to_float(obs), cfg, labelled)
+    run: Run,
+) -> tuple[dict, torch.Tensor]:
+    """One gradient step on this rank's slice of the batch, frames ``(B, K+2, 3, 64, 64)``
+    (and a labelled batch): ``(logs, grad_norm)``, tensors read only at log steps."""
+    with run.autocast():
+        loss, logs = lam_loss(model, frames, cfg, labelled)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    run.backward(loss, model)  # gradients of the global batch's loss
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     if not model.predicts_pixels:
         model.world_model.update_target(cfg.wm_target_tau)
-    return logs, float(grad_norm)
+    return logs, grad_norm
 
 
 def train_lam(
     cfg: LAMConfig, data: Path, out: Path, progress: bool = True, command: str | None = None
 ) -> dict:
-    """Train stage 1 on the dataset ``data`` into ``out``; resumes from its checkpoint."""
-    run = Run(
-        out,
-        "lam",
-        cfg,
-        columns=LAM_COLUMNS,
-        total=cfg.steps,
-        desc="stage 1",
-        resumable=LAM_RESUMABLE,
-        progress=progress,
-        threads=cfg.threads,
-        device=cfg.device,
-    )
+    """Train stage 1 on the dataset ``data`` into ``out``; resumes from its checkpoint. Under
+    torchrun, data-parallel over the processes (see :mod:`lapo.runs`)."""
+    run = Run(out, "lam", cfg, columns=LAM_COLUMNS, total=cfg.steps, desc="stage 1",
+              resumable=LAM_RESUMABLE, progress=progress)  # fmt: skip
     with run:
         d = stage1_data(cfg, data, run.out)
+        batches = Stage1Batches(d, cfg, run)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        # channels-last runs the convolutions ~1.4x faster on CPU (benchmarks/stage1_speed.py)
-        model = LatentActionModel(cfg).to(run.device, memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        model = run.prepare(LatentActionModel(cfg), "idm.encoder", "world_model")
+        optimizer = run.optimizer(torch.optim.Adam, model.parameters(), lr=cfg.learning_rate)
         start = run.resume(model, optimizer, rng)
         train_seconds = run.meta.get("train_seconds", 0.0)  # in training steps, across resumes
-        run.write_config(
-            "lam",
-            latent_dim=cfg.quantizer.latent_dim,
-            data=str(data),
-            game=d.manifest.get("game"),
-            command=command,
-        )
+        run.write_config("lam", latent_dim=cfg.quantizer.latent_dim, data=str(data),
+                         game=d.manifest.get("game"), command=command)  # fmt: skip
         baseline = run.baseline(lambda: untrained_baseline(model, d, cfg, run.device))
         if start == 0:
-            m = {"test/wm_loss": baseline["test_wm_loss"]}
-            m["test/wm_loss_shuffled_latent"] = baseline["test_wm_loss_shuffled_latent"]
-            if baseline["probe"]:
-                m["probe/accuracy"] = baseline["probe"]["accuracy"]
-                m["probe/balanced_accuracy"] = baseline["probe"]["balanced_accuracy"]
-            run.scalars(0, m)
-            run.row(csv_row(0, m, 0.0))
+            log_untrained(run, baseline)
         last: dict = {}
         budget, done = cfg.max_minutes * 60, start
         for step in range(start, cfg.steps):
@@ -403,20 +410,27 @@ def train_lam(
             lr = cfg.learning_rate * lr_scale(step, cfg, train_seconds / budget if budget else 0)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            logs, grad_norm = lam_step(model, optimizer, d, cfg, rng, run.device)
-            train_seconds += time.perf_counter() - t_step
+            logs, grad_norm = lam_step(model, optimizer, *batches(rng), cfg, run)
             done = step + 1
+            log, evaluate = done % 50 == 0, done % cfg.eval_every == 0
+            if log or evaluate or done == cfg.steps:
+                run.synchronize()  # the clock counts the device's work, not its queue
+            train_seconds += time.perf_counter() - t_step
+            if budget:  # every rank stops at the same step
+                train_seconds = run.agree(train_seconds)
             # the last step: the step budget, or the time budget about to run out
             final = done == cfg.steps or bool(budget and train_seconds >= budget)
+            evaluate = evaluate or final
+            probe = cfg.probe_every > 0 and (done % cfg.probe_every == 0 or final)
+            probe = probe and d.probe_train is not None
             run.advance(1)
-            if done % 50 == 0 or final:
+            if log or evaluate or probe:  # the step's one read of the device: log steps only
+                logs = run.floats({**logs, "grad_norm": grad_norm})
+            if log or final:
                 ppl = {"ppl": f"{logs['perplexity']:.1f}"} if "perplexity" in logs else {}
                 run.advance(0, wm=f"{logs['wm_loss']:.4f}", **ppl)
-                train = {f"train/{k}": v for k, v in logs.items()}
-                run.scalars(done, {**train, "train/grad_norm": grad_norm, "train/lr": lr})
-            evaluate = done % cfg.eval_every == 0 or final
-            probe = cfg.probe_every > 0 and (done % cfg.probe_every == 0 or final)
-            if evaluate or (probe and d.probe_train is not None):
+                run.scalars(done, {**{f"train/{k}": v for k, v in logs.items()}, "train/lr": lr})
+            if evaluate or probe:
                 m = evaluate_lam(model, d, cfg, run.device, evaluate, probe)
                 run.scalars(done, m)
                 run.row(csv_row(done, m, train_seconds, logs))
@@ -425,6 +439,17 @@ def train_lam(
                 run.checkpoint(done, model, optimizer, rng, train_seconds=train_seconds)
                 run.save("lam.safetensors", model.state_dict(), {"step": done})
     return lam_summary(done, start, train_seconds, run.wall_seconds(), cfg, baseline, last)
+
+
+def log_untrained(run: Run, baseline: dict) -> None:
+    """Step 0's TensorBoard scalars and ``metrics.csv`` row: the untrained model's."""
+    m = {"test/wm_loss": baseline["test_wm_loss"]}
+    m["test/wm_loss_shuffled_latent"] = baseline["test_wm_loss_shuffled_latent"]
+    if baseline["probe"]:
+        m["probe/accuracy"] = baseline["probe"]["accuracy"]
+        m["probe/balanced_accuracy"] = baseline["probe"]["balanced_accuracy"]
+    run.scalars(0, m)
+    run.row(csv_row(0, m, 0.0))
 
 
 def lam_summary(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lapo import distributed
 from lapo.checkpoint import save_tensors, write_json
 from lapo.config import OfflineConfig
 from lapo.data.checks import dataset_for
@@ -80,7 +81,16 @@ def held_out_scores(
 
 
 def decode_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) -> dict:
-    """Fit the decoder for stage-2 run ``policy_run`` on ``cfg.labels`` windows of ``data``."""
+    """Fit the decoder for stage-2 run ``policy_run`` on ``cfg.labels`` windows of ``data``.
+
+    The fit takes seconds on a CPU: under torchrun rank 0 does it while the others wait, and
+    every rank returns its summary."""
+    distributed.init("cpu")
+    return distributed.on_main(lambda: fit_offline(policy_run, data, out, cfg))
+
+
+def fit_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) -> dict:
+    """:func:`decode_offline` in this process."""
     t0 = time.time()
     policy, idm, config = load_stage2(policy_run)
     head = load_action_head(policy_run) if cfg.decoder_init == "stage1-head" else None

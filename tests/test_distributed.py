@@ -1,0 +1,207 @@
+"""Data parallel through torchrun on CPU (gloo): two processes train as one process does with
+the same global batch, a killed two-process run resumes (with two processes or one), and the
+bf16 fast path trains close to float32."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lapo.checkpoint import load_tensors
+from lapo.config import BCConfig, LAMConfig, QuantizerConfig, bc_preset, lam_preset, to_flags
+from lapo.data.collect import collect
+from lapo.stages.bc import train_latent_bc
+from lapo.stages.lam import LatentActionModel, lam_loss, train_lam
+
+# tiny, with every per-sample draw (shifts, lookahead, hidden past) and frequent code restarts
+TOY = LAMConfig(
+    idm_width=1,
+    wm_base=4,
+    batch_size=8,
+    steps=8,
+    warmup_steps=2,
+    eval_every=2,
+    probe_every=0,
+    aug_shift=2,
+    idm_lookahead=2,
+    wm_mask_past=0.3,
+    threads=1,
+    quantizer=QuantizerConfig(
+        num_codebooks=1,
+        latents_per_codebook=2,
+        code_dim=4,
+        num_entries=8,
+        restart_unused_steps=1,
+    ),
+)
+BC_TOY = BCConfig(width=1, batch_size=8, steps=6, warmup_steps=2, eval_every=3, threads=1)
+
+
+def torchrun(*args: str) -> list[str]:
+    """Two gloo processes on this machine (free port), one torch thread each."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", *args]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "coinrun"
+    collect("coinrun", "random", 400, out, test_frames=60, num_envs=2, chunk_frames=256,
+            progress=False)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(data, tmp_path_factory):
+    """The reference: stage 1 in this process with the global batch."""
+    out = tmp_path_factory.mktemp("one") / "lam"
+    train_lam(TOY, data, out, progress=False)
+    return out
+
+
+def flat(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_tensors(run / name)[0]
+
+
+def assert_same_training(a: dict, b: dict, init: dict) -> None:
+    """Integer state (restart counters, batch-norm counts) equal; float state apart by far less
+    than training moved it. Adam turns float noise in near-zero gradients (a bias before batch
+    norm has none) into whole steps, so exact equality is not the bar: 1% of the update is,
+    which a per-rank batch norm (6% in this set-up) already fails."""
+    assert a.keys() == b.keys()
+    floats = [k for k in a if a[k].is_floating_point()]
+    for k in set(a) - set(floats):
+        assert torch.equal(a[k], b[k]), k
+    A, B, I = (torch.cat([d[k].double().flatten() for k in floats]) for d in (a, b, init))  # noqa: E741
+    assert ((A - B).norm() / (A - I).norm()).item() < 0.01
+
+
+def kill_after_checkpoint(cmd: list[str], checkpoint: Path, at_least: int) -> int:
+    """Run ``cmd`` in its own session; SIGKILL all of it (torchrun and its workers) once
+    ``checkpoint`` reaches step ``at_least``; return that step."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if checkpoint.exists():
+                step = load_tensors(checkpoint)[1]["step"]
+                if step >= at_least:
+                    return step
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        pytest.fail("no checkpoint within 120 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_two_processes_train_stage1_as_one_and_resume_after_a_kill(data, one_process, tmp_path):
+    two = tmp_path / "two"
+    flags = [*to_flags(TOY, lam_preset("cpu")), "--quiet"]
+    cmd = torchrun("-m", "lapo", "lam", "train", "--data", str(data), "--out", str(two), *flags)
+    assert kill_after_checkpoint(cmd, two / "checkpoint.safetensors", 2) < TOY.steps
+    shutil.copytree(two, tmp_path / "two_then_one")
+    subprocess.run(cmd, check=True, capture_output=True)  # resumed by two processes
+    train_lam(TOY, data, tmp_path / "two_then_one", progress=False)  # ... and by one
+    torch.manual_seed(TOY.seed)
+    init = LatentActionModel(TOY).state_dict()
+    reference = flat(one_process, "lam.safetensors")
+    for run in (two, tmp_path / "two_then_one"):
+        assert load_tensors(run / "checkpoint.safetensors")[1]["step"] == TOY.steps
+        assert_same_training(flat(run, "lam.safetensors"), reference, init)
+    rows = (two / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "2", "4", "6", "8"]
+
+
+RANKS = """
+import json, sys, torch
+from lapo import distributed
+from lapo.checkpoint import save_tensors
+from lapo.cli import main
+from lapo.config import LAMConfig, config_from_dict
+from lapo.stages.lam import LatentActionModel, lam_loss
+torch.set_num_threads(1)
+distributed.init("cpu")
+cfg = config_from_dict(LAMConfig, json.loads(sys.argv[1]))
+torch.manual_seed(0)
+model = LatentActionModel(cfg)
+frames = torch.rand(8, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1)) - 0.5
+torch.manual_seed(2)
+loss, _ = lam_loss(model, distributed.local(frames), cfg)
+loss.backward()
+distributed.average_gradients(model.parameters())
+state = {"grad." + n: p.grad for n, p in model.named_parameters()}
+state.update(model.state_dict())
+if distributed.current().main:
+    save_tensors(sys.argv[2], state)
+sys.exit(main(sys.argv[3:]))  # then a command in the same process group
+"""
+
+
+@pytest.fixture(scope="module")
+def two_ranks(data, one_process, tmp_path_factory):
+    """One torchrun launch of two processes: one step of stage 1's loss on each rank's half of
+    a fixed batch (``ranks.safetensors``: averaged gradients and the model's state), then
+    stage 2 (``bc train``) into ``bc``."""
+    tmp = tmp_path_factory.mktemp("two_ranks")
+    (tmp / "ranks.py").write_text(RANKS)
+    bc = ["bc", "train", "--lam", str(one_process), "--data", str(data), "--out", str(tmp / "bc"),
+          *to_flags(BC_TOY, bc_preset("cpu")), "--quiet"]  # fmt: skip
+    values = json.dumps(dataclasses.asdict(TOY))
+    cmd = torchrun(str(tmp / "ranks.py"), values, str(tmp / "ranks.safetensors"), *bc)
+    subprocess.run(cmd, check=True, capture_output=True)
+    return tmp
+
+
+def one_rank_step(cfg: LAMConfig) -> dict[str, torch.Tensor]:
+    """What the script ``RANKS`` computes, in one process on the whole batch."""
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg)
+    frames = torch.rand(8, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1)) - 0.5
+    torch.manual_seed(2)
+    loss, _ = lam_loss(model, frames, cfg)
+    loss.backward()
+    return {**{"grad." + n: p.grad for n, p in model.named_parameters()}, **model.state_dict()}
+
+
+def test_two_ranks_reduce_gradients_codebook_and_batch_norm_to_one_ranks(two_ranks):
+    """Averaged gradients, the EMA codebook (counts, sums, restarted codes) and batch-norm
+    statistics of two ranks, each with half the batch, equal one rank's on the whole batch."""
+    two, one = flat(two_ranks, "ranks.safetensors"), one_rank_step(TOY)
+    assert (one["idm.quantizer.steps_unused"] == 0).all()  # codes were restarted ...
+    assert (one["idm.quantizer.ema_count"] == 1 / 8).any()  # ... at one use
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_two_processes_train_stage2_as_one(data, one_process, two_ranks, tmp_path):
+    train_latent_bc(BC_TOY, one_process, data, tmp_path / "one", progress=False)
+    a = flat(two_ranks / "bc", "policy.safetensors")
+    b = flat(tmp_path / "one", "policy.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_bf16_on_cpu_trains_within_tolerance_of_float32(data, tmp_path):
+    torch.manual_seed(0)
+    model = LatentActionModel(TOY).eval()  # eval: the codebook stays put between the calls
+    frames = torch.rand(8, 3, 3, 64, 64) - 0.5
+    fp32, _ = lam_loss(model, frames)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, _ = lam_loss(model, frames)
+    assert abs(bf16.item() - fp32.item()) < 5e-4
+    cfg = dataclasses.replace(TOY, steps=2, precision="bf16")
+    summary = train_lam(cfg, data, tmp_path / "bf16", progress=False)
+    assert summary["steps"] == 2 and np.isfinite(summary["test_wm_loss"])
+    saved = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert saved["lam"]["precision"] == "bf16"
