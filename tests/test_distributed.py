@@ -205,3 +205,70 @@ def test_bf16_on_cpu_trains_within_tolerance_of_float32(data, tmp_path):
     assert summary["steps"] == 2 and np.isfinite(summary["test_wm_loss"])
     saved = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert saved["lam"]["precision"] == "bf16"
+
+
+PPO_RANKS = """
+import json, sys
+import numpy as np, torch
+from lapo import distributed
+from lapo.checkpoint import save_tensors
+from lapo.cli import main
+from lapo.config import ExpertConfig
+from lapo.envs import NUM_ACTIONS
+from lapo.models.actor_critic import ActorCritic
+from lapo.rl import ppo
+torch.set_num_threads(1)
+d, device = distributed.init("cpu")
+tmp, commands = sys.argv[1], json.loads(sys.argv[2])
+# the shared PPO loop: 4 environments, 2 per rank
+cfg = ExpertConfig(arch="nature", num_envs=4, num_steps=8, num_minibatches=2, update_epochs=2)
+torch.manual_seed(0)
+model = ActorCritic(NUM_ACTIONS, "nature", 1)
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-5)
+rng = np.random.default_rng(0)
+buf = ppo.RolloutBuffer(cfg.num_steps, 2, device)
+with ppo.PPOEnvs("coinrun", cfg, device) as envs:
+    for _ in range(2):
+        advantages, returns = ppo.collect_rollout(model, envs, buf, cfg)
+        ppo.ppo_epochs(model, optimizer, buf.batch(advantages, returns), cfg, rng)
+save_tensors(f"{tmp}/rank{d.rank}.safetensors", {**model.state_dict(), "obs": buf.obs})
+codes = [main(argv) for argv in commands]  # then commands in the same process group
+if d.main:
+    (__import__("pathlib").Path(tmp) / "codes.json").write_text(json.dumps(codes))
+"""
+
+
+def test_two_processes_run_ppo_as_one_and_resume(two_ranks, tmp_path):
+    """PPO under torchrun: each rank plays its own half of the environments and the ranks
+    keep identical weights; ``expert train`` refuses an env count the ranks cannot split
+    before writing anything, writes its folder once and resumes; ``decode online`` runs."""
+    (tmp_path / "ppo.py").write_text(PPO_RANKS)
+    tiny = ["--arch", "nature", "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2",
+            "--threads", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    expert = ["expert", "train", "--env", "coinrun", "--out", str(tmp_path / "expert"), *tiny]
+    online = ["decode", "online", "--policy", str(two_ranks / "bc"), "--env", "coinrun",
+              "--out", str(tmp_path / "online"), "--frames", "64", "--num-envs", "4",
+              "--num-steps", "8", "--decoder-fit-start", "0", "--threads", "1", "--device",
+              "cpu", "--quiet"]  # fmt: skip
+    commands = [
+        [*expert[:5], str(tmp_path / "odd"), *tiny, "--num-envs", "3", "--frames", "24"],
+        [*expert, "--frames", "64"],
+        [*expert, "--frames", "128"],  # resumes at update 2
+        online,
+    ]
+    cmd = torchrun(str(tmp_path / "ppo.py"), str(tmp_path), json.dumps(commands))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads((tmp_path / "codes.json").read_text()) == [2, 0, 0, 0]
+    assert not (tmp_path / "odd").exists()
+    r0, r1 = flat(tmp_path, "rank0.safetensors"), flat(tmp_path, "rank1.safetensors")
+    assert not torch.equal(r0.pop("obs"), r1.pop("obs"))  # different levels ...
+    for k in r0:  # ... and the same weights
+        assert torch.equal(r0[k], r1[k]), k
+    rows = (tmp_path / "expert" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["1", "32"], ["2", "64"], ["3", "96"],
+                                                     ["4", "128"]]  # fmt: skip
+    assert json.loads((tmp_path / "expert" / "config.json").read_text())["frames_trained"] == 128
+    online_rows = (tmp_path / "online" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in online_rows[1:]] == [["1", "32"], ["2", "64"]]
+    assert (tmp_path / "online" / "policy.safetensors").exists()

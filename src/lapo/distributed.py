@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,6 +205,58 @@ def gather(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
     parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, mine)
     return torch.cat(parts, dim).to(t.device)
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` concatenated along dim 0 in rank order, where the ranks may hold
+    different numbers of rows (same trailing shape; no gradient): e.g. the decoder pairs each
+    rank's rollout yields."""
+    if not active():
+        return t
+    dev, world = _collective_device(), dist.get_world_size()
+    n = torch.tensor([t.shape[0]], dtype=torch.long, device=dev)
+    counts = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)
+    sizes = [int(c.item()) for c in counts]
+    if max(sizes) == 0:
+        return t
+    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=dev)
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]).to(t.device)
+
+
+def global_mean(values: Any) -> float:
+    """The mean of every rank's ``values`` (floats) put together, NaN where no rank has any:
+    one all-reduce of a sum and a count (for log steps)."""
+    values = list(values)
+    t = torch.tensor([math.fsum(values), len(values)], dtype=torch.float64)
+    if active():
+        t = t.to(_collective_device())
+        dist.all_reduce(t)
+        t = t.cpu()
+    total, count = t.tolist()
+    return total / count if count else math.nan
+
+
+RANK_SEED_STRIDE = 500_009
+"""Seed offset between ranks: rank r's own draws use ``seed + r * RANK_SEED_STRIDE``."""
+
+
+def rank_seed(seed: int) -> int:
+    """This rank's own seed for draws the ranks must not share, such as the levels its
+    environments play: ``seed`` on rank 0 (and in one process), offset on the others."""
+    return seed + current().rank * RANK_SEED_STRIDE
+
+
+def rank_generator(seed: int, device: torch.device) -> torch.Generator | None:
+    """A random stream of this rank's own (seeded :func:`rank_seed`), for per-rank draws
+    such as the actions sampled in its environments; None in one process, where torch's
+    global generator draws them as it always has."""
+    if not active():
+        return None
+    return torch.Generator(device=device).manual_seed(rank_seed(seed))
 
 
 def average_gradients(params: Any) -> None:

@@ -123,6 +123,8 @@ class Run:
     settings that must match, such as a network spec). ``columns`` are ``metrics.csv``'s,
     the first being the step counter; ``total`` and ``unit`` drive the progress bar, which
     counts ``per_step`` units per step (a PPO update: ``num_envs * num_steps`` frames).
+    ``shared`` names the global sizes the ranks split (flag -> size; default the config's
+    ``batch_size``), refused in one line before any file is written unless they divide.
     """
 
     def __init__(
@@ -141,13 +143,16 @@ class Run:
         progress: bool = True,
         threads: int | None = None,
         device: str | None = None,
+        shared: dict[str, int] | None = None,
     ) -> None:
         # torch threads and device: as given, else the config's own (0 / auto if it has none)
         threads = getattr(cfg, "threads", 0) if threads is None else threads
         device = getattr(cfg, "device", "auto") if device is None else device
         self.dist, _ = distributed.init(device)
-        if hasattr(cfg, "batch_size"):  # the global batch: refused before any file is made
-            distributed.split(cfg.batch_size, "--batch-size")
+        if shared is None:
+            shared = {"--batch-size": cfg.batch_size} if hasattr(cfg, "batch_size") else {}
+        for flag, size in shared.items():  # global sizes: refused before any file is made
+            distributed.split(size, flag)
         self.out, self.device = start_run(out, threads, device)
         self.main = self.dist.main
         self.kind, self.cfg = kind, cfg

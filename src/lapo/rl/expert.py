@@ -53,8 +53,8 @@ def train_expert(
         # what load_policy reads: the network's kind, game, architecture and action count
         spec = dict(game=cfg.game, arch=cfg.arch, width=cfg.width, num_actions=NUM_ACTIONS)
         run.write_config("train", **spec, command=command, frames_trained=run.meta.get("frames"))
-        buf = ppo.RolloutBuffer(cfg.num_steps, cfg.num_envs, run.device)
         with ppo.PPOEnvs(cfg.game, cfg, run.device, start, run.meta) as envs:
+            buf = ppo.RolloutBuffer(cfg.num_steps, envs.num_envs, run.device)
             for update in range(start, cfg.num_updates):
                 model.eval()
                 advantages, returns = ppo.collect_rollout(model, envs, buf, cfg)

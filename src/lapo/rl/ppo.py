@@ -15,6 +15,15 @@ PPO loop is made of, in the order it runs them, as in CleanRL:
 ``lapo decode online`` (:func:`lapo.stages.decode.online.decode_online`) are built from these.
 Names follow the paper and CleanRL: ``gamma``, ``gae_lambda``, ``clip_coef``, ``ent_coef``,
 ``vf_coef``.
+
+Under ``torchrun`` (:mod:`lapo.distributed`) a PPO loop is data-parallel as CleanRL's
+multi-GPU PPO: ``num_envs`` is the global count, split among the ranks; each rank steps its
+share of environments with its own level seed and action-sampling stream, computes its own
+advantages and takes the same number of minibatches, whose gradients are averaged over the
+ranks, so every optimiser step sees the global minibatch and every rank keeps the same
+weights. The reward normaliser's statistics are per rank (each rank's own environments; the
+checkpoint keeps rank 0's); logged returns are over every rank's recent episodes and frames
+are global.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+from lapo import distributed
 from lapo.config import PPO_RESUMABLE, PPOConfig
 from lapo.envs import ProcgenVecEnv, normalized_return
 from lapo.runs import Run
@@ -148,7 +158,9 @@ class RewardNormalizer:
         return {"ret": self.ret.tolist(), "mean": self.mean, "var": self.var, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.ret = np.asarray(state["ret"], np.float64)
+        ret = np.asarray(state["ret"], np.float64)
+        if ret.shape == self.ret.shape:  # else another env count per process: start at 0
+            self.ret = ret
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
@@ -173,6 +185,10 @@ class PPOEnvs:
     A run resumed at update ``update`` passes its checkpoint's meta as ``state`` (normaliser
     and returns); the environments restart, with a seed that differs per resumption point
     (``seed * 1_000_003 + update``). A context manager: leaving it closes the environments.
+
+    Under torchrun this rank's share of the ``num_envs`` (``N`` is then the share), with its
+    own seed (:func:`lapo.distributed.rank_seed`) and its own action-sampling stream
+    ``generator`` (None in one process: torch's global one).
     """
 
     def __init__(
@@ -184,21 +200,25 @@ class PPOEnvs:
         state: dict | None = None,
     ) -> None:
         self.game, self.device, self.norm_reward = game, device, cfg.norm_reward
-        self.normalizer = RewardNormalizer(cfg.num_envs, cfg.gamma)
+        self.num_envs = n = distributed.split(cfg.num_envs, "--num-envs")  # this rank's
+        self.normalizer = RewardNormalizer(n, cfg.gamma)
         self.recent_returns: deque[float] = deque(maxlen=100)
         if state:
+            d = distributed.current()
             self.normalizer.load_state_dict(state["normalizer"])
-            self.recent_returns.extend(state["recent_returns"])
+            self.recent_returns.extend(state["recent_returns"][d.rank :: d.world])
+        seed = cfg.seed * 1_000_003 + update
+        self.generator = distributed.rank_generator(seed, device)
         self.env = ProcgenVecEnv(
             game,
-            num_envs=cfg.num_envs,
+            num_envs=n,
             distribution_mode=cfg.distribution_mode,
             num_levels=cfg.num_levels,
             start_level=cfg.start_level,
-            seed=cfg.seed * 1_000_003 + update,
+            seed=distributed.rank_seed(seed),
         )
         self.next_obs = torch.from_numpy(self.env.reset()[0]).to(device)
-        self.next_done = torch.zeros(cfg.num_envs, device=device)
+        self.next_done = torch.zeros(n, device=device)
 
     def step(self, action: torch.Tensor) -> torch.Tensor:
         """Take ``action`` ``(N,)``; return the (normalised) rewards ``(N,)`` and move
@@ -212,22 +232,32 @@ class PPOEnvs:
         self.recent_returns.extend(info["episode_return"][info["episode_done"]].tolist())
         return torch.from_numpy(reward).to(self.device)
 
+    def sample(self, dist: Categorical) -> torch.Tensor:
+        """Actions ``(N,)`` drawn from ``dist`` with :attr:`generator` (as ``dist.sample()``
+        does with torch's global one)."""
+        return torch.multinomial(dist.probs, 1, True, generator=self.generator)[:, 0]
+
     def mean_return(self) -> float:
-        """Mean of the last 100 episode returns (NaN before the first episode ends)."""
-        return float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
+        """Mean of the last 100 episode returns (of every rank's, under torchrun: called by
+        every rank alike); NaN before the first episode ends."""
+        return distributed.global_mean(self.recent_returns)
 
     def normalized_return(self, expert: float | None = None) -> float:
         """:meth:`mean_return` normalised between random and ``expert`` (the published
         constants when None); NaN before the first episode ends."""
-        if not self.recent_returns:
+        mean = self.mean_return()
+        if math.isnan(mean):
             return math.nan
-        return float(normalized_return(self.game, self.mean_return(), expert=expert))
+        return float(normalized_return(self.game, mean, expert=expert))
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps: the reward normaliser and the recent returns."""
+        """What a checkpoint keeps: the reward normaliser (rank 0's under torchrun) and the
+        recent returns (every rank's, shared out among the ranks on resume; called by every
+        rank alike)."""
+        mine = torch.tensor(list(self.recent_returns), dtype=torch.float64)
         return {
             "normalizer": self.normalizer.state_dict(),
-            "recent_returns": list(self.recent_returns),
+            "recent_returns": distributed.gather_rows(mine).tolist(),
         }
 
     def __enter__(self) -> PPOEnvs:
@@ -298,7 +328,7 @@ def collect_rollout(
             feats = agent.features(envs.next_obs)
             logits, value = agent.heads(feats)
         dist = Categorical(logits=logits.float())
-        action = dist.sample()
+        action = envs.sample(dist)
         if buf.feats is not None:
             buf.feats[step] = feats
         buf.actions[step], buf.logprobs[step], buf.values[step] = (
@@ -323,7 +353,8 @@ def ppo_epochs(
 ) -> tuple[PPOLoss, torch.Tensor]:
     """``update_epochs`` passes over ``batch`` in ``num_minibatches`` shuffled minibatches,
     one Adam step on :func:`ppo_loss` each, gradients clipped to ``max_grad_norm`` over every
-    parameter ``optimizer`` holds.
+    parameter ``optimizer`` holds. Under torchrun ``batch`` is this rank's rollout and the
+    gradients are averaged over the ranks (the same minibatch count on each).
 
     ``evaluate`` maps ``batch.inputs[idx]`` to ``(logits (b, num_actions), value (b,))``.
     Returns the last minibatch's :class:`PPOLoss` and gradient norm.
@@ -350,6 +381,7 @@ def ppo_epochs(
             )
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
+            distributed.average_gradients(params)  # the global minibatch's (torchrun)
             grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
     return loss, grad_norm
@@ -368,8 +400,9 @@ def ppo_run(
     columns: list[str] = PPO_COLUMNS,
     compare: dict | None = None,
 ) -> Run:
-    """The :class:`Run` of a PPO loop: counted in updates, shown in frames, resumable with
-    a new budget (:data:`lapo.config.PPO_RESUMABLE`)."""
+    """The :class:`Run` of a PPO loop: counted in updates, shown in (global) frames,
+    resumable with a new budget (:data:`lapo.config.PPO_RESUMABLE`); under torchrun the
+    ranks split ``num_envs``."""
     return Run(
         out,
         kind,
@@ -384,6 +417,7 @@ def ppo_run(
         progress=progress,
         threads=cfg.threads,
         device=cfg.device,
+        shared={"--num-envs": cfg.num_envs},
     )
 
 
@@ -399,21 +433,20 @@ def log_update(
 ) -> None:
     """TensorBoard scalars, a ``metrics.csv`` row and the progress bar after update
     ``update`` (1-based) of a run resumed at ``start``; ``scalars`` and ``row`` are the
-    loop's own."""
+    loop's own. Called by every rank alike: returns and losses are reduced over the ranks."""
     frames = update * run.per_step
     fps = (update - start) * run.per_step / max(run.wall_seconds(), 1e-9)
     mean_ret, norm_ret = envs.mean_return(), envs.normalized_return()
+    names = ("policy", "value", "entropy", "approx_kl", "clip_frac")
+    # averaged over the ranks' last minibatches
+    losses = run.floats({f"losses/{n}": getattr(loss, n).detach() for n in names})
     run.scalars(
         frames,
         {
             "charts/episodic_return": mean_ret,
             "charts/normalized_return": norm_ret,
             "charts/fps": fps,
-            "losses/policy": loss.policy.item(),
-            "losses/value": loss.value.item(),
-            "losses/entropy": loss.entropy.item(),
-            "losses/approx_kl": loss.approx_kl.item(),
-            "losses/clip_frac": loss.clip_frac.item(),
+            **losses,
             "losses/grad_norm": float(grad_norm),
             **(scalars or {}),
         },

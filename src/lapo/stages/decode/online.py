@@ -14,7 +14,9 @@ The published scheme (../shared/LAPO_NOTES.md), as one loop that reads top to bo
    under ``decoder_fit_every_until`` frames and every ``decoder_fit_every`` updates after,
    only between ``decoder_fit_start`` and ``decoder_fit_end`` frames.
 
-Everything else is :mod:`lapo.rl.ppo`'s, shared with ``lapo expert train``. A run folder holds
+Everything else is :mod:`lapo.rl.ppo`'s, shared with ``lapo expert train``, data-parallel
+under torchrun the same way; the decoder pairs of every rank's rollouts are gathered to every
+rank, which all fit the same decoder (same pairs, same seed). A run folder holds
 ``policy.safetensors`` + ``config.json`` (kind ``online-agent``: what ``lapo eval`` reads),
 ``checkpoint.safetensors`` and ``decoder_pairs.safetensors`` (resume), ``metrics.csv`` (the
 learning curve) and TensorBoard files in ``tb/``.
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lapo import distributed
 from lapo.checkpoint import CheckpointError, load_tensors
 from lapo.config import OnlineConfig
 from lapo.envs import NUM_ACTIONS, check_game
@@ -158,6 +161,11 @@ class DecoderPairs:
         self.z.append(z)
         self.a.append(a)
 
+    def add_from_every_rank(self, z: torch.Tensor, a: torch.Tensor) -> None:
+        """Add this rank's pairs and, under torchrun, every other rank's (gathered in rank
+        order): every rank holds every pair, so every rank fits the same decoder."""
+        self.add(distributed.gather_rows(z), distributed.gather_rows(a))
+
     def __bool__(self) -> bool:
         """Whether any rollout added its pairs (even none)."""
         return bool(self.z)
@@ -247,8 +255,9 @@ def decode_online(
             command=command,
         )
         run.write_config("online", **config, frames_trained=run.meta.get("frames"))
-        buf = RolloutBuffer(cfg.num_steps, cfg.num_envs, run.device, agent.rl_fc.in_features)
         with PPOEnvs(game, cfg, run.device, start, run.meta) as envs:
+            feat_dim = agent.rl_fc.in_features
+            buf = RolloutBuffer(cfg.num_steps, envs.num_envs, run.device, feat_dim)
             for update in range(start, cfg.num_updates):
                 frames_before, frames = update * cfg.batch_size, (update + 1) * cfg.batch_size
                 # 1. rollout with the averaged logits; trunk features are cached for PPO
@@ -256,7 +265,7 @@ def decode_online(
                 advantages, returns = collect_rollout(agent, envs, buf, cfg)
                 # 2. decoder data: the IDM's latents of the agent's own frame triples
                 if frames_before < cfg.decoder_fit_end:
-                    pairs.add(*rollout_pairs(idm, buf.obs, buf.actions, buf.dones))
+                    pairs.add_from_every_rank(*rollout_pairs(idm, buf.obs, buf.actions, buf.dones))
                 # 3. PPO on the RL path and value head, over cached features
                 agent.train()
                 b = buf.batch(advantages, returns)
