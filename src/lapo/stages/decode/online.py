@@ -256,8 +256,7 @@ def decode_online(
         )
         run.write_config("online", **config, frames_trained=run.meta.get("frames"))
         with PPOEnvs(game, cfg, run.device, start, run.meta) as envs:
-            feat_dim = agent.rl_fc.in_features
-            buf = RolloutBuffer(cfg.num_steps, envs.num_envs, run.device, feat_dim)
+            buf = RolloutBuffer(cfg.num_steps, envs.num_envs, run.device, agent.rl_fc.in_features)
             for update in range(start, cfg.num_updates):
                 frames_before, frames = update * cfg.batch_size, (update + 1) * cfg.batch_size
                 # 1. rollout with the averaged logits; trunk features are cached for PPO
