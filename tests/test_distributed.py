@@ -209,6 +209,7 @@ def test_bf16_on_cpu_trains_within_tolerance_of_float32(data, tmp_path):
 
 PPO_RANKS = """
 import json, sys
+from pathlib import Path
 import numpy as np, torch
 from lapo import distributed
 from lapo.checkpoint import save_tensors
@@ -232,9 +233,12 @@ with ppo.PPOEnvs("coinrun", cfg, device) as envs:
         advantages, returns = ppo.collect_rollout(model, envs, buf, cfg)
         ppo.ppo_epochs(model, optimizer, buf.batch(advantages, returns), cfg, rng)
 save_tensors(f"{tmp}/rank{d.rank}.safetensors", {**model.state_dict(), "obs": buf.obs})
-codes = [main(argv) for argv in commands]  # then commands in the same process group
+done = []  # then commands in the same process group: exit code, metrics.csv after
+for argv in commands:
+    code, csv = main(argv), Path(argv[argv.index("--out") + 1]) / "metrics.csv"
+    done.append([code, csv.read_text() if csv.exists() else None])
 if d.main:
-    (__import__("pathlib").Path(tmp) / "codes.json").write_text(json.dumps(codes))
+    (Path(tmp) / "done.json").write_text(json.dumps(done))
 """
 
 
@@ -259,7 +263,9 @@ def test_two_processes_run_ppo_as_one_and_resume(two_ranks, tmp_path):
     cmd = torchrun(str(tmp_path / "ppo.py"), str(tmp_path), json.dumps(commands))
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert json.loads((tmp_path / "codes.json").read_text()) == [2, 0, 0, 0]
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert [code for code, _ in done] == [2, 0, 0, 0]
+    assert done[2][1].startswith(done[1][1])  # resumed: the first two updates' rows kept
     assert not (tmp_path / "odd").exists()
     r0, r1 = flat(tmp_path, "rank0.safetensors"), flat(tmp_path, "rank1.safetensors")
     assert not torch.equal(r0.pop("obs"), r1.pop("obs"))  # different levels ...

@@ -122,12 +122,13 @@ def _shutdown() -> None:
 
 
 def split(global_size: int, what: str) -> int:
-    """The per-rank share of ``global_size``; refuses sizes the ranks cannot share equally."""
+    """The per-rank share of ``global_size`` (a global batch or environment count); refuses
+    sizes the ranks cannot share equally."""
     d = current()
     if global_size % d.world:
         raise ConfigError(
             f"{what} {global_size} does not divide among {d.world} processes; choose a "
-            f"multiple of {d.world} (it is the global batch, split across processes)"
+            f"multiple of {d.world} (it is the global size, split across processes)"
         )
     return global_size // d.world
 
