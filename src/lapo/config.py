@@ -107,7 +107,28 @@ def parse_levels(levels: str) -> tuple[int, ...]:
 
 
 @dataclass
-class LAMConfig:
+class FastPath:
+    """How a training step is computed, not what it computes: shared by stages 1 and 2 (and
+    the BC baselines); listed in :data:`FAST_PATH`, so a resumed run may change them."""
+
+    precision: str = "fp32"
+    """fp32, or bf16: the forward pass under bfloat16 autocast (CUDA and CPU); the quantiser's
+    statistics and the optimiser stay float32."""
+    channels_last: bool = True
+    """Convolutions on channels-last tensors (~1.4x faster on CPU, tensor cores on GPU)."""
+    compile: bool = False
+    """torch.compile the convolutional networks (a minute or more of compilation at the start:
+    pays on a GPU over long runs)."""
+    data_on_device: bool = False
+    """Hold the train split's frames on the device as uint8 (12 KB a frame: GPU memory, or RAM
+    on CPU) and gather each batch there, when they fit; otherwise batches are read from disk."""
+
+    def __post_init__(self) -> None:
+        _precision(self.precision)
+
+
+@dataclass
+class LAMConfig(FastPath):
     """Stage 1: latent inverse dynamics model + world model."""
 
     idm_width: int = 4
@@ -188,21 +209,10 @@ class LAMConfig:
     """torch CPU threads; 0 = all cores."""
     device: str = "auto"
     """cpu, cuda or auto (under torchrun: each process's own GPU)."""
-    precision: str = "fp32"
-    """fp32, or bf16: the forward pass under bfloat16 autocast (CUDA and CPU); the quantiser's
-    statistics and the optimiser stay float32."""
-    channels_last: bool = True
-    """Convolutions on channels-last tensors (~1.4x faster on CPU, tensor cores on GPU)."""
-    compile: bool = False
-    """torch.compile the convolutional networks (a minute or more of compilation at the start:
-    pays on a GPU over long runs)."""
-    data_on_device: bool = False
-    """Hold the train split's frames on the device as uint8 (12 KB a frame: GPU memory, or RAM
-    on CPU) and gather each batch there, when they fit; otherwise batches are read from disk."""
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "test_windows")
-        _precision(self.precision)
+        super().__post_init__()
 
     @property
     def uses_labels(self) -> bool:
@@ -271,7 +281,7 @@ def lam_preset(name: str) -> LAMConfig:
 
 
 @dataclass
-class BCConfig:
+class BCConfig(FastPath):
     """Stage 2 (latent behaviour cloning) and the BC baselines."""
 
     width: int = 4
@@ -300,21 +310,10 @@ class BCConfig:
     """torch CPU threads; 0 = all cores."""
     device: str = "auto"
     """cpu, cuda or auto (under torchrun: each process's own GPU)."""
-    precision: str = "fp32"
-    """fp32, or bf16: the forward pass under bfloat16 autocast (CUDA and CPU); the quantiser's
-    statistics and the optimiser stay float32."""
-    channels_last: bool = True
-    """Convolutions on channels-last tensors (~1.4x faster on CPU, tensor cores on GPU)."""
-    compile: bool = False
-    """torch.compile the convolutional networks (a minute or more of compilation at the start:
-    pays on a GPU over long runs)."""
-    data_on_device: bool = False
-    """Hold the train split's frames on the device as uint8 (12 KB a frame: GPU memory, or RAM
-    on CPU) and gather each batch there, when they fit; otherwise batches are read from disk."""
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "test_windows")
-        _precision(self.precision)
+        super().__post_init__()
 
 
 BC_PRESETS: dict[str, BCConfig] = {
