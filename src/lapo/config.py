@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TypeVar, get_type_hints
 
-from lapo.errors import ConfigError
+from lapo.errors import ConfigError, UserError
 
 T = TypeVar("T")
 
@@ -591,6 +591,53 @@ DEMO_FAST = dict(
     ceiling_steps=60,
     episodes=8,
 )
+
+
+VIDEO_SIZE = 64  # lapo's networks take 64x64 frames (lapo.envs.OBS_SHAPE)
+VIDEO_CROPS = ("centre", "none")
+
+
+@dataclass(frozen=True)
+class VideoImportConfig:
+    """How videos become frames and splits; recorded in the manifest, and a resumed import
+    must use the same."""
+
+    fps: float | None = None
+    """Output frame rate; None: each video's own average rate."""
+    crop: str = "centre"
+    """centre: the centre square; none: the whole frame squeezed square."""
+    size: int = VIDEO_SIZE
+    """Output frames are size x size (lapo's networks take 64)."""
+    start: float = 0.0
+    """Skip the first seconds of every video."""
+    end: float | None = None
+    """Stop every video at this second (None: its end)."""
+    test_fraction: float = 0.1
+    """Fraction of the videos (whole videos) that go to the test split."""
+    seed: int = 0
+    """Seed of the choice of test videos."""
+    game: str | None = None
+    """The Procgen game the videos show, if any (recorded as the dataset's game)."""
+
+    def check(self) -> None:
+        """Raise :class:`~lapo.errors.UserError` on a value that cannot work."""
+        if self.size != VIDEO_SIZE:
+            raise UserError(
+                f"--size {self.size}: lapo's networks take {VIDEO_SIZE}x{VIDEO_SIZE} frames (the dataset "
+                f"format and the world model's U-Net are built for them); use --size {VIDEO_SIZE}"
+            )
+        if self.crop not in VIDEO_CROPS:
+            raise UserError(f"--crop must be one of {', '.join(VIDEO_CROPS)}, got {self.crop!r}")
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise UserError(f"--fps must be in (0, 1000], got {self.fps}")
+        if self.start < 0 or (self.end is not None and self.end <= self.start):
+            raise UserError(f"--start {self.start} / --end {self.end}: need 0 <= start < end")
+        if not 0 <= self.test_fraction < 1:
+            raise UserError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+        if self.game is not None:
+            from lapo.envs import check_game
+
+            check_game(self.game)
 
 
 PAPER_LABELS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lapo import config
-from lapo.cli.options import command_config
+from lapo.cli.options import apply_overrides, command_config
 from lapo.errors import UserError
 
 
@@ -76,12 +76,9 @@ def data_import_lapo(args: argparse.Namespace) -> None:
 
 
 def data_import_video(args: argparse.Namespace) -> None:
-    from lapo.data.video import VideoImport, import_videos
+    from lapo.data.video import import_videos
 
-    opts = VideoImport(
-        **{k: getattr(args, k) for k in ("fps", "crop", "size", "start", "end", "seed", "game")},
-        test_fraction=args.test_fraction,
-    )
+    opts = apply_overrides(config.VideoImportConfig(), args)
     summary = import_videos(
         args.paths,
         args.out,

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from lapo.config import VideoImportConfig
 from lapo.data.format import (
     MANIFEST,
     SPLITS,
@@ -38,60 +39,19 @@ from lapo.data.format import (
     read_manifest,
     remove_uncommitted,
 )
-from lapo.envs.procgen import OBS_SHAPE, check_game
+from lapo.envs.procgen import OBS_SHAPE
 from lapo.errors import UserError
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif")
 MIN_FRAMES = 3
 """One LAPO window: o[t-1], o[t], o[t+1]."""
 SIZE = OBS_SHAPE[0]
-CROPS = ("centre", "none")
+VideoImport = VideoImportConfig  # the settings of an import: lapo.config owns them
 T = TypeVar("T")
 
 
 class VideoError(DatasetError):
     """One input file cannot be imported (``skip_bad`` skips it, otherwise the import stops)."""
-
-
-@dataclass(frozen=True)
-class VideoImport:
-    """How videos become frames and splits; recorded in the manifest, and a resumed import
-    must use the same."""
-
-    fps: float | None = None
-    """Output frame rate; None: each video's own average rate."""
-    crop: str = "centre"
-    """centre: the centre square; none: the whole frame squeezed square."""
-    size: int = SIZE
-    """Output frames are size x size (lapo's networks take 64)."""
-    start: float = 0.0
-    """Skip the first seconds of every video."""
-    end: float | None = None
-    """Stop every video at this second (None: its end)."""
-    test_fraction: float = 0.1
-    """Fraction of the videos (whole videos) that go to the test split."""
-    seed: int = 0
-    """Seed of the choice of test videos."""
-    game: str | None = None
-    """The Procgen game the videos show, if any (recorded as the dataset's game)."""
-
-    def check(self) -> None:
-        """Raise :class:`UserError` on a value that cannot work."""
-        if self.size != SIZE:
-            raise UserError(
-                f"--size {self.size}: lapo's networks take {SIZE}x{SIZE} frames (the dataset "
-                f"format and the world model's U-Net are built for them); use --size {SIZE}"
-            )
-        if self.crop not in CROPS:
-            raise UserError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
-        if self.fps is not None and not 0 < self.fps <= 1000:
-            raise UserError(f"--fps must be in (0, 1000], got {self.fps}")
-        if self.start < 0 or (self.end is not None and self.end <= self.start):
-            raise UserError(f"--start {self.start} / --end {self.end}: need 0 <= start < end")
-        if not 0 <= self.test_fraction < 1:
-            raise UserError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
-        if self.game is not None:
-            check_game(self.game)
 
 
 @dataclass
