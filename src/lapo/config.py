@@ -35,11 +35,6 @@ def _frames(frames: int) -> None:
 PRECISIONS = ("fp32", "bf16")
 
 
-def _precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}")
-
-
 def _positive(cfg: object, *names: str) -> None:
     """Raise :class:`ConfigError` unless every field in ``names`` is at least 1."""
     for name in names:
@@ -124,7 +119,7 @@ class FastPath:
     on CPU) and gather each batch there, when they fit; otherwise batches are read from disk."""
 
     def __post_init__(self) -> None:
-        _precision(self.precision)
+        _choice(self, "precision", PRECISIONS)
 
 
 @dataclass
@@ -626,8 +621,7 @@ class VideoImportConfig:
                 f"--size {self.size}: lapo's networks take {VIDEO_SIZE}x{VIDEO_SIZE} frames (the dataset "
                 f"format and the world model's U-Net are built for them); use --size {VIDEO_SIZE}"
             )
-        if self.crop not in VIDEO_CROPS:
-            raise UserError(f"--crop must be one of {', '.join(VIDEO_CROPS)}, got {self.crop!r}")
+        _choice(self, "crop", VIDEO_CROPS)
         if self.fps is not None and not 0 < self.fps <= 1000:
             raise UserError(f"--fps must be in (0, 1000], got {self.fps}")
         if self.start < 0 or (self.end is not None and self.end <= self.start):
