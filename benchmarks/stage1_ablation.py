@@ -62,6 +62,21 @@ VARIANTS: dict[str, list[str]] = {
     "embedding": ["--wm-target", "embedding"],
     # the world model cannot extrapolate from o[t-1], and the latent keeps its variance
     "no_ignore": ["--wm-mask-past", "1.0", "--latent-var-floor", "0.01"],
+    # pixels that change between o[t] and o[t+1] weigh 1 + W in the world model's MSE (diff10)
+    "changed10": ["--idm-difference-scale", "10", "--changed-pixel-weight", "10"],
+    "changed30": ["--idm-difference-scale", "10", "--changed-pixel-weight", "30"],
+    "changed100": ["--idm-difference-scale", "10", "--changed-pixel-weight", "100"],
+    # a world model built to extrapolate what its context predicts, so the latent is left
+    # with what it does not: it sees the amplified o[t] - o[t-1], predicts the change from
+    # o[t], and changed pixels weigh 11x (diff10)
+    "extrapolate": [
+        "--idm-difference-scale",
+        "10",
+        "--wm-differences",
+        "--wm-residual",
+        "--changed-pixel-weight",
+        "10",
+    ],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
     "laom": LAOM,
     # the same with prediction in embedding space
@@ -191,7 +206,20 @@ def at_time(rows: list[dict], minutes: float) -> dict | None:
     return before[-1] if before else None
 
 
-def summarise(args: argparse.Namespace, games: list[str], variants: list[str]) -> None:
+def on_disk(out: Path) -> tuple[list[str], list[str]]:
+    """Every game folder under ``out`` and every variant run in any of them: the named variants
+    in their table order, then stage 1 with labels, then the supervised runs."""
+    games = sorted(d.name for d in out.iterdir() if d.is_dir())
+    found = {v.name for g in games for v in (out / g).iterdir() if v.is_dir()}
+    named = [v for v in VARIANTS if v in found]
+    labels = sorted(v for v in found if v.startswith("labels_k"))
+    return games, named + labels + sorted(v for v in found if is_ceiling(v))
+
+
+def summarise(args: argparse.Namespace) -> None:
+    """``results.csv``, ``summary.md`` and the figure over every run under ``--out``, whichever
+    invocation trained it."""
+    games, variants = on_disk(args.out)
     rows = curves(args, games, variants)
     with open(args.out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["game", "variant", "minutes", "step", "probe", "balanced"])
@@ -297,7 +325,6 @@ def main() -> None:
     for d in datas:
         if not (d / "manifest.json").exists():
             sys.exit(f"{d} is not a lapo dataset (no manifest.json): run lapo collect first")
-    games = [name_of(d) for d in datas]
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         # variant-major order: every game gets the first variants before any gets the last
@@ -305,8 +332,8 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for msg in pool.map(lambda t: task(t[0], t[1], args), todo):
                 print(msg, flush=True)
-                summarise(args, games, variants)
-    summarise(args, games, variants)
+                summarise(args)
+    summarise(args)
     print((args.out / "summary.md").read_text())
 
 
