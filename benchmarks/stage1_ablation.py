@@ -66,6 +66,16 @@ VARIANTS: dict[str, list[str]] = {
     "changed10": ["--idm-difference-scale", "10", "--changed-pixel-weight", "10"],
     "changed30": ["--idm-difference-scale", "10", "--changed-pixel-weight", "30"],
     "changed100": ["--idm-difference-scale", "10", "--changed-pixel-weight", "100"],
+    # only pixels that moved by more than 0.2 count as changed: sprites, not scrolling or
+    # shimmering backgrounds (coinrun's camera, starpilot's stars)
+    "sprites10": [
+        "--idm-difference-scale",
+        "10",
+        "--changed-pixel-weight",
+        "10",
+        "--changed-pixel-threshold",
+        "0.2",
+    ],
     # a world model built to extrapolate what its context predicts, so the latent is left
     # with what it does not: it sees the amplified o[t] - o[t-1], predicts the change from
     # o[t], and changed pixels weigh 11x (diff10)

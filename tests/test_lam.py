@@ -311,6 +311,33 @@ def test_each_remedy_trains_with_the_stated_shapes(name, data, tmp_path):
     assert summary["steps"] == 3 and np.isfinite(summary["test_wm_loss"])
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.2])
+def test_changed_pixel_weight_by_hand(threshold):
+    # o[t+1] = o[t] but for pixel (2, 3), moved by 0.1, and pixel (5, 7), moved by 0.3
+    torch.manual_seed(0)
+    frames = torch.rand(2, 3, 3, 64, 64) - 0.5
+    frames[:, 2] = frames[:, 1]
+    frames[:, 2, 0, 2, 3] += 0.1
+    frames[:, 2, 1, 5, 7] -= 0.3
+    weighted = LAMConfig(**TOY, changed_pixel_weight=4.0, changed_pixel_threshold=threshold)
+    model = LatentActionModel(weighted).eval()  # eval: both losses see the same latents
+    plain, _ = lam_loss(model, frames, dataclasses.replace(weighted, changed_pixel_weight=0.0))
+    loss, _ = lam_loss(model, frames, weighted)
+    with torch.no_grad():
+        _, q = model.idm(frames)
+        err = model.prediction_error(frames[:, :2], frames[:, 2], q.z_q)  # (2, 3, 64, 64)
+    # each changed pixel's error (every channel) counts 1 + 4 times instead of once
+    extra = err[:, :, 5, 7].sum() + (err[:, :, 2, 3].sum() if threshold < 0.1 else 0.0)
+    assert loss.item() - plain.item() == pytest.approx(4.0 * extra.item() / err.numel(), rel=1e-4)
+
+
+def test_changed_pixel_threshold_out_of_range_is_refused():
+    from lapo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="changed-pixel-threshold"):
+        LAMConfig(changed_pixel_threshold=1.5)
+
+
 def test_lookahead_shows_the_idm_a_later_frame_and_the_world_model_o_t_plus_1():
     from lapo.stages.lam import idm_input
 

@@ -142,6 +142,9 @@ class LAMConfig(FastPath):
     """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
     changed_pixel_weight: float = 0.0
     """Extra MSE weight on pixels that differ between o[t] and o[t+1]; 0 = plain MSE (LAPO)."""
+    changed_pixel_threshold: float = 0.0
+    """A pixel counts as changed when some channel moved by more than this (frames in [0, 1]):
+    0 = any change; ~0.2 keeps sprites and drops scrolling, shimmering backgrounds."""
     idm_lookahead: int = 1
     """The IDM sees o[t-1], o[t], o[t+k], k drawn per window from 1..this, while the world model
     still predicts o[t+1] (LAOM); 1 = LAPO. Later stages and the probe use k = 1."""
@@ -207,6 +210,11 @@ class LAMConfig(FastPath):
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "test_windows")
+        if not 0 <= self.changed_pixel_threshold < 1:
+            raise ConfigError(
+                f"--changed-pixel-threshold must be in [0, 1) (a change of a frame in [0, 1]), "
+                f"got {self.changed_pixel_threshold}"
+            )
         super().__post_init__()
 
     @property

@@ -113,8 +113,8 @@ def lam_loss(
 
     The world model predicts ``o[t+1]`` from ``o[t-1], o[t]`` (``o[t-1]`` hidden with probability
     ``wm_mask_past``) and the quantised latent of :func:`idm_input`. With
-    ``changed_pixel_weight`` w, a pixel that differs between ``o[t]`` and ``o[t+1]`` weighs
-    ``1 + w`` in the MSE: the agent's small sprite counts for more against the static
+    ``changed_pixel_weight`` w, a pixel that differs between ``o[t]`` and ``o[t+1]`` (by more
+    than ``changed_pixel_threshold`` in some channel) weighs ``1 + w`` in the MSE: the agent's small sprite counts for more against the static
     background. ``latent_var_floor`` adds a hinge on each latent dimension's batch variance.
     ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``) adds
     ``label_weight`` x the cross-entropy of the model's action head on their latents.
@@ -134,8 +134,9 @@ def lam_loss(
     if cfg is None:
         return loss, logs
     if cfg.changed_pixel_weight > 0 and model.predicts_pixels:
-        # (B, 1, 64, 64): 1 where any channel changed between o[t] and o[t+1]
-        changed = (target != frames[:, 1]).any(1, keepdim=True).float()
+        # (B, 1, 64, 64): 1 where some channel moved by more than the threshold
+        change = (target - frames[:, 1]).abs().amax(1, keepdim=True)
+        changed = (change > cfg.changed_pixel_threshold).float()
         loss = (err * (1 + cfg.changed_pixel_weight * changed)).mean() + q.loss
     if cfg.latent_var_floor > 0:
         var_loss = F.relu(cfg.latent_var_floor - distributed.batch_var(z.float())).mean()
