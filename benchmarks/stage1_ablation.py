@@ -87,6 +87,16 @@ VARIANTS: dict[str, list[str]] = {
         "--changed-pixel-weight",
         "10",
     ],
+    # the same with the IDM's differences x1: on starpilot x3 and x10 stop even the supervised
+    # IDM from learning
+    "sprites10_x1": [
+        "--idm-difference-scale",
+        "1",
+        "--changed-pixel-weight",
+        "10",
+        "--changed-pixel-threshold",
+        "0.2",
+    ],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
     "laom": LAOM,
     # the same with prediction in embedding space
