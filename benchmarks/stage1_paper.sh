@@ -17,14 +17,14 @@
 # 5. prints one table and writes it to $OUT/stage1_paper.md with the runs' metrics and pictures.
 #
 # Environment: GAME (coinrun), FRAMES (300000), MINUTES (3.5), RECIPE ("--idm-differences
-# --idm-difference-scale 10 --quantizer.restart-unused-steps 100").
+# --idm-difference-scale 10 --changed-pixel-weight 10 --quantizer.restart-unused-steps 100").
 set -euo pipefail
 TOY=0
 [ "${1:-}" = "--toy" ] && TOY=1
 source "$(dirname "$0")/gpu_env.sh"
 
 GAME=${GAME:-coinrun}
-RECIPE=${RECIPE:---idm-differences --idm-difference-scale 10 --quantizer.restart-unused-steps 100}
+RECIPE=${RECIPE:---idm-differences --idm-difference-scale 10 --changed-pixel-weight 10 --quantizer.restart-unused-steps 100}
 OUT=${OUT:-runs/stage1_paper}
 WORK=${WORK:-/tmp/lapo_stage1_paper}
 if [ "$TOY" = 1 ]; then

@@ -57,10 +57,11 @@ def test_paper_preset_matches_the_notes():
     assert (cfg.idm_lookahead, cfg.aug_shift, cfg.wm_target) == (1, 0, "pixels")
 
 
-def test_cpu_preset_restarts_codes_on_recent_use_and_amplifies_differences():
+def test_cpu_preset_restarts_codes_amplifies_differences_and_weighs_changed_pixels():
     cfg = preset("cpu")
     assert cfg.quantizer.restart_unused_steps == 100 and cfg.quantizer.dead_code_threshold == 0
     assert cfg.idm_differences and cfg.idm_difference_scale == 10.0
+    assert cfg.changed_pixel_weight == 10.0 and cfg.changed_pixel_threshold == 0.0
 
 
 def test_lr_schedule_by_hand():
@@ -253,6 +254,24 @@ def test_a_few_hundred_steps_learn_on_real_frames(random_coinrun, tmp_path):
     assert summary["test_wm_loss_shuffled_latent"] > 1.2 * summary["test_wm_loss"]
     # the latent carries action information: the probe beats chance (1/15) by > 3 s.e.
     assert summary["probe_accuracy"] > 1 / 15 + 3 * (1 / 15 * 14 / 15 / 4096) ** 0.5
+
+
+@pytest.fixture(scope="module")
+def random_bigfish(tmp_path_factory):
+    out = tmp_path_factory.mktemp("learn") / "bigfish"
+    collect("bigfish", "random", 16384, out, test_frames=4096, num_envs=16, progress=False)
+    return out
+
+
+def test_cpu_preset_beats_its_untrained_idm_on_real_frames(random_bigfish, tmp_path):
+    # the `cpu` preset as it is (changed pixels weigh 11x), 1,000 steps on real random-policy
+    # bigfish frames: the latent must carry more of the action than the same IDM untrained
+    cfg = dataclasses.replace(
+        preset("cpu"), steps=1_000, eval_every=1_000, probe_every=1_000, probe_test=4096, threads=2
+    )
+    summary = train_lam(cfg, random_bigfish, tmp_path / "run", progress=False)
+    se = (0.1 * 0.9 / 4096) ** 0.5  # one standard error of an accuracy near 0.1 on 4,096
+    assert summary["probe_accuracy"] > summary["probe_untrained_accuracy"] + 3 * se
 
 
 def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path, kill_after_checkpoint):
