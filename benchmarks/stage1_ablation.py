@@ -28,9 +28,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# every variant starts from the `cpu` preset as it was before changed pixels were weighted (plain
+# MSE), so that the table's rows stay what they measured; a variant may set the weight again
+BASE = ["--changed-pixel-weight", "0"]
 LAOM = ["--idm-difference-scale", "1", "--idm-lookahead", "4", "--aug-shift", "4"]
 LAOM += ["--quantizer.kind", "none", "--quantizer.continuous-dim", "1024"]
-# name -> options added to `lapo lam train --preset cpu`
+# name -> options added to `lapo lam train --preset cpu` and BASE
 VARIANTS: dict[str, list[str]] = {
     # the `cpu` preset before the quantiser fix: restarts on the EMA count, which never fire
     # within a 3,000-step run at decay 0.999
@@ -150,6 +153,7 @@ def run_variant(data: Path, out: Path, options: list[str], args: argparse.Namesp
         "--seed",
         str(args.seed),
         "--quiet",
+        *BASE,
         *options,
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
