@@ -152,6 +152,25 @@ def test_probe_command_reports_json(data, tmp_path, capsys):
     assert err.count("\n") == 1 and "more than the" in err
 
 
+def test_probe_target_labels_each_window_with_the_chosen_action(data, tmp_path):
+    from lapo.data.dataset import WindowDataset
+    from lapo.stages.lam import probe_lam
+
+    run = tmp_path / "run"
+    train_lam(LAMConfig(steps=2, **TOY), data, run, progress=False)
+    # the same windows as probe_lam draws: train first, then test, from one generator
+    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
+    rng = np.random.default_rng(0)
+    rng.choice(train.starts, 200, replace=False)
+    actions = test.read(np.sort(rng.choice(test.starts, 100, replace=False)))["actions"]
+    for target, name in enumerate(("a[t-1]", "a[t]", "a[t+1]")):
+        rep = probe_lam(run, data, labels=200, test_windows=100, seed=0, target=target)
+        # the confusion matrix's rows count the true labels: the chosen action of each window
+        rows = np.array(rep["confusion"]).sum(1)
+        assert rep["target"] == name
+        assert np.array_equal(rows, np.bincount(actions[:, target], minlength=15))
+
+
 def test_cli_overrides_apply_to_the_preset(data, tmp_path, capsys):
     run = tmp_path / "cli"
     args = [

@@ -175,14 +175,19 @@ def lam_probe(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    target = {"previous": 0, "current": 1, "next": 2}[args.target]  # index in the window
     if args.protocol == "paper":
         # the reference's protocol: 65,536 labelled windows, 65,536 test windows, 3 epochs
         # (as many as the data holds, if fewer)
-        report = probe_lam(Path(args.run), Path(args.data), 65_536, 65_536, args.seed, epochs=3)
+        report = probe_lam(
+            Path(args.run), Path(args.data), 65_536, 65_536, args.seed, epochs=3, target=target
+        )
     else:
         if args.labels < 1:
             raise UserError(f"--labels must be at least 1, got {args.labels}")
-        report = probe_lam(Path(args.run), Path(args.data), args.labels, args.test, args.seed)
+        report = probe_lam(
+            Path(args.run), Path(args.data), args.labels, args.test, args.seed, target=target
+        )
     print(json.dumps(report))
 
 

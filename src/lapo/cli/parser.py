@@ -117,6 +117,10 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
       _opt("--protocol", "quick: --labels/--test windows, 30 epochs; paper: the reference's "
            "65,536 labelled and 65,536 test windows (capped at what the data holds), 3 epochs",
            default="quick", choices=["quick", "paper"]),
+      _opt("--target", "which action the probe predicts: current (a[t], what led to o[t+1]), "
+           "previous (a[t-1]: a latent that carries velocity predicts it too) or next (a[t+1]: "
+           "not visible in the window, so chance)", default="current",
+           choices=["previous", "current", "next"]),
       _opt("--threads", "torch CPU threads; 0 = all cores", type=int, default=0)], []),
     ("lam plot", "UMAP of latents, what each cluster of latents does, world-model predictions, "
      "rollout GIF", cmd.lam_plot,

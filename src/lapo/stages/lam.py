@@ -201,20 +201,23 @@ def probe_windows(
     device: torch.device,
     seed: int = 0,
     epochs: int = 30,
+    target: int = 1,
 ) -> dict:
     """Fit the probe on the IDM latents of ``train`` windows and score it on ``test`` windows.
 
     ``train``/``test`` are loader batches (``obs`` ``(N, 3, 64, 64, 3)``, ``actions`` ``(N, 3)``).
     The latent of window ``o[t-1], o[t], o[t+1]`` is labelled with the action taken at ``o[t]``
-    (the one that led to ``o[t+1]``): the middle frame's action.
+    (the one that led to ``o[t+1]``): the middle frame's action, ``target=1``; ``target=0``
+    labels it with ``a[t-1]`` (a latent that carries the agent's velocity predicts that one
+    too), ``2`` with ``a[t+1]`` (not in the window: chance).
     """
     ztr, _ = encode_windows(model, train["obs"], device)
     zte, _ = encode_windows(model, test["obs"], device)
     return fit_probe(
         ztr,
-        torch.from_numpy(train["actions"][:, 1]),
+        torch.from_numpy(train["actions"][:, target]),
         zte,
-        torch.from_numpy(test["actions"][:, 1]),
+        torch.from_numpy(test["actions"][:, target]),
         seed=seed,
         epochs=epochs,
     )
@@ -502,6 +505,7 @@ def probe_lam(
     seed: int = 0,
     epochs: int | None = None,
     untrained: bool = False,
+    target: int = 1,
 ) -> dict:
     """Fit the latent probe on ``labels`` labelled train windows of ``data``; score on test.
 
@@ -509,7 +513,8 @@ def probe_lam(
     with ``epochs`` given (the paper's protocol: 65,536 windows, 3 epochs) ``labels`` is capped
     at the train windows there are, and the report says how many were used. ``untrained``
     probes the run's architecture at its initialisation (seeded by ``seed``) instead: the
-    baseline a trained IDM must beat, measured the same way.
+    baseline a trained IDM must beat, measured the same way. ``target``: which action of the
+    window the probe predicts (see :func:`probe_windows`).
 
     Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
     matrix (rows: true action, columns: predicted) of the continuous IDM latent.
@@ -531,11 +536,12 @@ def probe_lam(
     tr = train.read(np.sort(rng.choice(train.starts, labels, replace=False)))
     n_test = min(test_windows, len(test))
     te = test.read(np.sort(rng.choice(test.starts, n_test, replace=False)))
-    report = probe_windows(model, tr, te, torch.device("cpu"), seed, epochs or 30)
+    report = probe_windows(model, tr, te, torch.device("cpu"), seed, epochs or 30, target)
     return {
         "run": str(run),
         "data": str(data),
         "labels": labels,
+        "target": ("a[t-1]", "a[t]", "a[t+1]")[target],
         "epochs": epochs or 30,
         "seed": seed,
         **report,
