@@ -179,15 +179,13 @@ def lam_probe(args: argparse.Namespace) -> None:
     if args.protocol == "paper":
         # the reference's protocol: 65,536 labelled windows, 65,536 test windows, 3 epochs
         # (as many as the data holds, if fewer)
-        report = probe_lam(
-            Path(args.run), Path(args.data), 65_536, 65_536, args.seed, epochs=3, target=target
-        )
+        labels, test, epochs = 65_536, 65_536, 3
     else:
         if args.labels < 1:
             raise UserError(f"--labels must be at least 1, got {args.labels}")
-        report = probe_lam(
-            Path(args.run), Path(args.data), args.labels, args.test, args.seed, target=target
-        )
+        labels, test, epochs = args.labels, args.test, None
+    run, data = Path(args.run), Path(args.data)
+    report = probe_lam(run, data, labels, test, args.seed, epochs=epochs, target=target)
     print(json.dumps(report))
 
 

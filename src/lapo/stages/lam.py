@@ -114,8 +114,8 @@ def lam_loss(
     The world model predicts ``o[t+1]`` from ``o[t-1], o[t]`` (``o[t-1]`` hidden with probability
     ``wm_mask_past``) and the quantised latent of :func:`idm_input`. With
     ``changed_pixel_weight`` w, a pixel that differs between ``o[t]`` and ``o[t+1]`` (by more
-    than ``changed_pixel_threshold`` in some channel) weighs ``1 + w`` in the MSE: the agent's small sprite counts for more against the static
-    background. ``latent_var_floor`` adds a hinge on each latent dimension's batch variance.
+    than ``changed_pixel_threshold`` in some channel) weighs ``1 + w`` in the MSE: the agent's
+    small sprite counts for more against the static background. ``latent_var_floor`` adds a hinge on each latent dimension's batch variance.
     ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``) adds
     ``label_weight`` x the cross-entropy of the model's action head on their latents.
     Returns ``(loss, logs)``; ``logs`` holds the plain prediction error and codebook statistics
