@@ -33,6 +33,15 @@ from pathlib import Path
 BASE = ["--changed-pixel-weight", "0"]
 LAOM = ["--idm-difference-scale", "1", "--idm-lookahead", "4", "--aug-shift", "4"]
 LAOM += ["--quantizer.kind", "none", "--quantizer.continuous-dim", "1024"]
+
+
+def changed(weight: float, threshold: float = 0.0, scale: float = 10) -> list[str]:
+    """Options of a variant whose changed pixels weigh ``1 + weight`` (above ``threshold``),
+    with the IDM's frame differences times ``scale``."""
+    opts = ["--idm-difference-scale", f"{scale:g}", "--changed-pixel-weight", f"{weight:g}"]
+    return opts + (["--changed-pixel-threshold", f"{threshold:g}"] if threshold else [])
+
+
 # name -> options added to `lapo lam train --preset cpu` and BASE
 VARIANTS: dict[str, list[str]] = {
     # the `cpu` preset before the quantiser fix: restarts on the EMA count, which never fire
@@ -66,40 +75,19 @@ VARIANTS: dict[str, list[str]] = {
     # the world model cannot extrapolate from o[t-1], and the latent keeps its variance
     "no_ignore": ["--wm-mask-past", "1.0", "--latent-var-floor", "0.01"],
     # pixels that change between o[t] and o[t+1] weigh 1 + W in the world model's MSE (diff10)
-    "changed10": ["--idm-difference-scale", "10", "--changed-pixel-weight", "10"],
-    "changed30": ["--idm-difference-scale", "10", "--changed-pixel-weight", "30"],
-    "changed100": ["--idm-difference-scale", "10", "--changed-pixel-weight", "100"],
+    "changed10": changed(10),
+    "changed30": changed(30),
+    "changed100": changed(100),
     # only pixels that moved by more than 0.2 count as changed: sprites, not scrolling or
     # shimmering backgrounds (coinrun's camera, starpilot's stars)
-    "sprites10": [
-        "--idm-difference-scale",
-        "10",
-        "--changed-pixel-weight",
-        "10",
-        "--changed-pixel-threshold",
-        "0.2",
-    ],
+    "sprites10": changed(10, threshold=0.2),
     # a world model built to extrapolate what its context predicts, so the latent is left
     # with what it does not: it sees the amplified o[t] - o[t-1], predicts the change from
     # o[t], and changed pixels weigh 11x (diff10)
-    "extrapolate": [
-        "--idm-difference-scale",
-        "10",
-        "--wm-differences",
-        "--wm-residual",
-        "--changed-pixel-weight",
-        "10",
-    ],
+    "extrapolate": [*changed(10), "--wm-differences", "--wm-residual"],
     # the same with the IDM's differences x1: on starpilot x3 and x10 stop even the supervised
     # IDM from learning
-    "sprites10_x1": [
-        "--idm-difference-scale",
-        "1",
-        "--changed-pixel-weight",
-        "10",
-        "--changed-pixel-threshold",
-        "0.2",
-    ],
+    "sprites10_x1": changed(10, threshold=0.2, scale=1),
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
     "laom": LAOM,
     # the same with prediction in embedding space
