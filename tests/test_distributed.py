@@ -278,3 +278,29 @@ def test_two_processes_run_ppo_as_one_and_resume(two_ranks, tmp_path):
     online_rows = (tmp_path / "online" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[:2] for r in online_rows[1:]] == [["1", "32"], ["2", "64"]]
     assert (tmp_path / "online" / "policy.safetensors").exists()
+
+
+EXIT = """
+import os, sys, torch
+from lapo import distributed
+
+def threads():
+    return [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+
+distributed.init("cpu")
+torch.optim.Adam([torch.nn.Parameter(torch.ones(2))])  # imports torch._dynamo, as every run does
+distributed.all_reduce_(torch.ones(3))
+distributed._shutdown()  # what init registered to run at exit
+print(sys.argv[1], os.environ["RANK"], sum(t == "pt_gloo_runloop" for t in threads()))
+"""
+
+
+def test_exit_joins_the_process_groups_threads(tmp_path):
+    # gloo's worker threads alive into interpreter finalisation abort one exit in five
+    # ("terminate called without an active exception"): the group must be gone at exit
+    (tmp_path / "exit.py").write_text(EXIT)
+    done = subprocess.run(torchrun(str(tmp_path / "exit.py"), "threads"), capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = sorted(line for line in done.stdout.splitlines() if line.startswith("threads"))
+    assert counts == ["threads 0 0", "threads 1 0"]

@@ -24,6 +24,7 @@ Without torchrun (``WORLD_SIZE`` unset or 1) every function here is the identity
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import math
 import os
@@ -109,6 +110,14 @@ def init(device_name: str = "auto") -> tuple[Dist, torch.device]:
     if launched() and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        # torch.optim imports torch._dynamo on first use; imported after the process group
+        # exists, it keeps a reference to the group, so destroy_process_group at exit leaves
+        # gloo's worker threads running into interpreter finalisation, where the last
+        # collective's clean-up needs the GIL and aborts the process ("terminate called
+        # without an active exception", about one exit in five under torchrun on CPU).
+        # Imported first, nothing holds the group and the threads are joined at exit.
+        importlib.import_module("torch._dynamo")
+
         backend = _backend(device)
         kw = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=timedelta(minutes=30), **kw)
