@@ -17,6 +17,7 @@ from PIL import Image
 from lapo.cli import main
 from lapo.config import DEMO_FAST as FAST
 from lapo.config import DemoConfig
+from lapo.report.demo import LABELS_USED
 from lapo.workflows.demo import find_resumable, run_demo
 
 SECTIONS = [
@@ -34,7 +35,7 @@ SECTIONS = [
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo-fast"
-    assert main(["demo", "--fast", "--quiet", "--out", str(out)]) == 0
+    assert main(["demo", "--fast", "--compare-labels", "--quiet", "--out", str(out)]) == 0
     return out
 
 
@@ -62,8 +63,11 @@ def test_report_holds_every_section_with_a_real_image(demo):
             assert np.asarray(im.convert("L")).std() > 5
     assert images["World-model predictions"][1].format == "GIF"
     assert images["World-model predictions"][1].n_frames > 3
-    for name in ("random", "demonstrator", "LAPO (decoded)", "BC on the same labels"):
+    for name in ("random", "demonstrator", *LABELS_USED):
         assert name in html
+    # the summary says where each policy used the labels
+    for where in LABELS_USED.values():
+        assert where in html
     assert "CPU cores" in html  # the machine is stated
 
 
@@ -82,9 +86,20 @@ def test_demo_numbers_beat_their_baselines(demo):
         "stage2",
         "decode",
         "baseline",
+        "stage1_labels",
+        "stage2_labels",
+        "decode_labels",
+        "idm_bc",
         "evaluate",
         "report",
     ]
+    # every method that used labels used the same K windows: those the decoder drew
+    starts = json.loads((demo / "decoded" / "labelled_windows.json").read_text())["starts"]
+    assert len(starts) == FAST["labels"]
+    for run in ("stage1_labels", "decoded_labels", "bc_on_labels", "idm_labels_bc"):
+        assert json.loads((demo / run / "labelled_windows.json").read_text())["starts"] == starts
+    returns = json.loads((demo / "returns.json").read_text())
+    assert list(returns) == ["random", "demonstrator", *LABELS_USED]
     # the report sets the probe beside the untrained IDM and the supervised ceiling
     untrained = json.loads((demo / "probe_untrained.json").read_text())
     ceiling = json.loads((demo / "ceiling.json").read_text())
@@ -105,7 +120,7 @@ def test_resume_skips_finished_stages(demo, tmp_path):
     (run / "report.html").unlink()
     weights = (run / "stage1" / "lam.safetensors").stat().st_mtime_ns
     policy = (run / "stage2" / "policy.safetensors").stat().st_mtime_ns
-    cfg = DemoConfig(**FAST)
+    cfg = DemoConfig(**FAST, compare_labels=True)
     assert find_resumable(tmp_path, cfg) == run
     run_demo(cfg, run, progress=False)
     after = json.loads((run / "stages.json").read_text())

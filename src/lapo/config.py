@@ -571,6 +571,10 @@ class DemoConfig:
     """Training steps of the supervised ceiling (the IDM encoder on the true actions)."""
     episodes: int = 48
     """Evaluation episodes per policy."""
+    compare_labels: bool = False
+    """Also run the two methods that use the K labels beyond a decoder: LAPO with the labels
+    in stage 1 (stage 2 and decoding follow, on the same K) and baseline (b), a supervised
+    IDM on the K labels that labels every frame for BC (about 8 more minutes)."""
     seed: int = 0
     """Seed of everything."""
     threads: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,10 @@ def returns_chart(results: dict[str, dict], game: str) -> Any:
     names = list(results)
     means = [results[n]["mean_return"] for n in names]
     errs = [results[n].get("stderr_return") or 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.4 * len(names)), 3.6))
     colors = ["grey", "black", "tab:blue", "tab:orange", "tab:green", "tab:red"]
-    ax.bar(names, means, yerr=errs, capsize=4, color=colors[: len(names)])
+    labels = [textwrap.fill(n, 16) for n in names]  # long policy names on two lines
+    ax.bar(labels, means, yerr=errs, capsize=4, color=colors[: len(names)])
     ax.set(title=f"{game}: episode return", ylabel="mean return (± s.e.)")
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()

@@ -12,6 +12,14 @@ from lapo.envs import normalized_return
 from lapo.report.charts import bc_curves, confusion_chart, fig_uri, returns_chart, stage1_curves
 from lapo.report.html import data_uri, img, machine, table, write_html
 
+# where each policy the demo evaluates used the K labels (the summary says so)
+LABELS_USED = {
+    "LAPO (decoded)": "the decoder only (stages 1 and 2 saw frames alone)",
+    "BC on the same labels": "the whole policy, trained on the K labelled windows alone",
+    "LAPO, labels in stage 1": "stage 1 (an action head beside the video loss) and the decoder",
+    "supervised IDM labels, then BC": "an IDM trained on them labels every frame for BC",
+}
+
 
 def _pair(r: dict) -> str:
     return f"{r['accuracy']:.3f} / {r['balanced_accuracy']:.3f}"
@@ -101,7 +109,10 @@ def picture_sections(out: Path, game: str, stages: dict, returns: dict, episodes
     bc_runs = {
         "stage 2 (latent BC)": out / "stage2" / "metrics.csv",
         "baseline: BC on the labels": out / "bc_on_labels" / "metrics.csv",
+        "stage 2 on stage 1 with labels": out / "stage2_labels" / "metrics.csv",
+        "baseline (b): BC on IDM labels": out / "idm_labels_bc" / "metrics.csv",
     }
+    bc_runs = {k: v for k, v in bc_runs.items() if v.exists()}
     curves = img(fig_uri(stage1_curves(out / "stage1" / "metrics.csv", game)), "stage 1")
     curves += img(fig_uri(bc_curves(bc_runs, game)), "stage 2 and baseline")
     confusion = confusion_chart(probe["confusion"], game, "probe on IDM latents")
@@ -135,13 +146,15 @@ def write_demo_report(cfg: DemoConfig, out: Path, stages: dict) -> dict:
     demo_ret = returns["LAPO (decoded)"].get("demonstrator_return")
     learned, summary = learned_section(out, stages)
     summary += return_rows(cfg.game, returns)
+    used = [[name, where] for name, where in LABELS_USED.items() if name in returns]
     sections = [
         (
             "Summary",
-            "<p class='note'>Stage 1 and stage 2 saw frames only. Actions were used for the "
-            f"probe, for the decoder's {decode['labels']} labelled transitions and for the "
-            "baseline, which is trained on exactly those labels.</p>"
-            + table(summary, ["measure", "value"]),
+            "<p class='note'>Actions were used for the probe and the ceiling, and by each "
+            f"policy below only as its row says: every one had the same {decode['labels']} "
+            "labelled transitions.</p>"
+            + table(summary, ["measure", "value"])
+            + table(used, ["policy", f"where it used the {decode['labels']} labels"]),
         ),
         ("Did the latent actions learn the true actions?", learned),
         ("What was run", run_section(cfg, stages, demo_ret)),

@@ -24,7 +24,7 @@ from lapo import distributed
 from lapo.checkpoint import load_tensors, save_tensors, write_json
 from lapo.config import BCConfig, ExpertConfig, SupervisedIDMConfig
 from lapo.data.dataset import WindowDataset
-from lapo.data.labels import labelled_starts
+from lapo.data.labels import labelled_starts, write_labelled
 from lapo.envs import NUM_ACTIONS
 from lapo.evaluation.probe import classification_report
 from lapo.models.idm import frames_to_float, map_windows, stack_frames
@@ -45,7 +45,7 @@ def bc_on_labels(
 ) -> dict:
     """Baseline (a): BC from scratch on K labelled windows (same choice as decoding)."""
     starts = labelled_starts(data, labels, cfg.seed, labels_from, purpose="baseline (a)")
-    return train_action_bc(
+    summary = train_action_bc(
         cfg,
         data,
         out,
@@ -54,6 +54,14 @@ def bc_on_labels(
         progress=progress,
         desc=f"bc on {len(starts)} labels",
     )
+    record_labelled(out, data, starts, cfg.seed)
+    return summary
+
+
+def record_labelled(out: Path, data: Path, starts: np.ndarray, seed: int) -> None:
+    """Write the K windows a baseline trained on beside it (rank 0), as decoding does."""
+    if distributed.current().main:
+        write_labelled(out, data, starts, seed)
 
 
 def supervised_idm(cfg: SupervisedIDMConfig) -> nn.Module:
@@ -198,6 +206,7 @@ def idm_labels_bc(
         progress=progress,
         desc=f"bc on idm labels ({len(starts)})",
     )
+    record_labelled(out, data, starts, cfg.seed)
     return {**summary, **{k: v for k, v in report.items() if k != "idm"}}
 
 

@@ -14,7 +14,11 @@ Stages, in order, each recorded in ``stages.json`` when it finishes so that a re
 5. ``stage2``: the latent policy, behaviour-cloned on frames alone;
 6. ``decode``: the decoder fit on K labelled transitions, giving a policy that plays;
 7. ``baseline``: BC from scratch on the same K labels;
-8. ``evaluate``: random, the demonstrator, the decoded policy and the baseline in the game;
+   with ``--compare-labels``, the two methods that use the K labels beyond a decoder, on the
+   same K windows: ``stage1_labels``, ``stage2_labels`` and ``decode_labels`` (LAPO with the
+   labels in stage 1, then stage 2 and decoding as above) and ``idm_bc`` (baseline (b): a
+   supervised IDM on the K labels labels every frame, then BC);
+8. ``evaluate``: random, the demonstrator, the decoded policy and the baselines in the game;
 9. ``report``: ``report.html`` (images embedded) and a summary table on the terminal.
 """
 
@@ -31,7 +35,14 @@ from pathlib import Path
 import torch
 
 from lapo.checkpoint import CheckpointError, read_json, write_json
-from lapo.config import DemoConfig, OfflineConfig, SupervisedIDMConfig, bc_preset, lam_preset
+from lapo.config import (
+    DemoConfig,
+    LAMConfig,
+    OfflineConfig,
+    SupervisedIDMConfig,
+    bc_preset,
+    lam_preset,
+)
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
 from lapo.envs import normalized_return
@@ -40,7 +51,12 @@ from lapo.evaluation.policies import load_policy
 from lapo.report.demo import write_demo_report
 from lapo.report.latents import plot_lam
 from lapo.runkinds import lam_config_from_dict
-from lapo.stages.baselines import bc_on_labels, score_supervised_idm, train_supervised_idm
+from lapo.stages.baselines import (
+    bc_on_labels,
+    idm_labels_bc,
+    score_supervised_idm,
+    train_supervised_idm,
+)
 from lapo.stages.bc import train_latent_bc
 from lapo.stages.decode.offline import decode_offline
 from lapo.stages.lam import probe_lam, train_lam
@@ -55,6 +71,10 @@ STAGES = {
     "stage2": 90,
     "decode": 20,
     "baseline": 80,
+    "stage1_labels": 330,
+    "stage2_labels": 90,
+    "decode_labels": 20,
+    "idm_bc": 110,
     "evaluate": 90,
     "report": 5,
 }
@@ -124,6 +144,9 @@ class Demo:
         self.cfg, self.out = cfg, out
         self.data, self.lam_run, self.bc_run = out / "data", out / "stage1", out / "stage2"
         self.decoded, self.baseline = out / "decoded", out / "bc_on_labels"
+        # --compare-labels: LAPO with the labels in stage 1, and baseline (b)
+        self.lam_labels, self.bc_labels = out / "stage1_labels", out / "stage2_labels"
+        self.decoded_labels, self.idm_bc = out / "decoded_labels", out / "idm_labels_bc"
         # stage 2 and the BC baseline train with the same settings
         self.bc_cfg = dataclasses.replace(
             bc_preset("cpu"),
@@ -145,9 +168,11 @@ def stage_collect(d: Demo) -> dict:
                    num_envs=8, seed=c.seed, resume=d.data.exists(), progress=False)  # fmt: skip
 
 
-def stage_stage1(d: Demo) -> dict:
+def stage1_config(d: Demo, **labels: object) -> LAMConfig:
+    """The demo's stage 1: the ``cpu`` preset at the demo's sizes (``labels``: the options
+    that add the K labels)."""
     c = d.cfg
-    lam_cfg = dataclasses.replace(
+    return dataclasses.replace(
         lam_preset("cpu"),
         steps=c.lam_steps,
         batch_size=c.lam_batch,
@@ -157,8 +182,12 @@ def stage_stage1(d: Demo) -> dict:
         probe_test=1_024,
         seed=c.seed,
         threads=c.threads,
+        **labels,
     )
-    return train_lam(lam_cfg, d.data, d.lam_run, progress=False)
+
+
+def stage_stage1(d: Demo) -> dict:
+    return train_lam(stage1_config(d), d.data, d.lam_run, progress=False)
 
 
 def stage_probe(d: Demo) -> dict:
@@ -201,18 +230,53 @@ def stage_baseline(d: Demo) -> dict:
     )
 
 
+def stage_stage1_labels(d: Demo) -> dict:
+    # the K windows the decoder and baseline (a) used (decode wrote them), in stage 1 too
+    cfg = stage1_config(d, labels_from=str(d.decoded))
+    return train_lam(cfg, d.data, d.lam_labels, progress=False)
+
+
+def stage_stage2_labels(d: Demo) -> dict:
+    return train_latent_bc(d.bc_cfg, d.lam_labels, d.data, d.bc_labels, progress=False)
+
+
+def stage_decode_labels(d: Demo) -> dict:
+    k = min(d.cfg.labels, d.train_windows())
+    offline = OfflineConfig(labels=k, seed=d.cfg.seed)
+    return decode_offline(d.bc_labels, d.data, d.decoded_labels, offline)
+
+
+def stage_idm_bc(d: Demo) -> dict:
+    # the ceiling's IDM (stage 1's encoder and inputs, as many steps) on the K labels, with
+    # baseline (b)'s own optimiser settings (weight decay against K small)
+    base = SupervisedIDMConfig()
+    idm_cfg = dataclasses.replace(
+        supervised_idm_config(d.cfg, d.lam_run),
+        learning_rate=base.learning_rate,
+        weight_decay=base.weight_decay,
+    )
+    return idm_labels_bc(d.bc_cfg, idm_cfg, d.data, d.idm_bc, d.cfg.labels,
+                         labels_from=d.decoded, progress=False)  # fmt: skip
+
+
+# evaluated policies: report name -> the Demo attribute of its folder; the first two always
+POLICIES = {
+    "LAPO (decoded)": "decoded",
+    "BC on the same labels": "baseline",
+    "LAPO, labels in stage 1": "decoded_labels",
+    "supervised IDM labels, then BC": "idm_bc",
+}
+
+
 def stage_evaluate(d: Demo) -> dict:
     # the demonstrator is evaluated first, on the same levels as the others: its return
     # there is the 1 of the random->demonstrator normalisation
     c = d.cfg
+    n = len(POLICIES) if c.compare_labels else 2
     results: dict[str, dict] = {}
     demo_return = None
-    for name, spec in (
-        ("demonstrator", "demonstrator"),
-        ("random", "random"),
-        ("LAPO (decoded)", str(d.decoded)),
-        ("BC on the same labels", str(d.baseline)),
-    ):
+    runs = [(name, str(getattr(d, attr))) for name, attr in POLICIES.items()]
+    for name, spec in [("demonstrator", "demonstrator"), ("random", "random"), *runs[:n]]:
         policy = load_policy(spec, c.game, seed=c.seed)
         r = evaluate(
             policy,
@@ -246,9 +310,21 @@ DEMO_STAGES: dict[str, Callable[[Demo], dict]] = {
     "stage2": stage_stage2,
     "decode": stage_decode,
     "baseline": stage_baseline,
+    "stage1_labels": stage_stage1_labels,
+    "stage2_labels": stage_stage2_labels,
+    "decode_labels": stage_decode_labels,
+    "idm_bc": stage_idm_bc,
     "evaluate": stage_evaluate,
     "report": stage_report,
 }
+
+
+LABEL_STAGES = ("stage1_labels", "stage2_labels", "decode_labels", "idm_bc")
+
+
+def demo_stages(cfg: DemoConfig) -> dict[str, Callable[[Demo], dict]]:
+    """The stages this demo runs, in order (the label methods with ``--compare-labels``)."""
+    return {k: f for k, f in DEMO_STAGES.items() if cfg.compare_labels or k not in LABEL_STAGES}
 
 
 def prepare_folder(cfg: DemoConfig, out: Path) -> None:
@@ -276,11 +352,12 @@ def run_demo(
     stages: dict = read_json(stages_file) if stages_file.exists() else {}
     demo = Demo(cfg, out)
     scale = 1.0 if cfg.lam_steps >= 1_000 else 0.15  # --fast sizes take a fraction
-    weights = {k: v * scale for k, v in STAGES.items()}
+    todo = demo_stages(cfg)
+    weights = {k: STAGES[k] * scale for k in todo}
     bar = StageProgress(weights, set(stages), progress)
     done_at = 0.0
     try:
-        for i, (name, stage) in enumerate(DEMO_STAGES.items(), 1):
+        for i, (name, stage) in enumerate(todo.items(), 1):
             done_at += weights[name]
             if name in stages:
                 continue
@@ -305,8 +382,20 @@ def supervised_ceiling(cfg: DemoConfig, data: Path, lam_run: Path) -> dict:
     """The stage-1 IDM's encoder and inputs trained on the true action of every train window
     for ``cfg.ceiling_steps`` steps: what the probe would read if the latent were the action.
     Scored on the probe's number of test windows."""
+    idm_cfg = supervised_idm_config(cfg, lam_run)
+    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
+    t0 = time.time()
+    device = torch.device("cpu")
+    model = train_supervised_idm(idm_cfg, train, train.starts, device, cfg.seed)
+    seconds = time.time() - t0
+    rep = score_supervised_idm(model, idm_cfg, test, cfg.seed, device)
+    return {"steps": cfg.ceiling_steps, "train_seconds": round(seconds, 1), **rep}
+
+
+def supervised_idm_config(cfg: DemoConfig, lam_run: Path) -> SupervisedIDMConfig:
+    """The supervised IDM of the ceiling: stage 1's IDM encoder and inputs, the demo's steps."""
     lam = lam_config_from_dict(read_json(lam_run / "config.json")["lam"])
-    idm_cfg = SupervisedIDMConfig(
+    return SupervisedIDMConfig(
         width=lam.idm_width,
         differences=lam.idm_differences,
         difference_scale=lam.idm_difference_scale,
@@ -315,13 +404,6 @@ def supervised_ceiling(cfg: DemoConfig, data: Path, lam_run: Path) -> dict:
         learning_rate=1e-3,
         weight_decay=0.0,
     )
-    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
-    t0 = time.time()
-    device = torch.device("cpu")
-    model = train_supervised_idm(idm_cfg, train, train.starts, device, cfg.seed)
-    seconds = time.time() - t0
-    rep = score_supervised_idm(model, idm_cfg, test, cfg.seed, device)
-    return {"steps": cfg.ceiling_steps, "train_seconds": round(seconds, 1), **rep}
 
 
 def default_out(root: Path) -> Path:
