@@ -177,6 +177,9 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
         steps=c.lam_steps,
         batch_size=c.lam_batch,
         eval_every=max(c.lam_steps // 6, 1),
+        # the test loss on 512 windows; at toy sizes (--fast) its seven evaluations would cost
+        # as much as the training steps, so there on fewer
+        test_windows=min(512, 2 * c.lam_steps),
         probe_every=max(c.lam_steps // 3, 1) if c.lam_steps >= 300 else c.lam_steps,
         probe_train=min(2_048, c.probe_labels),
         probe_test=1_024,
