@@ -238,8 +238,9 @@ def summarise(args: argparse.Namespace) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = [
-        f"# Stage-1 ablation: probe at {args.minutes:g} minutes of training (one thread each, "
-        f"{args.jobs} runs at once)",
+        # the runs under --out may come from several invocations: say only what each run had
+        f"# Stage-1 ablation: probe at {args.minutes:g} minutes of training "
+        f"({args.threads} thread{'s' if args.threads > 1 else ''} per run)",
         "",
         "Probe: MLP on the IDM latents of 4,096 train windows, 2,048 test windows (ratio: to the "
         "supervised ceiling at the same time); paper: the reference's protocol (up to 65,536 "
