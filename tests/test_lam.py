@@ -474,6 +474,7 @@ def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
         "probe_every": 300,
         "probe_train": 2_048,
         "probe_test": 2_048,
+        "threads": 2,
     }
     video = train_lam(LAMConfig(**base), data, tmp_path / "video", progress=False)
     labelled = train_lam(

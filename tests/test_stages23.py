@@ -51,7 +51,7 @@ CHANCE = 1 / 15
 
 # stage 2 at a small, fast size (cpu preset otherwise)
 BC = dataclasses.replace(
-    preset("cpu"), batch_size=16, steps=250, warmup_steps=60, eval_every=125, threads=1
+    preset("cpu"), batch_size=16, steps=250, warmup_steps=60, eval_every=125, threads=2
 )
 
 
@@ -67,7 +67,7 @@ def data(tmp_path_factory):
 def lam_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("lam") / "run"
     cfg = dataclasses.replace(
-        lam_preset("cpu"), batch_size=16, steps=100, eval_every=100, probe_every=0, threads=1
+        lam_preset("cpu"), batch_size=16, steps=100, eval_every=100, probe_every=0, threads=2
     )
     train_lam(cfg, data, out, progress=False)
     return out
