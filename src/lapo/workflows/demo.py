@@ -177,8 +177,8 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
         steps=c.lam_steps,
         batch_size=c.lam_batch,
         eval_every=max(c.lam_steps // 6, 1),
-        # the test loss on 512 windows; at toy sizes (--fast) its seven evaluations would cost
-        # as much as the training steps, so there on fewer
+        # the test loss on 512 windows, fewer at toy sizes (--fast), where its seven
+        # evaluations would otherwise cost as much as the training steps
         test_windows=min(512, 2 * c.lam_steps),
         probe_every=max(c.lam_steps // 3, 1) if c.lam_steps >= 300 else c.lam_steps,
         probe_train=min(2_048, c.probe_labels),
@@ -222,9 +222,15 @@ def stage_stage2(d: Demo) -> dict:
     return train_latent_bc(d.bc_cfg, d.lam_run, d.data, d.bc_run, progress=False)
 
 
-def stage_decode(d: Demo) -> dict:
+def decode_k(d: Demo, policy_run: Path, out: Path) -> dict:
+    """Offline decoding of stage-2 run ``policy_run`` on the demo's K labels (drawn by seed:
+    the same K windows for every stage 2)."""
     k = min(d.cfg.labels, d.train_windows())
-    return decode_offline(d.bc_run, d.data, d.decoded, OfflineConfig(labels=k, seed=d.cfg.seed))
+    return decode_offline(policy_run, d.data, out, OfflineConfig(labels=k, seed=d.cfg.seed))
+
+
+def stage_decode(d: Demo) -> dict:
+    return decode_k(d, d.bc_run, d.decoded)
 
 
 def stage_baseline(d: Demo) -> dict:
@@ -244,9 +250,7 @@ def stage_stage2_labels(d: Demo) -> dict:
 
 
 def stage_decode_labels(d: Demo) -> dict:
-    k = min(d.cfg.labels, d.train_windows())
-    offline = OfflineConfig(labels=k, seed=d.cfg.seed)
-    return decode_offline(d.bc_labels, d.data, d.decoded_labels, offline)
+    return decode_k(d, d.bc_labels, d.decoded_labels)
 
 
 def stage_idm_bc(d: Demo) -> dict:
