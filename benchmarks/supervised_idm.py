@@ -48,6 +48,12 @@ def main() -> None:
         "--labels", type=int, default=0, help="train on only K labelled windows (0 = all)"
     )
     ap.add_argument("--labels-seed", type=int, default=0, help="seed of the K windows' draw")
+    ap.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: the forward pass under bfloat16 autocast (as lam train --precision bf16)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -90,7 +96,9 @@ def main() -> None:
         else:
             b = train.read(np.sort(rng.choice(labelled, args.batch)))
         x = stack(frames_to_float(torch.from_numpy(b["obs"])))
-        loss = F.cross_entropy(model(x), torch.from_numpy(b["actions"][:, 1]))
+        with torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16"):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), torch.from_numpy(b["actions"][:, 1]))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -113,6 +121,8 @@ def main() -> None:
                 "difference_scale": args.difference_scale,
                 "minutes": args.minutes,
                 "labels": args.labels or "all",
+                "lr": args.lr,
+                "precision": args.precision,
                 "final": final,
             },
             indent=2,
