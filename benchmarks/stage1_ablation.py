@@ -29,8 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # every variant starts from the `cpu` preset as it was before changed pixels were weighted (plain
-# MSE), so that the table's rows stay what they measured; a variant may set the weight again
-BASE = ["--changed-pixel-weight", "0"]
+# MSE) and in float32, so that the table's rows stay what they measured; a variant may set the
+# weight and the precision again
+BASE = ["--changed-pixel-weight", "0", "--precision", "fp32"]
 LAOM = ["--idm-difference-scale", "1", "--idm-lookahead", "4", "--aug-shift", "4"]
 LAOM += ["--quantizer.kind", "none", "--quantizer.continuous-dim", "1024"]
 
@@ -113,6 +114,7 @@ CEILINGS: dict[str, list[str]] = {
     "ceiling_d10_lr3e-4": ["--difference-scale", "10", "--lr", "3e-4"],
     # ceiling_d10 in bfloat16 autocast, beside the variants that train in it
     "ceiling_d10_bf16": ["--difference-scale", "10", "--precision", "bf16"],
+    "ceiling_d10_lr3e-4_bf16": ["--difference-scale", "10", "--lr", "3e-4", "--precision", "bf16"],
 }
 HERE = Path(__file__).resolve().parent
 

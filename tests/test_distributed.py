@@ -19,6 +19,7 @@ import torch
 from lapo.checkpoint import load_tensors
 from lapo.config import BCConfig, LAMConfig, QuantizerConfig, bc_preset, lam_preset, to_flags
 from lapo.data.collect import collect
+from lapo.runs import resolve_precision
 from lapo.stages.bc import train_latent_bc
 from lapo.stages.lam import LatentActionModel, lam_loss, train_lam
 
@@ -204,7 +205,17 @@ def test_bf16_on_cpu_trains_within_tolerance_of_float32(data, tmp_path):
     summary = train_lam(cfg, data, tmp_path / "bf16", progress=False)
     assert summary["steps"] == 2 and np.isfinite(summary["test_wm_loss"])
     saved = json.loads((tmp_path / "bf16" / "config.json").read_text())
-    assert saved["lam"]["precision"] == "bf16"
+    assert saved["lam"]["precision"] == "bf16" and saved["precision"] == "bf16"
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, {"avx2", "avx512f", "avx512bw"}) == "fp32"
+    assert resolve_precision("auto", cpu, {"avx512f", "avx512_bf16"}) == "bf16"
+    assert resolve_precision("auto", cpu, {"amx_tile", "amx_bf16"}) == "bf16"
+    assert resolve_precision("auto", cpu, set()) == "fp32"  # no /proc/cpuinfo (macOS)
+    assert resolve_precision("fp32", cpu, {"avx512_bf16"}) == "fp32"  # as given
+    assert resolve_precision("bf16", cpu, set()) == "bf16"
 
 
 PPO_RANKS = """

@@ -32,7 +32,7 @@ def _frames(frames: int) -> None:
         raise ConfigError(f"--frames must be a positive number of frames, got {frames}")
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def _positive(cfg: object, *names: str) -> None:
@@ -108,7 +108,8 @@ class FastPath:
 
     precision: str = "fp32"
     """fp32, or bf16: the forward pass under bfloat16 autocast (CUDA and CPU); the quantiser's
-    statistics and the optimiser stay float32."""
+    statistics and the optimiser stay float32. auto: bf16 where the device computes it natively
+    (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32; config.json records which."""
     channels_last: bool = True
     """Convolutions on channels-last tensors (~1.4x faster on CPU, tensor cores on GPU)."""
     compile: bool = False

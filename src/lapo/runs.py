@@ -60,6 +60,29 @@ def resolve_device(name: str) -> torch.device:
     return distributed.device_for(name)
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty where ``/proc/cpuinfo`` is absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split()[2:]}
+
+
+def resolve_precision(precision: str, device: torch.device, flags: set[str] | None = None) -> str:
+    """``fp32`` or ``bf16`` as given; ``auto`` -> ``bf16`` where ``device`` computes bfloat16
+    natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, per ``flags``,
+    default :func:`cpu_flags`), else ``fp32``: emulated bf16 would be slower than float32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        flags = cpu_flags() if flags is None else flags
+        return "bf16" if {"avx512_bf16", "amx_bf16"} & flags else "fp32"
+    return "fp32"
+
+
 def _make_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a folder for the run (new or to resume)")
@@ -156,6 +179,8 @@ class Run:
         self.out, self.device = start_run(out, threads, device)
         self.main = self.dist.main
         self.kind, self.cfg = kind, cfg
+        # the forward pass's precision on this device (``auto`` resolved), as config.json says
+        self.precision = resolve_precision(getattr(cfg, "precision", "fp32"), self.device)
         self.columns, self.total, self.unit, self.per_step = columns, total, unit, per_step
         self.desc = desc or kind
         self.resumable, self.compare = resumable, compare or {}
@@ -202,6 +227,8 @@ class Run:
     def write_config(self, config_key: str, **extra: Any) -> dict:
         """Save ``config.json``: the kind, the config under ``config_key`` and ``extra``."""
         config = {"kind": self.kind, **extra, config_key: dataclasses.asdict(self.cfg)}
+        if hasattr(self.cfg, "precision"):
+            config["precision"] = self.precision  # what `auto` resolved to on this device
         if self.main:
             write_json(self.out / "config.json", config)
         return config
@@ -238,9 +265,9 @@ class Run:
         return cls(params, fused=True if self.device.type == "cuda" else None, **kw)
 
     def autocast(self) -> torch.autocast:
-        """The forward pass's precision: bf16 autocast with ``precision bf16`` (CUDA and
-        CPU), else float32."""
-        bf16 = getattr(self.cfg, "precision", "fp32") == "bf16"
+        """The forward pass's precision: bf16 autocast with ``precision bf16`` (or ``auto``
+        on a device that computes it natively; CUDA and CPU), else float32."""
+        bf16 = self.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def windows(self, ds: WindowDataset, frames: torch.Tensor | None = None) -> DeviceWindows:
