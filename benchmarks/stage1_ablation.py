@@ -98,6 +98,8 @@ VARIANTS: dict[str, list[str]] = {
     "changed10_bf16_lr2e-3": [*changed(10), "--precision", "bf16", "--learning-rate", "2e-3"],
     # changed pixels weigh 31x, under bfloat16 autocast
     "changed30_bf16": [*changed(30), "--precision", "bf16"],
+    # 101x
+    "changed100_bf16": [*changed(100), "--precision", "bf16"],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
     "laom": LAOM,
     # the same with prediction in embedding space
