@@ -86,13 +86,13 @@ VARIANTS: dict[str, list[str]] = {
     # with what it does not: it sees the amplified o[t] - o[t-1], predicts the change from
     # o[t], and changed pixels weigh 11x (diff10)
     "extrapolate": [*changed(10), "--wm-differences", "--wm-residual"],
-    # the same with the IDM's differences x1: on starpilot x3 and x10 stop even the supervised
-    # IDM from learning
+    # the same with the IDM's differences x1 (on starpilot the supervised IDM stayed at the
+    # majority class with x3 and x10; ceiling_d10_lr3e-4 later showed the cause was lr 1e-3)
     "sprites10_x1": changed(10, threshold=0.2, scale=1),
     # changed10 at the paper's lr: lr 1e-3 holds even the supervised IDM at the majority class
     # on starpilot
     "changed10_lr3e-4": [*changed(10), "--learning-rate", "3e-4"],
-    # changed10 under bfloat16 autocast: about 1.5x the steps per minute on one CPU thread
+    # changed10 under bfloat16 autocast: about 1.4x the steps per minute on one CPU thread
     "changed10_bf16": [*changed(10), "--precision", "bf16"],
     # the same at twice the lr
     "changed10_bf16_lr2e-3": [*changed(10), "--precision", "bf16", "--learning-rate", "2e-3"],
