@@ -224,33 +224,30 @@ class LAMConfig(FastPath):
         return bool(self.labels or self.labels_from)
 
 
+# chosen by measurement on 2 CPU cores: see README "Stage 1"
+_LAM_CPU = LAMConfig(
+    idm_width=1,
+    wm_base=8,
+    idm_differences=True,
+    idm_difference_scale=10.0,
+    changed_pixel_weight=30.0,
+    precision="auto",
+    learning_rate=1e-3,
+    batch_size=32,
+    steps=3_000,
+    warmup_steps=50,
+    eval_every=250,
+    probe_every=500,
+    quantizer=QuantizerConfig(restart_unused_steps=100),
+)
 LAM_PRESETS: dict[str, LAMConfig] = {
     # ../shared/LAPO_NOTES.md: the published configuration, the reference's quantiser included
     "paper": LAMConfig(quantizer=QuantizerConfig(reference_counts=True)),
-    # chosen by measurement on 2 CPU cores: see README "Stage 1"
-    "cpu": LAMConfig(
-        idm_width=1,
-        wm_base=8,
-        idm_differences=True,
-        idm_difference_scale=10.0,
-        changed_pixel_weight=30.0,
-        precision="auto",
-        learning_rate=1e-3,
-        batch_size=32,
-        steps=3_000,
-        warmup_steps=50,
-        eval_every=250,
-        probe_every=500,
-        quantizer=QuantizerConfig(restart_unused_steps=100),
-    ),  # toy sizes for smoke runs: the cpu preset, 60 steps of 16 windows
-    "fast": LAMConfig(
-        idm_width=1,
-        wm_base=8,
-        idm_differences=True,
-        idm_difference_scale=10.0,
-        changed_pixel_weight=30.0,
-        precision="auto",
-        learning_rate=1e-3,
+    "cpu": _LAM_CPU,
+    # toy sizes for smoke runs: the cpu preset, 60 steps of 16 windows (so it follows the cpu
+    # preset's recipe by construction)
+    "fast": dataclasses.replace(
+        _LAM_CPU,
         batch_size=16,
         steps=60,
         warmup_steps=10,
