@@ -164,7 +164,7 @@ def test_reproduce_toy_grid_writes_csv_and_figures(tmp_path, capsys):
     assert main(argv) == 0
     rows = (out / "results.csv").read_text().splitlines()
     methods = {"lapo_offline_k64", "lapo_labels_k64", "bc_k64", "idm_bc_k64", "lapo_online"}
-    methods.add("ppo_scratch")
+    methods |= {"lapo_labels_head_k64", "ppo_scratch"}
     found = {tuple(r.split(",")[:3:2]) for r in rows[1:]}  # (game, method)
     assert found == {("coinrun", m) for m in methods}
     for fig in ("offline_vs_labels.png", "online_curves.png"):

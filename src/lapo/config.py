@@ -195,8 +195,9 @@ class LAMConfig(FastPath):
     """Seed that draws the K labelled windows (the same draw as decode offline and baselines)."""
     labels_from: str = ""
     """Use the labelled windows of this run folder (its labelled_windows.json) instead."""
-    label_weight: float = 0.01
-    """Weight of the labelled cross-entropy beside the prediction loss."""
+    label_weight: float = 3.0
+    """Weight of the labelled cross-entropy beside the prediction loss (3: the best of
+    0.01-10 by stage-1 probe on the coinrun demonstrator's data, README "Labels in stage 1")."""
     label_batch: int = 0
     """Labelled windows per step beside each unlabelled batch; 0 = a quarter of batch_size."""
     max_minutes: float = 0.0

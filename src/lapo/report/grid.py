@@ -87,6 +87,7 @@ def plot_offline(cfg: ReproduceConfig, rows: list[dict], path: Path) -> Path:
     for prefix, label, col in (
         ("lapo_offline_k", "LAPO, offline decoding", "tab:blue"),
         ("lapo_labels_k", "LAPO, the K labels also in stage 1", "tab:purple"),
+        ("lapo_labels_head_k", "the same, decoder from stage 1's head", "tab:pink"),
         ("idm_bc_k", "(b) supervised IDM labels, then BC", "tab:green"),
         ("bc_k", "(a) BC on the labels", "tab:orange"),
     ):

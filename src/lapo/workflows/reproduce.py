@@ -130,8 +130,10 @@ def _bc(cfg: ReproduceConfig, seed: int, *command: str, **options: Any) -> list[
                  config=dataclasses.replace(base, seed=seed), base=base, extra=extra)  # fmt: skip
 
 
-def _offline(policy: Path, data: Path, k: int, seed: int, out: Path) -> list[str]:
-    decode = OfflineConfig(labels=k, seed=seed)
+def _offline(
+    policy: Path, data: Path, k: int, seed: int, out: Path, decoder_init: str = "fresh"
+) -> list[str]:
+    decode = OfflineConfig(labels=k, seed=seed, decoder_init=decoder_init)
     return _lapo("decode", "offline", policy=policy, data=data, out=out, config=decode)
 
 
@@ -154,7 +156,7 @@ def _seed_tasks(
         methods += [f"{m}_k{k}" for m in ("lapo_offline", "bc", "idm_bc")]
     for k in cfg.labels if "labels" in steps else []:
         tasks += labelled_stage1_tasks(cfg, game, seed, k, data, r, data_deps)
-        methods.append(f"lapo_labels_k{k}")
+        methods += [f"lapo_labels_k{k}", f"lapo_labels_head_k{k}"]
     if "online" in steps:
         online = OnlineConfig(frames=cfg.online_frames, seed=seed)
         cmd = _lapo("decode", "online", policy=r / "bc", env=game, out=r / "lapo_online",
@@ -230,8 +232,10 @@ def labelled_stage1_tasks(
     data_deps: tuple[str, ...],
 ) -> list[Task]:
     """LAPO with K labels in stage 1: stage 1 with ``--labels K``, stage 2 on it, and offline
-    decoding on the same K windows (drawn by the same seed as every K-label row)."""
+    decoding on the same K windows (drawn by the same seed as every K-label row), once from a
+    fresh decoder and once from stage 1's action head (``--decoder-init stage1-head``)."""
     lam, bc, dec = r / f"lam_labels_k{k}", r / f"bc_labels_k{k}", r / f"lapo_labels_k{k}"
+    head = r / f"lapo_labels_head_k{k}"
     name = f"{game}/{seed}"
     return [
         Task(
@@ -250,6 +254,12 @@ def labelled_stage1_tasks(
             f"{name}/lapo_labels_k{k}",
             _offline(bc, data, k, seed, dec),
             r / f"lapo_labels_k{k}.done.json",
+            (f"{name}/bc_labels_k{k}",),
+        ),
+        Task(
+            f"{name}/lapo_labels_head_k{k}",
+            _offline(bc, data, k, seed, head, decoder_init="stage1-head"),
+            r / f"lapo_labels_head_k{k}.done.json",
             (f"{name}/bc_labels_k{k}",),
         ),
     ]
