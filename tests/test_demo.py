@@ -218,3 +218,38 @@ def test_grid_summary_has_a_row_per_game_and_method_and_a_mean_over_games(tmp_pa
         "| lapo_offline_k256 | 0.35 ± 0.05 (nan; n=2) | 0.75 ± 0.05 (nan; n=2) | 0.55 |" in summary
     )
     assert Image.open(result["offline"]).width > 300
+
+
+def test_grid_summary_gives_label_margins_in_standard_errors_and_stage1_probes(tmp_path):
+    from lapo.config import REPRODUCE_PRESETS
+    from lapo.report.grid import summarise
+
+    cfg = dataclasses.replace(REPRODUCE_PRESETS["cpu"], games=["coinrun"], seeds=2, labels=[256])
+    g = tmp_path / "coinrun"
+    returns = {"lapo_labels_k256": (6.0, 7.0), "bc_k256": (5.0, 5.0), "idm_bc_k256": (6.5, 6.5)}
+    for seed in range(2):
+        folder = g / f"seed{seed}"
+        folder.mkdir(parents=True)
+        for method, r in returns.items():
+            e = {"mean_return": r[seed], "stderr_return": 0.4, "episodes": 100,
+                 "normalized_return": r[seed] / 10}  # fmt: skip
+            (folder / f"eval_{method}.json").write_text(json.dumps(e))
+        for run, acc in (("lam", 0.30), ("lam_labels_k256", 0.34 + 0.02 * seed)):
+            (folder / run).mkdir()
+            (folder / f"{run}.done.json").write_text("{}")
+            (folder / run / "metrics.csv").write_text(
+                f"step,probe_acc,probe_balanced_acc\n0,0.2,0.1\n100,,\n200,{acc},{acc / 2}\n300,,\n"
+            )
+        (folder / "idm_bc_k256").mkdir()
+        (folder / "idm_bc_k256.done.json").write_text("{}")
+        idm = {"idm_test_accuracy": 0.26, "idm_test_balanced_accuracy": 0.11}
+        (folder / "idm_bc_k256" / "supervised_idm.json").write_text(json.dumps(idm))
+    (g / "seed1" / "lam.done.json").unlink()  # an unfinished run does not count
+    assert summarise(cfg, tmp_path)["evaluations"] == 6
+    summary = (tmp_path / "summary.md").read_text()
+    # differences (1, 2): mean 1.5, std 0.707, s.e. 0.5 -> 3.0; (-0.5, 0.5): 0 +- 0.5 -> 0.0
+    assert "| lapo_labels_k256 - bc_k256 | +1.50 (+3.0 s.e.; n=2) |" in summary
+    assert "| lapo_labels_k256 - idm_bc_k256 | +0.00 (+0.0 s.e.; n=2) |" in summary
+    assert "| stage 1, video only | 0.300 / 0.150 (n=1) |" in summary
+    assert "| stage 1 with K = 256 labels | 0.350 / 0.175 (n=2) |" in summary
+    assert "| (b)'s supervised IDM on K = 256 | 0.260 / 0.110 (n=2) |" in summary

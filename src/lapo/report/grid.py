@@ -70,6 +70,7 @@ def summarise(cfg: ReproduceConfig, out: Path) -> dict:
             cells.append(f"{a.mean():.2f} ± {a.std():.2f} ({d.mean():.2f}; n={len(v)})")
             means.append(a.mean())
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(means):.2f} |")
+    lines += labels_margins(cfg, rows) + stage1_probes(cfg, out)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     figures = {}
     if any(r["method"].startswith("lapo_offline_k") for r in rows):
@@ -78,6 +79,97 @@ def summarise(cfg: ReproduceConfig, out: Path) -> dict:
     if curves:
         figures["online"] = str(plot_online(curves, out / "online_curves.png"))
     return {"evaluations": len(rows), "summary": str(out / "summary.md"), **figures}
+
+
+def labels_margins(cfg: ReproduceConfig, rows: list[dict]) -> list[str]:
+    """Markdown lines: LAPO with the K labels in stage 1 (each decoder start) against baselines
+    (a) and (b) on the same K windows, per game: the mean over seeds of the paired difference
+    in return, and that in standard errors (over seeds when there are two or more, so training
+    noise counts; with one seed, the two evaluations' episode standard errors)."""
+    ret = {(r["game"], r["seed"], r["method"]): r for r in rows}
+    lines = []
+    for k in sorted(cfg.labels):
+        for ours in (f"lapo_labels_k{k}", f"lapo_labels_head_k{k}"):
+            for base in (f"bc_k{k}", f"idm_bc_k{k}"):
+                cells = []
+                for g in cfg.games:
+                    pairs = [(ret[g, s, ours], ret[g, s, base]) for s in range(cfg.seeds)
+                             if (g, s, ours) in ret and (g, s, base) in ret]  # fmt: skip
+                    cells.append(_margin(pairs))
+                if any(cells):
+                    lines.append(f"| {ours} - {base} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [
+        "",
+        "Labels in stage 1 against the baselines on the same K windows: mean over seeds of "
+        "the paired difference in raw return, and the difference in standard errors.",
+        "",
+        "| difference | " + " | ".join(cfg.games) + " |",
+        "|---|" + "---|" * len(cfg.games),
+        *lines,
+    ]
+
+
+def _margin(pairs: list[tuple[dict, dict]]) -> str:
+    if not pairs:
+        return ""
+    d = np.array([a["mean_return"] - b["mean_return"] for a, b in pairs])
+    if len(d) >= 2:
+        se = d.std(ddof=1) / math.sqrt(len(d))
+    else:
+        a, b = pairs[0]
+        se = math.hypot(a["stderr_return"], b["stderr_return"])
+    return f"{d.mean():+.2f} ({d.mean() / se:+.1f} s.e.; n={len(d)})" if se > 0 else ""
+
+
+def stage1_probes(cfg: ReproduceConfig, out: Path) -> list[str]:
+    """Markdown lines: the latent probe (accuracy / balanced accuracy on held-out windows) of
+    stage 1 without and with the K labels, beside the test accuracy of baseline (b)'s
+    supervised IDM trained on the same K labels; mean over seeds."""
+    runs = [("lam", "stage 1, video only", _probe_of_lam)]
+    for k in sorted(cfg.labels):
+        runs.append((f"lam_labels_k{k}", f"stage 1 with K = {k} labels", _probe_of_lam))
+        runs.append((f"idm_bc_k{k}", f"(b)'s supervised IDM on K = {k}", _probe_of_idm))
+    lines = []
+    for folder, label, read in runs:
+        cells = []
+        for g in cfg.games:
+            v = [read(out / g / f"seed{s}" / folder) for s in range(cfg.seeds)]
+            v = np.array([x for x in v if x is not None])
+            cells.append(
+                f"{v[:, 0].mean():.3f} / {v[:, 1].mean():.3f} (n={len(v)})" if len(v) else ""
+            )
+        if any(cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [
+        "",
+        "Action probe on held-out windows, accuracy / balanced accuracy, mean over seeds "
+        "(stage 1: the probe of its last evaluation; (b): its IDM's test accuracy).",
+        "",
+        "| latent | " + " | ".join(cfg.games) + " |",
+        "|---|" + "---|" * len(cfg.games),
+        *lines,
+    ]
+
+
+def _probe_of_lam(run: Path) -> tuple[float, float] | None:
+    if not run.with_name(run.name + ".done.json").exists():  # finished runs only
+        return None
+    with open(run / "metrics.csv") as fh:
+        probed = [r for r in csv.DictReader(fh) if r.get("probe_acc")]
+    if not probed:
+        return None
+    return float(probed[-1]["probe_acc"]), float(probed[-1]["probe_balanced_acc"])
+
+
+def _probe_of_idm(run: Path) -> tuple[float, float] | None:
+    if not run.with_name(run.name + ".done.json").exists():
+        return None
+    r = json.loads((run / "supervised_idm.json").read_text())
+    return r["idm_test_accuracy"], r["idm_test_balanced_accuracy"]
 
 
 def plot_offline(cfg: ReproduceConfig, rows: list[dict], path: Path) -> Path:
