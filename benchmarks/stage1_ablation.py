@@ -106,7 +106,7 @@ VARIANTS: dict[str, list[str]] = {
     "laom_embedding": [*LAOM, "--wm-target", "embedding"],
 }
 # name -> options of benchmarks/supervised_idm.py (beside --lr 1e-3 --batch 32 --differences);
-# supervised_kK: ceiling_d10 on only the K labelled windows
+# supervised_kK: ceiling_d10 on only the K labelled windows; NAME+kK: ceiling NAME on them
 CEILINGS: dict[str, list[str]] = {
     # the supervised IDM on every true action, frame differences x1
     "ceiling": ["--difference-scale", "1"],
@@ -121,16 +121,31 @@ CEILINGS: dict[str, list[str]] = {
 HERE = Path(__file__).resolve().parent
 
 
+def ceiling_of(variant: str) -> tuple[str, str] | None:
+    """``(ceiling, K)`` of a supervised run: one of ``CEILINGS`` (K = 0: every label),
+    ``supervised_kK`` (ceiling_d10 on K labels) or ``NAME+kK`` (ceiling NAME on K labels);
+    None for a stage-1 variant."""
+    if variant in CEILINGS:
+        return variant, "0"
+    if variant.startswith("supervised_k"):
+        return "ceiling_d10", variant[len("supervised_k") :]
+    name, _, k = variant.partition("+k")
+    return (name, k) if name in CEILINGS and k.isdigit() else None
+
+
 def is_ceiling(variant: str) -> bool:
-    """A supervised run: one of ``CEILINGS`` or ``supervised_kK`` (on K labels)."""
-    return variant in CEILINGS or variant.startswith("supervised_k")
+    return ceiling_of(variant) is not None
 
 
-def variant_options(variant: str) -> list[str]:
-    """``lam train`` options of a named variant; ``labels_kK``: diff10 with K labels."""
+def variant_options(variant: str) -> list[str] | None:
+    """``lam train`` options of a named variant; ``labels_kK``: diff10 with K labels;
+    ``NAME+labels_kK``: variant NAME with K labels; None if unknown."""
     if variant.startswith("labels_k"):
         return ["--idm-difference-scale", "10", "--labels", variant[len("labels_k") :]]
-    return VARIANTS[variant]
+    name, _, k = variant.partition("+labels_k")
+    if name in VARIANTS and k.isdigit():
+        return [*VARIANTS[name], "--labels", k]
+    return VARIANTS.get(variant)
 
 
 def name_of(data: Path) -> str:
@@ -185,12 +200,12 @@ def run_variant(data: Path, out: Path, options: list[str], args: argparse.Namesp
 def run_ceiling(data: Path, out: Path, args: argparse.Namespace, variant: str) -> None:
     """The supervised IDM on the true actions for the same time; its curve as JSON lines."""
     out.mkdir(parents=True, exist_ok=True)
-    labels = variant[len("supervised_k") :] if variant.startswith("supervised_k") else "0"
+    ceiling, labels = ceiling_of(variant)
     cmd = [sys.executable, str(HERE / "supervised_idm.py"), "--data", str(data)]
     cmd += ["--minutes", str(args.minutes), "--threads", str(args.threads), "--differences"]
     cmd += ["--lr", "1e-3", "--batch", "32", "--eval-every", str(args.ceiling_eval_every)]
     cmd += ["--seed", str(args.seed), "--labels", labels]
-    cmd += CEILINGS.get(variant, CEILINGS["ceiling_d10"])  # later options win
+    cmd += CEILINGS[ceiling]  # later options win
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith('{"seconds"')]
     final = json.loads(res.stdout[res.stdout.index("{\n") :])["final"]
@@ -247,7 +262,7 @@ def on_disk(out: Path) -> tuple[list[str], list[str]]:
     games = sorted(d.name for d in out.iterdir() if d.is_dir())
     found = {v.name for g in games for v in (out / g).iterdir() if v.is_dir()}
     named = [v for v in VARIANTS if v in found]
-    labels = sorted(v for v in found if v.startswith("labels_k"))
+    labels = sorted(v for v in found if v.startswith("labels_k") or "+labels_k" in v)
     return games, named + labels + sorted(v for v in found if is_ceiling(v))
 
 
@@ -346,8 +361,9 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         default="vq_restarts,laom,ceiling",
-        help=f"comma-separated, from: {', '.join(VARIANTS)}, labels_kK (stage 1 with K labels); "
-        f"the supervised IDM: {', '.join(CEILINGS)}, supervised_kK (on K labels)",
+        help=f"comma-separated, from: {', '.join(VARIANTS)}, labels_kK (diff10 with K labels), "
+        "NAME+labels_kK (variant NAME with K labels); the supervised IDM: "
+        f"{', '.join(CEILINGS)}, supervised_kK (ceiling_d10 on K labels), NAME+kK",
     )
     ap.add_argument("--minutes", type=float, default=15.0, help="training minutes per run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once")
@@ -363,11 +379,7 @@ def main() -> None:
     args = ap.parse_args()
     datas = [Path(d) for d in args.data.split(",")]
     variants = args.variants.split(",")
-    unknown = [
-        v
-        for v in variants
-        if not is_ceiling(v) and not v.startswith("labels_k") and v not in VARIANTS
-    ]
+    unknown = [v for v in variants if not is_ceiling(v) and variant_options(v) is None]
     if unknown:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     for d in datas:
