@@ -100,6 +100,12 @@ VARIANTS: dict[str, list[str]] = {
     "changed30_bf16": [*changed(30), "--precision", "bf16"],
     # 101x
     "changed100_bf16": [*changed(100), "--precision", "bf16"],
+    # the cpu preset with the latent at every up-block and the head of the world model: on
+    # starpilot the world model's error barely grows with another window's latent (1.03x)
+    "changed30_bf16_everywhere": [*changed(30), "--precision", "bf16", "--wm-action-everywhere"],
+    # the cpu preset with a twice-as-wide world model (U-Net base 16), which may explain more of
+    # what moves without the agent from its context and leave the latent the action
+    "changed30_bf16_wm16": [*changed(30), "--precision", "bf16", "--wm-base", "16"],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
     "laom": LAOM,
     # the same with prediction in embedding space

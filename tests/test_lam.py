@@ -301,6 +301,7 @@ REMEDIES = {
     "no_ignore": dict(wm_mask_past=1.0, latent_var_floor=0.01),
     "wm_differences": dict(idm_differences=True, idm_difference_scale=10.0, wm_differences=True),
     "wide_continuous": dict(quantizer=QuantizerConfig(kind="none", continuous_dim=512)),
+    "action_everywhere": dict(wm_action_everywhere=True),
 }
 
 

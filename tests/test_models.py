@@ -55,3 +55,18 @@ def test_world_model_and_idm_shapes():
     assert pred.abs().max() <= 0.5
     # the prediction depends on the action
     assert not torch.allclose(pred, wm(frames[:, :2], out.z_q + 1.0))
+
+
+def test_action_everywhere_reaches_every_up_block_and_the_head():
+    torch.manual_seed(0)
+    context, action = torch.rand(2, 2, 3, 64, 64) - 0.5, torch.randn(2, 8)
+    wm = WorldModel(action_dim=8, context_frames=2, base=4, action_everywhere=True)
+    pred = wm(context, action)
+    assert pred.shape == (2, 3, 64, 64) and pred.abs().max() <= 0.5
+    pred.sum().backward()
+    # the head's action channels (after the b = 4 feature and 6 frame channels) and each shift
+    assert wm.head_action.weight.grad[:, 4 + 6 :].abs().sum() > 0
+    assert all(shift.weight.grad.abs().sum() > 0 for shift in wm.up_shift)
+    # without the option the parameters are LAPO's, so older checkpoints still load
+    plain = WorldModel(action_dim=8, context_frames=2, base=4).state_dict()
+    assert "head.0.weight" in plain and not any(k.startswith("up_shift") for k in plain)

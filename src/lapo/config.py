@@ -141,6 +141,9 @@ class LAMConfig(FastPath):
     can extrapolate from its context is explicit and the latent need only carry the rest."""
     wm_residual: bool = False
     """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
+    wm_action_everywhere: bool = False
+    """The latent action also reaches every up-block of the world model (a per-channel shift)
+    and its output head (tiled over the image), not only its first layer and bottleneck."""
     changed_pixel_weight: float = 0.0
     """Extra MSE weight on pixels that differ between o[t] and o[t+1]; 0 = plain MSE (LAPO)."""
     changed_pixel_threshold: float = 0.0

@@ -1,6 +1,6 @@
 """The world model (forward dynamics): a U-Net that predicts o[t+1] from o[t-1], o[t] and
 the quantised latent action, which it receives twice: tiled over the input image and at the
-1x1 bottleneck (as in LAPO)."""
+1x1 bottleneck (as in LAPO); optionally at every up-block and the output head too."""
 
 from __future__ import annotations
 
@@ -156,6 +156,12 @@ class WorldModel(nn.Module):
     With ``residual`` the network predicts the change instead: ``o[t] + tanh(x)``, starting from
     exactly ``o[t]`` (zero-initialised output layer), so training spends no steps learning to
     copy the static background and the loss is about what moved from the first step.
+
+    With ``action_everywhere`` the latent action also reaches every resolution on the way up: a
+    per-channel shift (a linear map of the action) after each up-block, and the head's first
+    convolution sees it tiled over the 64x64 image, beside the input frames it copies from. A
+    sprite's move then depends on the action at full resolution, not only through the
+    bottleneck and the first layer.
     """
 
     def __init__(
@@ -165,9 +171,11 @@ class WorldModel(nn.Module):
         base: int = 24,
         image_size: int = 64,
         residual: bool = False,
+        action_everywhere: bool = False,
     ) -> None:
         super().__init__()
         self.residual = residual
+        self.action_everywhere = action_everywhere
         if image_size != 64:
             raise ValueError("the world model's U-Net is built for 64x64 frames")
         c_in = 3 * context_frames
@@ -191,6 +199,10 @@ class WorldModel(nn.Module):
         if residual:
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
+        if action_everywhere:
+            self.up_shift = nn.ModuleList(nn.Linear(action_dim, ups[i + 1]) for i in range(6))
+            self.head_action = TiledActionConv(b + c_in, action_dim, b)
+            self.head[0] = nn.Identity()  # its convolution is head_action's
 
     def forward(self, context: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         B, T, C, H, W = context.shape
@@ -204,7 +216,12 @@ class WorldModel(nn.Module):
         skips.append(action[:, :, None, None])  # (B, A, 1, 1)
         for i, block in enumerate(self.up):
             x = block(torch.cat([x, skips[-1 - i]], 1))  # ... -> (B, b, 64, 64)
-        out = torch.tanh(self.head(torch.cat([x, state], 1)))  # (B, 3, 64, 64)
+            if self.action_everywhere:
+                x = x + self.up_shift[i](action)[:, :, None, None]  # + (B, C, 1, 1)
+        x = torch.cat([x, state], 1)  # (B, b + 3T, 64, 64)
+        if self.action_everywhere:
+            x = self.head_action(x, action)  # (B, b, 64, 64): the action tiled over it too
+        out = torch.tanh(self.head(x))  # (B, 3, 64, 64)
         if self.residual:
             return context[:, -1] + out  # o[t] + change
         return out / 2

@@ -58,7 +58,11 @@ class LatentActionModel(nn.Module):
             self.world_model = EmbeddingWorldModel(cfg.quantizer.latent_dim, context, cfg.idm_width)
         else:
             self.world_model = WorldModel(
-                cfg.quantizer.latent_dim, context, base=cfg.wm_base, residual=cfg.wm_residual
+                cfg.quantizer.latent_dim,
+                context,
+                base=cfg.wm_base,
+                residual=cfg.wm_residual,
+                action_everywhere=cfg.wm_action_everywhere,
             )
 
     @property
