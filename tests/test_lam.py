@@ -294,6 +294,24 @@ def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path, kill_a
     assert steps == list(range(0, 41, 4))
 
 
+def test_a_run_written_before_a_setting_existed_resumes_with_its_default(data, tmp_path):
+    from lapo.checkpoint import CheckpointError, save_tensors
+
+    cfg = LAMConfig(**{**TOY, "steps": 2, "eval_every": 2, "probe_every": 0})
+    train_lam(cfg, data, tmp_path / "run", progress=False)
+    # the checkpoint as an older version wrote it: without two settings added since
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    tensors, meta = load_tensors(ckpt)
+    del meta["config"]["wm_action_everywhere"], meta["config"]["quantizer"]["reference_counts"]
+    save_tensors(ckpt, tensors, meta)
+    longer = dataclasses.replace(cfg, steps=4, eval_every=4)
+    assert train_lam(longer, data, tmp_path / "run", progress=False)["steps"] == 4
+    # a setting that was written and differs is still refused
+    with pytest.raises(CheckpointError, match="learning_rate"):
+        train_lam(dataclasses.replace(longer, steps=6, learning_rate=1e-2), data,
+                  tmp_path / "run", progress=False)  # fmt: skip
+
+
 REMEDIES = {
     "lookahead": dict(idm_lookahead=3),
     "shift": dict(aug_shift=4),

@@ -137,6 +137,27 @@ class CsvLog:
         self.file.close()
 
 
+def with_defaults(saved: dict, cfg: Any) -> dict:
+    """``saved`` (a config dataclass as a dict, maybe written by an older version) with each
+    field of ``cfg``'s class that it lacks set to that field's default (one level of nested
+    config dataclasses too)."""
+    out = dict(saved)
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        if dataclasses.is_dataclass(default):
+            default = dataclasses.asdict(default)
+        if f.name not in out:
+            out[f.name] = default
+        elif isinstance(default, dict) and isinstance(out[f.name], dict):
+            out[f.name] = {**default, **out[f.name]}
+    return out
+
+
 class Run:
     """One training run's folder and bookkeeping (see the module docstring).
 
@@ -216,7 +237,12 @@ class Run:
             )
         if found:
             tensors, meta = load_tensors(self.ckpt)
-            saved = {**meta["config"], **{k: meta.get(k) for k in self.compare}}
+            # a setting added to the config after the checkpoint was written counts as its
+            # default there, so an upgrade does not strand a run
+            saved = {
+                **with_defaults(meta["config"], self.cfg),
+                **{k: meta.get(k) for k in self.compare},
+            }
             refuse_changed_settings(self.ckpt, saved, self.settings(), self.resumable)
             restore_training_state(tensors, meta, model, optimizer, rng)
             if "rng/cuda" in tensors and self.device.type == "cuda":
