@@ -87,7 +87,7 @@ def labels_margins(cfg: ReproduceConfig, rows: list[dict]) -> list[str]:
     in return, and that in standard errors (over seeds when there are two or more, so training
     noise counts; with one seed, the two evaluations' episode standard errors)."""
     ret = {(r["game"], r["seed"], r["method"]): r for r in rows}
-    lines = []
+    table: dict[str, list[str]] = {}
     for k in sorted(cfg.labels):
         for ours in (f"lapo_labels_k{k}", f"lapo_labels_head_k{k}"):
             for base in (f"bc_k{k}", f"idm_bc_k{k}"):
@@ -96,19 +96,22 @@ def labels_margins(cfg: ReproduceConfig, rows: list[dict]) -> list[str]:
                     pairs = [(ret[g, s, ours], ret[g, s, base]) for s in range(cfg.seeds)
                              if (g, s, ours) in ret and (g, s, base) in ret]  # fmt: skip
                     cells.append(_margin(pairs))
-                if any(cells):
-                    lines.append(f"| {ours} - {base} | " + " | ".join(cells) + " |")
+                table[f"{ours} - {base}"] = cells
+    caption = (
+        "Labels in stage 1 against the baselines on the same K windows: mean over seeds of "
+        "the paired difference in raw return, and the difference in standard errors."
+    )
+    return _table(caption, "difference", cfg.games, table)
+
+
+def _table(caption: str, first: str, games: list[str], rows: dict[str, list[str]]) -> list[str]:
+    """Markdown lines: ``caption``, then a table with a column per game and a row per entry
+    of ``rows`` (name -> cells) that has any cell; nothing if none has."""
+    lines = [f"| {name} | " + " | ".join(c) + " |" for name, c in rows.items() if any(c)]
     if not lines:
         return []
-    return [
-        "",
-        "Labels in stage 1 against the baselines on the same K windows: mean over seeds of "
-        "the paired difference in raw return, and the difference in standard errors.",
-        "",
-        "| difference | " + " | ".join(cfg.games) + " |",
-        "|---|" + "---|" * len(cfg.games),
-        *lines,
-    ]
+    header = [f"| {first} | " + " | ".join(games) + " |", "|---|" + "---|" * len(games)]
+    return ["", caption, "", *header, *lines]
 
 
 def _margin(pairs: list[tuple[dict, dict]]) -> str:
@@ -131,7 +134,7 @@ def stage1_probes(cfg: ReproduceConfig, out: Path) -> list[str]:
     for k in sorted(cfg.labels):
         runs.append((f"lam_labels_k{k}", f"stage 1 with K = {k} labels", _probe_of_lam))
         runs.append((f"idm_bc_k{k}", f"(b)'s supervised IDM on K = {k}", _probe_of_idm))
-    lines = []
+    table: dict[str, list[str]] = {}
     for folder, label, read in runs:
         cells = []
         for g in cfg.games:
@@ -140,19 +143,12 @@ def stage1_probes(cfg: ReproduceConfig, out: Path) -> list[str]:
             cells.append(
                 f"{v[:, 0].mean():.3f} / {v[:, 1].mean():.3f} (n={len(v)})" if len(v) else ""
             )
-        if any(cells):
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if not lines:
-        return []
-    return [
-        "",
+        table[label] = cells
+    caption = (
         "Action probe on held-out windows, accuracy / balanced accuracy, mean over seeds "
-        "(stage 1: the probe of its last evaluation; (b): its IDM's test accuracy).",
-        "",
-        "| latent | " + " | ".join(cfg.games) + " |",
-        "|---|" + "---|" * len(cfg.games),
-        *lines,
-    ]
+        "(stage 1: the probe of its last evaluation; (b): its IDM's test accuracy)."
+    )
+    return _table(caption, "latent", cfg.games, table)
 
 
 def _probe_of_lam(run: Path) -> tuple[float, float] | None:
