@@ -259,7 +259,6 @@ LAM_PRESETS: dict[str, LAMConfig] = {
         probe_every=30,
         probe_train=512,
         probe_test=256,
-        quantizer=QuantizerConfig(restart_unused_steps=100),
     ),
 }
 
