@@ -256,10 +256,12 @@ def random_bigfish(tmp_path_factory):
 
 
 def test_cpu_preset_beats_its_untrained_idm_on_real_frames(random_bigfish, tmp_path):
-    # the `cpu` preset as it is (changed pixels weigh 31x, bf16 where native), 1,000 steps on real random-policy
-    # bigfish frames: the latent must carry more of the action than the same IDM untrained
+    # the `cpu` preset as it is (changed pixels weigh 31x, bf16 where native), 800 steps on real
+    # random-policy bigfish frames: the latent must carry more of the action than the same IDM
+    # untrained. Measured on this data (2 cores): probe 0.076 untrained, 0.076 at step 500,
+    # 0.119 at 750, 0.169 at 1,000; the pass mark is 0.090
     cfg = dataclasses.replace(
-        preset("cpu"), steps=1_000, eval_every=1_000, probe_every=1_000, probe_test=4096, threads=2
+        preset("cpu"), steps=800, eval_every=800, probe_every=800, probe_test=4096, threads=2
     )
     summary = train_lam(cfg, random_bigfish, tmp_path / "run", progress=False)
     # the world model learns: test MSE well below the untrained model's
@@ -487,11 +489,11 @@ def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
         **TOY,
         "idm_differences": True,
         "idm_difference_scale": 10.0,
-        "steps": 300,
+        "steps": 200,
         "batch_size": 8,
         "learning_rate": 1e-3,
-        "eval_every": 300,
-        "probe_every": 300,
+        "eval_every": 200,
+        "probe_every": 200,
         "probe_train": 2_048,
         "probe_test": 2_048,
         "threads": 2,
@@ -503,5 +505,6 @@ def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
         tmp_path / "labels",
         progress=False,
     )
-    # 2,048 test windows: one standard error of an accuracy near 0.15 is about 0.008
+    # 2,048 test windows: one standard error of an accuracy near 0.15 is about 0.008. Measured
+    # (2 cores): 0.115 without labels, 0.168 with them; 0.116 and 0.171 at 300 steps
     assert labelled["probe_accuracy"] > video["probe_accuracy"] + 0.03, (labelled, video)
