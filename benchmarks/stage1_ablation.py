@@ -106,6 +106,9 @@ VARIANTS: dict[str, list[str]] = {
     # the cpu preset with a twice-as-wide world model (U-Net base 16), which may explain more of
     # what moves without the agent from its context and leave the latent the action
     "changed30_bf16_wm16": [*changed(30), "--precision", "bf16", "--wm-base", "16"],
+    # the cpu preset whose IDM sees o[t+k], k drawn from 1..2, while the world model predicts
+    # o[t+1] (LAOM's first remedy, on its own without LAOM's other changes)
+    "changed30_bf16_lookahead2": [*changed(30), "--precision", "bf16", "--idm-lookahead", "2"],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
     "laom": LAOM,
     # the same with prediction in embedding space
