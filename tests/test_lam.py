@@ -314,6 +314,21 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(data, t
                   tmp_path / "run", progress=False)  # fmt: skip
 
 
+def test_label_settings_bind_a_resume_only_when_stage1_uses_labels(data, tmp_path):
+    from lapo.checkpoint import CheckpointError
+
+    short = dict(TOY, steps=2, eval_every=2, probe_every=0)
+    # a video-only run written when the default label weight was 0.01 resumes under today's
+    train_lam(LAMConfig(**short, label_weight=0.01), data, tmp_path / "video", progress=False)
+    longer = dict(short, steps=4, eval_every=4)
+    assert train_lam(LAMConfig(**longer), data, tmp_path / "video", progress=False)["steps"] == 4
+    # with labels the weight shapes the loss: a changed weight is refused
+    train_lam(LAMConfig(**short, labels=16, label_weight=0.01), data, tmp_path / "labels",
+              progress=False)  # fmt: skip
+    with pytest.raises(CheckpointError, match="label_weight"):
+        train_lam(LAMConfig(**longer, labels=16), data, tmp_path / "labels", progress=False)
+
+
 REMEDIES = {
     "lookahead": dict(idm_lookahead=3),
     "shift": dict(aug_shift=4),

@@ -227,6 +227,12 @@ class LAMConfig(FastPath):
         """Stage 1 with a few action labels (``labels`` or ``labels_from`` given)."""
         return bool(self.labels or self.labels_from)
 
+    def resumable(self) -> tuple[str, ...]:
+        """The settings a resumed run may change: :data:`LAM_RESUMABLE`, and the label settings
+        when stage 1 uses no labels, since they then shape nothing (a video-only run written
+        when the default label weight was 0.01 resumes under today's default)."""
+        return LAM_RESUMABLE + (() if self.uses_labels else LABEL_SETTINGS)
+
 
 # chosen by measurement on 2 CPU cores: see README "Stage 1"
 _LAM_CPU = LAMConfig(
@@ -281,6 +287,8 @@ LAM_RESUMABLE = (
     "max_minutes",
     *FAST_PATH,
 )
+# how the labelled windows are drawn and weighed: inert in a stage 1 without labels
+LABEL_SETTINGS = ("labels_seed", "label_weight", "label_batch")
 
 
 def lam_preset(name: str) -> LAMConfig:

@@ -24,7 +24,7 @@ from torch import nn
 
 from lapo import distributed
 from lapo.checkpoint import load_tensors
-from lapo.config import LAM_RESUMABLE, LAMConfig
+from lapo.config import LAMConfig
 from lapo.data.checks import dataset_for
 from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.data.format import DatasetError, open_dataset
@@ -394,7 +394,7 @@ def train_lam(
     """Train stage 1 on the dataset ``data`` into ``out``; resumes from its checkpoint. Under
     torchrun, data-parallel over the processes (see :mod:`lapo.runs`)."""
     run = Run(out, "lam", cfg, columns=LAM_COLUMNS, total=cfg.steps, desc="stage 1",
-              resumable=LAM_RESUMABLE, progress=progress)  # fmt: skip
+              resumable=cfg.resumable(), progress=progress)  # fmt: skip
     with run:
         d = stage1_data(cfg, data, run.out)
         batches = Stage1Batches(d, cfg, run)
