@@ -21,7 +21,13 @@ from lapo.config import (
     lam_preset,
     to_flags,
 )
-from lapo.workflows.reproduce import build_tasks
+from lapo.progress import EstimatedProgress
+from lapo.workflows.reproduce import (
+    CPU_STEP_SECONDS,
+    build_tasks,
+    estimated_seconds,
+    step_kind,
+)
 
 
 def one_line_error(capsys, *text: str) -> None:
@@ -157,6 +163,41 @@ def test_reproduce_commands_parse_to_the_configs_they_were_built_from(tmp_path):
             want = dataclasses.replace(want, labels=64, labels_seed=seed)
         assert command_config(parser.parse_args(argv), LAMConfig) == want, name
     assert {t.name for t in tasks} >= {"bigfish/expert", "coinrun/1/ppo_scratch"}
+
+
+def test_the_grid_bar_weighs_steps_by_the_measured_time_of_their_kind(tmp_path):
+    cfg = dataclasses.replace(REPRODUCE_PRESETS["cpu"], games=["coinrun"], seeds=2, labels=[64])
+    tasks = build_tasks(cfg, tmp_path)
+    assert step_kind("coinrun/1/idm_bc_k64") == "idm_bc"
+    assert step_kind("coinrun/0/eval_lapo_labels_head_k64") == "eval"
+    before = estimated_seconds(tasks, cfg)
+    assert before["coinrun/1/lam"] == CPU_STEP_SECONDS["lam"]  # nothing measured yet: the prior
+    # seed 0's stage 1 took 800 s and its K=64 idm-bc 90 s; a finished evaluation's marker
+    # is its own report (no wall_seconds) and is not counted
+    (tmp_path / "coinrun/seed0").mkdir(parents=True)
+    (tmp_path / "coinrun/seed0/lam.done.json").write_text(json.dumps({"wall_seconds": 800.0}))
+    (tmp_path / "coinrun/seed0/idm_bc_k64.done.json").write_text('{"wall_seconds": 90}')
+    (tmp_path / "coinrun/seed0/eval_bc_k64.json").write_text('{"mean_return": 1.0}')
+    after = estimated_seconds(tasks, cfg)
+    assert after["coinrun/1/lam"] == after["coinrun/0/lam"] == 800.0
+    assert after["coinrun/1/idm_bc_k64"] == 90.0
+    assert after["coinrun/1/lam_labels_k64"] == CPU_STEP_SECONDS["lam_labels"]
+    assert after["coinrun/1/eval_bc_k64"] == CPU_STEP_SECONDS["eval"]
+
+
+def test_the_estimated_bar_runs_with_the_clock_but_never_past_a_steps_estimate():
+    bar = EstimatedProgress({"a": 10.0, "b": 100.0, "c": 5.0}, done={"c"}, enabled=False)
+    try:
+        assert bar.bar.n == 5.0  # c counted as done
+        bar.start("a")
+        bar.start("b")
+        bar.running["a"] -= 60.0  # a began a minute ago: held at 95% of its 10 s
+        bar.running["b"] -= 20.0  # b 20 s ago: 20 of its 100 s
+        assert abs(bar._target() - (5.0 + 9.5 + 20.0)) < 0.5
+        bar.finish("a")
+        assert abs(bar._target() - (15.0 + 20.0)) < 0.5
+    finally:
+        bar.close()
 
 
 def test_stage3_presets_are_named_and_the_default_is_the_published_one():

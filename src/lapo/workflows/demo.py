@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -48,6 +47,7 @@ from lapo.data.dataset import WindowDataset
 from lapo.envs import normalized_return
 from lapo.evaluation.episodes import evaluate
 from lapo.evaluation.policies import load_policy
+from lapo.progress import EstimatedProgress
 from lapo.report.demo import write_demo_report
 from lapo.report.latents import plot_lam
 from lapo.runkinds import lam_config_from_dict
@@ -89,52 +89,6 @@ def find_resumable(root: Path, cfg: DemoConfig) -> Path | None:
         if read_json(cfg_file) == dataclasses.asdict(cfg):
             return run
     return None
-
-
-class StageProgress:
-    """One progress bar across all stages, in estimated seconds: it advances with the clock
-    inside a stage (up to that stage's estimate) and jumps to the stage's end when it ends, so
-    the ETA improves as stages finish."""
-
-    def __init__(self, weights: dict[str, float], done: set[str], enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.weights = weights
-        self.bar = tqdm(
-            total=sum(weights.values()),
-            initial=sum(w for s, w in weights.items() if s in done),
-            unit="s",
-            bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
-            disable=not enabled,
-            dynamic_ncols=True,
-        )
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def run(self, index: int, name: str) -> None:
-        self.bar.set_description(f"demo [{index}/{len(self.weights)}] {name}")
-        self._stop.clear()
-        start, budget = self.bar.n, self.weights[name]
-
-        def tick() -> None:
-            t0 = time.time()
-            while not self._stop.wait(0.5):
-                target = start + min(time.time() - t0, 0.95 * budget)
-                if target > self.bar.n:
-                    self.bar.update(target - self.bar.n)
-
-        self._thread = threading.Thread(target=tick, daemon=True)
-        self._thread.start()
-
-    def finish(self, name: str, end: float) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.bar.update(max(end - self.bar.n, 0))
-
-    def close(self) -> None:
-        self._stop.set()
-        self.bar.close()
 
 
 class Demo:
@@ -361,14 +315,12 @@ def run_demo(
     scale = 1.0 if cfg.lam_steps >= 1_000 else 0.15  # --fast sizes take a fraction
     todo = demo_stages(cfg)
     weights = {k: STAGES[k] * scale for k in todo}
-    bar = StageProgress(weights, set(stages), progress)
-    done_at = 0.0
+    bar = EstimatedProgress(weights, set(stages), progress)
     try:
         for i, (name, stage) in enumerate(todo.items(), 1):
-            done_at += weights[name]
             if name in stages:
                 continue
-            bar.run(i, name)
+            bar.start(name, f"demo [{i}/{len(todo)}] {name}")
             t0 = time.time()
             result = stage(demo)
             stages[name] = {
@@ -377,7 +329,7 @@ def run_demo(
                 "result": json.loads(json.dumps(result, default=str)),
             }
             write_json(stages_file, stages)
-            bar.finish(name, done_at)
+            bar.finish(name)
             if name == stop_after:
                 break
     finally:

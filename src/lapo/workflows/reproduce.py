@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ from lapo.config import (
     preset,
     to_flags,
 )
+from lapo.progress import EstimatedProgress
 from lapo.report.grid import summarise
 
 # measured rates on the 2-core CPU of README's figures (channels-last fp32): stage 1 paper
@@ -50,6 +52,23 @@ CPU_HOURS_PAPER = {
     "online": 4_000_000 / 110 / 3600,
     "ppo": 4_000_000 / 30 / 3600,
 }
+
+
+# rough seconds per grid step of the `cpu` preset, one thread each on the 2-core CPU (the coinrun
+# grid of README); they weight the progress bar until a step of the same kind has finished
+CPU_STEP_SECONDS = {
+    "data": 300,
+    "lam": 1_100,
+    "lam_labels": 1_200,
+    "bc": 450,
+    "bc_labels": 400,
+    "idm_bc": 1_050,
+    "lapo_offline": 60,
+    "lapo_labels": 50,
+    "lapo_labels_head": 50,
+    "eval": 60,
+}
+PPO_FRAMES_PER_SECOND = 900  # Nature-CNN PPO on one core (README, shipped demonstrators)
 
 
 @dataclass
@@ -265,10 +284,50 @@ def labelled_stage1_tasks(
     ]
 
 
-def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path, progress: bool = True) -> None:
-    """Run ``tasks`` in dependency order, ``jobs`` at a time; stop at the first failure."""
-    from tqdm import tqdm
+def step_kind(name: str) -> str:
+    """What a grid step does, whatever its game, seed and label count:
+    ``coinrun/1/idm_bc_k256`` -> ``idm_bc``, ``coinrun/0/eval_bc_k256`` -> ``eval``."""
+    step = re.sub(r"_k\d+$", "", name.rsplit("/", 1)[-1])
+    return "eval" if step.startswith("eval_") else step
 
+
+def estimated_seconds(tasks: list[Task], cfg: ReproduceConfig) -> dict[str, float]:
+    """Each step's expected wall seconds: the mean of the finished steps of its kind (their
+    markers record it), else a rough prior for the preset."""
+    measured: dict[str, list[float]] = {}
+    for t in tasks:
+        if t.done.name.endswith(".done.json") and t.done.exists():
+            try:
+                seconds = float(json.loads(t.done.read_text())["wall_seconds"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            measured.setdefault(step_kind(t.name), []).append(seconds)
+    prior = dict(CPU_STEP_SECONDS)
+    prior["expert"] = cfg.expert_frames / PPO_FRAMES_PER_SECOND
+    prior["ppo_scratch"] = prior["lapo_online"] = cfg.online_frames / PPO_FRAMES_PER_SECOND
+    if cfg.preset == "paper":
+        prior.update({k: h * 3600 for k, h in CPU_HOURS_PAPER.items() if k in ("lam", "bc")})
+        prior["lam_labels"], prior["bc_labels"] = prior["lam"], prior["bc"]
+        prior["ppo_scratch"] = CPU_HOURS_PAPER["ppo"] * 3600
+        prior["lapo_online"] = CPU_HOURS_PAPER["online"] * 3600
+    out = {}
+    for t in tasks:
+        kind = step_kind(t.name)
+        seen = measured.get(kind)
+        out[t.name] = sum(seen) / len(seen) if seen else prior.get(kind, 60.0)
+    return out
+
+
+def run_tasks(
+    tasks: list[Task],
+    jobs: int,
+    threads: int,
+    log: Path,
+    progress: bool = True,
+    weights: dict[str, float] | None = None,
+) -> None:
+    """Run ``tasks`` in dependency order, ``jobs`` at a time; stop at the first failure. The bar
+    counts the ``weights`` (estimated seconds per step; one each if not given)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     by_name = {t.name: t for t in tasks}
     missing = {d for t in tasks for d in t.deps} - set(by_name)
@@ -277,7 +336,8 @@ def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path, progress: b
     finished = {t.name for t in tasks if t.done.exists()}
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     log.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(tasks), initial=len(finished), unit="step", disable=not progress)
+    weights = weights or {t.name: 1.0 for t in tasks}
+    bar = EstimatedProgress(weights, finished, progress)
     with open(log, "a") as logf:
         try:
             while len(finished) < len(tasks):
@@ -298,7 +358,10 @@ def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path, progress: b
                             subprocess.Popen(cmd, stdout=stdout, stderr=logf, env=env),
                             time.time(),
                         )
-                bar.set_description(f"{len(running)} running")
+                        bar.start(t.name)
+                bar.describe(
+                    f"grid: {len(finished)}/{len(tasks)} steps done, {len(running)} running"
+                )
                 time.sleep(0.5)
                 for name, (proc, t0) in list(running.items()):
                     if proc.poll() is None:
@@ -318,7 +381,7 @@ def run_tasks(tasks: list[Task], jobs: int, threads: int, log: Path, progress: b
                     tmp.replace(t.done)
                     out_file.unlink()
                     finished.add(name)
-                    bar.update(1)
+                    bar.finish(name)
         finally:
             for proc, _ in running.values():
                 proc.terminate()
@@ -340,6 +403,7 @@ def reproduce(cfg: ReproduceConfig, out: Path, progress: bool = True) -> dict:
     (out / "reproduce_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     t0 = time.time()
     tasks = build_tasks(cfg, out)
-    run_tasks(tasks, cfg.jobs, cfg.threads, out / "stderr.log", progress)
+    weights = estimated_seconds(tasks, cfg)
+    run_tasks(tasks, cfg.jobs, cfg.threads, out / "stderr.log", progress, weights)
     return {"out": str(out), "steps": len(tasks), "wall_seconds": round(time.time() - t0, 1),
             **summarise(cfg, out)}  # fmt: skip
