@@ -154,7 +154,7 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
     ("demo", "the whole method on a CPU in minutes, ending in an HTML report", cmd.demo,
      [_opt("--out", "run folder (default: runs/demo-<time>, or resume the last)"),
       _opt("--runs", argparse.SUPPRESS, default="runs"),
-      _opt("--fast", "toy sizes: a smoke check in ~3 minutes", action="store_true"), QUIET],
+      _opt("--fast", "toy sizes: a smoke check in about 2 minutes on 2 cores", action="store_true"), QUIET],
      [(config.DemoConfig, {})]),
     ("reproduce", "the paper's grid: games x seeds x every stage", cmd.reproduce,
      [_opt("--games", "'all' or a comma-separated list", default="all"),
