@@ -18,7 +18,7 @@ from lapo.cli import main
 from lapo.config import DEMO_FAST as FAST
 from lapo.config import DemoConfig
 from lapo.report.demo import LABELS_USED
-from lapo.workflows.demo import find_resumable, run_demo
+from lapo.workflows.demo import STAGE1_STAGES, demo_stages, find_resumable, run_demo
 
 SECTIONS = [
     "Summary",
@@ -137,6 +137,33 @@ def test_demo_refuses_a_game_without_a_demonstrator(capsys):
     assert main(["demo", "--fast", "--game", "bigfish", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no demonstrator ships for 'bigfish'" in err
+    assert "--policy random" in err  # and says what to do instead
+    argv = ["demo", "--fast", "--policy", "random", "--compare-labels", "--out", "unused"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--compare-labels" in err
+    assert main(["demo", "--fast", "--policy", "random", "--game", "pong", "--out", "u"]) == 2
+    assert "unknown game 'pong'" in capsys.readouterr().err
+
+
+def test_a_random_play_demo_stops_after_stage1_and_its_report_says_so(demo, tmp_path):
+    # the fast demo's stage-1 stages stand in for a random-play run's (the same functions; the
+    # recording differs only in the policy collect() is given)
+    run = tmp_path / "demo-random"
+    shutil.copytree(demo, run)
+    cfg = DemoConfig(**FAST, policy="random")
+    assert list(demo_stages(cfg)) == list(STAGE1_STAGES)
+    stages = json.loads((run / "stages.json").read_text())
+    kept = {k: v for k, v in stages.items() if k in STAGE1_STAGES and k != "report"}
+    (run / "stages.json").write_text(json.dumps(kept))
+    (run / "demo_config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    (run / "returns.json").unlink()
+    run_demo(cfg, run, progress=False)
+    assert list(json.loads((run / "stages.json").read_text())) == list(STAGE1_STAGES)
+    html = (run / "report.html").read_text()
+    assert list(_images(html)) == [s for s in SECTIONS if s != "Returns"]
+    assert "random-play data" in html and "No policy was trained" in html
+    assert "action the random policy took" in html and "return:" not in html
 
 
 def test_reproduce_refuses_the_paper_preset_on_cpu(capsys):

@@ -556,6 +556,7 @@ class EvalConfig:
 
 
 DEMO_GAMES = ("coinrun", "jumper")
+DEMO_POLICIES = ("demonstrator", "random")
 
 
 @dataclass
@@ -563,9 +564,14 @@ class DemoConfig:
     """``lapo demo``: data, stage 1, probe, stage 2, offline decoding, baselines, report."""
 
     game: str = "coinrun"
-    """Game with a shipped demonstrator (coinrun or jumper)."""
+    """Game with a shipped demonstrator (coinrun or jumper); any Procgen game with --policy
+    random."""
+    policy: str = "demonstrator"
+    """Who plays the recorded video: demonstrator (the shipped one: the whole method) or
+    random (any game, stage 1 only: its probe, ceiling and pictures; a random policy is
+    nothing to imitate, so stages 2 and 3 are skipped)."""
     frames: int = 20_000
-    """Demonstrator frames to record for training (plus frames/5 for testing)."""
+    """Frames to record for training (plus frames/5 for testing)."""
     lam_steps: int = 1_500
     """Stage-1 training steps (cpu preset otherwise)."""
     lam_batch: int = 32
@@ -593,10 +599,20 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "frames", "lam_steps", "bc_steps", "labels", "episodes")
-        if self.game not in DEMO_GAMES:
+        if self.policy not in DEMO_POLICIES:
+            raise ConfigError(
+                f"unknown --policy {self.policy!r}: choose one of {', '.join(DEMO_POLICIES)}"
+            )
+        if self.policy == "demonstrator" and self.game not in DEMO_GAMES:
             raise ConfigError(
                 f"no demonstrator ships for {self.game!r}; the demo plays one of: "
-                f"{', '.join(DEMO_GAMES)}"
+                f"{', '.join(DEMO_GAMES)} (or pass --policy random to see stage 1 alone on "
+                "random play)"
+            )
+        if self.policy == "random" and self.compare_labels:
+            raise ConfigError(
+                "--compare-labels compares policies, and a --policy random demo trains none "
+                "(it stops after stage 1); drop one of the two"
             )
 
 

@@ -84,16 +84,25 @@ def return_rows(game: str, returns: dict) -> list[list[str]]:
     ]
 
 
-def run_section(cfg: DemoConfig, stages: dict, demo_ret: float) -> str:
-    """ "What was run": the game, data, normalisation, machine, wall time per stage, config."""
+def run_section(cfg: DemoConfig, stages: dict, demo_ret: float | None) -> str:
+    """ "What was run": the game, data, normalisation, machine, wall time per stage, config
+    (``demo_ret`` None: a random-play demo, which evaluates no policy)."""
     total = sum(s["wall_seconds"] for s in stages.values())
     run_rows = [[k, f"{v['wall_seconds']:.0f} s", v["finished"]] for k, v in stages.items()]
     run_rows.append(["all stages", f"{total:.0f} s", ""])
+    if demo_ret is None:
+        data = (
+            f"random-play data ({cfg.frames} train frames); stages 2 and 3 were skipped, "
+            "since a random policy is nothing to imitate."
+        )
+    else:
+        data = (
+            f"the shipped demonstrator's data ({cfg.frames} train frames). Returns are "
+            "normalised by the published random/expert constants and between the random "
+            f"constant and the demonstrator's return here ({demo_ret:.2f})."
+        )
     return (
-        f"<p>Game <b>{cfg.game}</b>, the shipped demonstrator's data ({cfg.frames} train "
-        f"frames). Returns are normalised by the published random/expert constants and between "
-        f"the random constant and the demonstrator's return here ({demo_ret:.2f}). "
-        f"Machine: {machine()}.</p>"
+        f"<p>Game <b>{cfg.game}</b>, {data} Machine: {machine()}.</p>"
         + table(run_rows, ["stage", "wall time", "finished"])
         + f"<pre>{json.dumps(dataclasses.asdict(cfg), indent=1)}</pre>"
     )
@@ -114,14 +123,16 @@ def picture_sections(out: Path, game: str, stages: dict, returns: dict, episodes
     }
     bc_runs = {k: v for k, v in bc_runs.items() if v.exists()}
     curves = img(fig_uri(stage1_curves(out / "stage1" / "metrics.csv", game)), "stage 1")
-    curves += img(fig_uri(bc_curves(bc_runs, game)), "stage 2 and baseline")
+    if bc_runs:
+        curves += img(fig_uri(bc_curves(bc_runs, game)), "stage 2 and baseline")
     confusion = confusion_chart(probe["confusion"], game, "probe on IDM latents")
-    return [
+    who = "the demonstrator" if returns else "the random policy"
+    sections = [
         ("Learning curves", curves),
         (
             "Latent actions by true action",
             f"<p class='note'>{latent_kind} of IDM latents of test windows, coloured by the "
-            "action the demonstrator took.</p>" + img(data_uri(latent_file), "latents"),
+            f"action {who} took.</p>" + img(data_uri(latent_file), "latents"),
         ),
         (
             "World-model predictions",
@@ -131,31 +142,41 @@ def picture_sections(out: Path, game: str, stages: dict, returns: dict, episodes
             + img(data_uri(Path(plots["rollout"])), "rollout"),
         ),
         ("Probe confusion matrix", img(fig_uri(confusion), "confusion")),
-        (
-            "Returns",
-            img(fig_uri(returns_chart(returns, game)), "returns")
-            + f"<p class='note'>{episodes} episodes per policy, sampled actions.</p>",
-        ),
     ]
+    if returns:
+        chart = img(fig_uri(returns_chart(returns, game)), "returns")
+        note = f"<p class='note'>{episodes} episodes per policy, sampled actions.</p>"
+        sections.append(("Returns", chart + note))
+    return sections
+
+
+def summary_section(out: Path, summary: list[list[str]], returns: dict) -> str:
+    """The summary table and, where policies were trained, where each used the K labels."""
+    if not returns:  # a random-play demo: stage 1 alone
+        return (
+            "<p class='note'>Stage 1 on random-play video: actions were used for the probe "
+            "and the ceiling only. No policy was trained or evaluated.</p>"
+            + table(summary, ["measure", "value"])
+        )
+    k = read_json(out / "decoded" / "decode.json")["labels"]
+    used = [[name, where] for name, where in LABELS_USED.items() if name in returns]
+    return (
+        "<p class='note'>Actions were used for the probe and the ceiling, and by each "
+        f"policy below only as its row says: every one had the same {k} labelled "
+        "transitions.</p>"
+        + table(summary, ["measure", "value"])
+        + table(used, ["policy", f"where it used the {k} labels"])
+    )
 
 
 def write_demo_report(cfg: DemoConfig, out: Path, stages: dict) -> dict:
     """``report.html`` from a finished demo's files; returns the summary table's rows."""
-    returns = read_json(out / "returns.json")
-    decode = read_json(out / "decoded" / "decode.json")
-    demo_ret = returns["LAPO (decoded)"].get("demonstrator_return")
+    returns = read_json(out / "returns.json") if cfg.policy == "demonstrator" else {}
+    demo_ret = returns["LAPO (decoded)"].get("demonstrator_return") if returns else None
     learned, summary = learned_section(out, stages)
     summary += return_rows(cfg.game, returns)
-    used = [[name, where] for name, where in LABELS_USED.items() if name in returns]
     sections = [
-        (
-            "Summary",
-            "<p class='note'>Actions were used for the probe and the ceiling, and by each "
-            f"policy below only as its row says: every one had the same {decode['labels']} "
-            "labelled transitions.</p>"
-            + table(summary, ["measure", "value"])
-            + table(used, ["policy", f"where it used the {decode['labels']} labels"]),
-        ),
+        ("Summary", summary_section(out, summary, returns)),
         ("Did the latent actions learn the true actions?", learned),
         ("What was run", run_section(cfg, stages, demo_ret)),
         *picture_sections(out, cfg.game, stages, returns, cfg.episodes),

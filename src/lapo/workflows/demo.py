@@ -3,7 +3,8 @@
 Stages, in order, each recorded in ``stages.json`` when it finishes so that a rerun skips it:
 
 1. ``collect``: the shipped demonstrator plays the game; its frames (and, for the few labels
-   and the probe only, its actions) become a dataset;
+   and the probe only, its actions) become a dataset (``--policy random``: a random policy
+   plays any game, and the demo stops after stage 1's probe, ceiling and pictures);
 2. ``stage1``: the latent action model, trained on frames alone;
 3. ``probe``: how well latent actions predict the true actions (accuracy, confusion matrix),
    beside the same probe of the untrained IDM;
@@ -44,7 +45,7 @@ from lapo.config import (
 )
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
-from lapo.envs import normalized_return
+from lapo.envs import check_game, normalized_return
 from lapo.evaluation.episodes import evaluate
 from lapo.evaluation.policies import load_policy
 from lapo.progress import EstimatedProgress
@@ -118,7 +119,7 @@ class Demo:
 
 def stage_collect(d: Demo) -> dict:
     c = d.cfg
-    return collect(c.game, "demonstrator", c.frames, d.data, test_frames=c.frames // 5,
+    return collect(c.game, c.policy, c.frames, d.data, test_frames=c.frames // 5,
                    num_envs=8, seed=c.seed, resume=d.data.exists(), progress=False)  # fmt: skip
 
 
@@ -281,10 +282,15 @@ DEMO_STAGES: dict[str, Callable[[Demo], dict]] = {
 
 
 LABEL_STAGES = ("stage1_labels", "stage2_labels", "decode_labels", "idm_bc")
+# what a random-play demo runs: a random policy is nothing to imitate
+STAGE1_STAGES = ("collect", "stage1", "probe", "ceiling", "plots", "report")
 
 
 def demo_stages(cfg: DemoConfig) -> dict[str, Callable[[Demo], dict]]:
-    """The stages this demo runs, in order (the label methods with ``--compare-labels``)."""
+    """The stages this demo runs, in order (the label methods with ``--compare-labels``;
+    stage 1 alone with ``--policy random``)."""
+    if cfg.policy == "random":
+        return {k: DEMO_STAGES[k] for k in STAGE1_STAGES}
     return {k: f for k, f in DEMO_STAGES.items() if cfg.compare_labels or k not in LABEL_STAGES}
 
 
@@ -306,6 +312,7 @@ def run_demo(
     """Run (or resume) the demo in ``out``; returns the summary. ``stop_after`` ends the run
     after that stage (as an interruption would)."""
     out = Path(out)
+    check_game(cfg.game)
     prepare_folder(cfg, out)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
