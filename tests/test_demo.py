@@ -112,6 +112,10 @@ def test_demo_numbers_beat_their_baselines(demo):
 def test_resume_skips_finished_stages(demo, tmp_path):
     run = tmp_path / "demo-copy"
     shutil.copytree(demo, run)
+    # recorded before --policy existed: a setting added since takes its default
+    saved = json.loads((run / "demo_config.json").read_text())
+    del saved["policy"]
+    (run / "demo_config.json").write_text(json.dumps(saved))
     stages = json.loads((run / "stages.json").read_text())
     # as if the run had been interrupted while writing its report (the last stage: the cheapest
     # to redo, and every earlier stage must be skipped)

@@ -81,13 +81,19 @@ STAGES = {
 }
 
 
+def saved_settings(path: Path) -> dict:
+    """A demo's recorded settings, with the default of any setting added since it was written
+    (a demo recorded before ``--policy`` existed played the demonstrator)."""
+    return {**dataclasses.asdict(DemoConfig()), **read_json(path)}
+
+
 def find_resumable(root: Path, cfg: DemoConfig) -> Path | None:
     """The newest unfinished ``root/demo-*`` run with the same config, if any."""
     for run in sorted(root.glob("demo-*"), reverse=True):
         cfg_file = run / "demo_config.json"
         if (run / "report.html").exists() or not cfg_file.exists():
             continue
-        if read_json(cfg_file) == dataclasses.asdict(cfg):
+        if saved_settings(cfg_file) == dataclasses.asdict(cfg):
             return run
     return None
 
@@ -298,7 +304,7 @@ def prepare_folder(cfg: DemoConfig, out: Path) -> None:
     """Create ``out``, refusing one that holds a demo with other settings; record ``cfg``."""
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "demo_config.json"
-    if saved.exists() and read_json(saved) != dataclasses.asdict(cfg):
+    if saved.exists() and saved_settings(saved) != dataclasses.asdict(cfg):
         raise CheckpointError(
             f"{out} holds a demo with other settings; resume it with the same options or "
             "use another --out"
