@@ -81,6 +81,8 @@ def test_out_of_range_options_are_one_line(capsys):
     one_line_error(capsys, "--episodes must be at least 1")
     assert main(["reproduce", "--preset", "cpu", "--seeds", "0", "--out", "unused"]) == 2
     one_line_error(capsys, "--seeds must be at least 1")
+    assert main(["reproduce", "--preset", "cpu", "--first-seed", "-1", "--out", "unused"]) == 2
+    one_line_error(capsys, "--first-seed must be at least 0")
     assert main(["reproduce", "--preset", "cpu", "--stages", "lam,nope", "--out", "unused"]) == 2
     one_line_error(capsys, "unknown --stages nope")
 
@@ -163,6 +165,28 @@ def test_reproduce_commands_parse_to_the_configs_they_were_built_from(tmp_path):
             want = dataclasses.replace(want, labels=64, labels_seed=seed)
         assert command_config(parser.parse_args(argv), LAMConfig) == want, name
     assert {t.name for t in tasks} >= {"bigfish/expert", "coinrun/1/ppo_scratch"}
+
+
+def test_first_seed_runs_and_summarises_the_seeds_from_it_on(tmp_path):
+    from lapo.report.grid import summarise
+
+    cfg = dataclasses.replace(
+        REPRODUCE_PRESETS["cpu"], games=["coinrun"], seeds=2, first_seed=3, labels=[64]
+    )
+    tasks = build_tasks(cfg, tmp_path)
+    assert {t.name.split("/")[1] for t in tasks if t.name.count("/") == 2} == {"3", "4"}
+    lam = next(t for t in tasks if t.name == "coinrun/4/lam")
+    assert command_config(build_parser().parse_args(lam.cmd[3:]), LAMConfig).seed == 4
+    assert lam.done.parent == tmp_path / "coinrun" / "seed4"
+    # seed 0's folder, copied in from another machine, is outside the range: not counted
+    for seed in (0, 3):
+        folder = tmp_path / "coinrun" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        e = {"mean_return": 5.0, "stderr_return": 0.5, "episodes": 10, "normalized_return": 0.5}
+        (folder / "eval_bc_k64.json").write_text(json.dumps(e))
+    assert summarise(cfg, tmp_path)["evaluations"] == 1
+    rows = (tmp_path / "results.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == ["3"]
 
 
 def test_the_grid_bar_weighs_steps_by_the_measured_time_of_their_kind(tmp_path):

@@ -620,7 +620,7 @@ DEMO_FAST = dict(
     frames=3_000,
     lam_steps=60,
     lam_batch=16,
-    bc_steps=150,
+    bc_steps=100,
     bc_batch=16,
     labels=500,
     probe_labels=1_024,
@@ -689,6 +689,10 @@ class ReproduceConfig:
     """Games, comma-separated ('all' on the command line: the 16 Procgen games)."""
     seeds: int = 1
     """Training seeds per game."""
+    first_seed: int = 0
+    """The first training seed: seeds first-seed to first-seed + seeds - 1. Seeds run on several
+    machines (each its own --first-seed) are summarised together by copying their GAME/seedN
+    folders into one --out and running the command again with --seeds covering them all."""
     preset: str = "paper"
     """The stages' configuration: paper or cpu."""
     steps: list[str] = field(default_factory=lambda: list(STEPS), metadata={"flag": "stages"})
@@ -715,6 +719,8 @@ class ReproduceConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "seeds", "jobs", "episodes")
+        if self.first_seed < 0:
+            raise ConfigError(f"--first-seed must be at least 0, got {self.first_seed}")
         unknown = sorted(set(self.steps) - set(STEPS))
         if unknown:
             raise ConfigError(
@@ -722,6 +728,11 @@ class ReproduceConfig:
             )
         if not self.labels or min(self.labels) < 1:
             raise ConfigError(f"every --labels count must be at least 1, got {self.labels}")
+
+    @property
+    def seed_range(self) -> range:
+        """The training seeds of the grid."""
+        return range(self.first_seed, self.first_seed + self.seeds)
 
 
 PPO_BASELINE = ExpertConfig(num_steps=64)

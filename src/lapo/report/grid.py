@@ -19,7 +19,7 @@ def collect_results(cfg: ReproduceConfig, out: Path) -> list[dict]:
     for game in cfg.games:
         rand = out / game / "eval_random.json"
         random_ret = json.loads(rand.read_text())["mean_return"] if rand.exists() else math.nan
-        for seed in range(cfg.seeds):
+        for seed in cfg.seed_range:
             for f in sorted((out / game / f"seed{seed}").glob("eval_*.json")):
                 e = json.loads(f.read_text())
                 rows.append(
@@ -93,7 +93,7 @@ def labels_margins(cfg: ReproduceConfig, rows: list[dict]) -> list[str]:
             for base in (f"bc_k{k}", f"idm_bc_k{k}"):
                 cells = []
                 for g in cfg.games:
-                    pairs = [(ret[g, s, ours], ret[g, s, base]) for s in range(cfg.seeds)
+                    pairs = [(ret[g, s, ours], ret[g, s, base]) for s in cfg.seed_range
                              if (g, s, ours) in ret and (g, s, base) in ret]  # fmt: skip
                     cells.append(_margin(pairs))
                 table[f"{ours} - {base}"] = cells
@@ -138,7 +138,7 @@ def stage1_probes(cfg: ReproduceConfig, out: Path) -> list[str]:
     for folder, label, read in runs:
         cells = []
         for g in cfg.games:
-            v = [read(out / g / f"seed{s}" / folder) for s in range(cfg.seeds)]
+            v = [read(out / g / f"seed{s}" / folder) for s in cfg.seed_range]
             v = np.array([x for x in v if x is not None])
             cells.append(
                 f"{v[:, 0].mean():.3f} / {v[:, 1].mean():.3f} (n={len(v)})" if len(v) else ""
@@ -219,7 +219,7 @@ def online_curves(cfg: ReproduceConfig, out: Path) -> dict[str, tuple[np.ndarray
         per_game = []
         for game in cfg.games:
             curves = []
-            for seed in range(cfg.seeds):
+            for seed in cfg.seed_range:
                 p = out / game / f"seed{seed}" / name / "metrics.csv"
                 if not p.exists():
                     continue

@@ -115,6 +115,9 @@ class Demo:
             batch_size=cfg.bc_batch,
             warmup_steps=min(100, cfg.bc_steps // 5),
             eval_every=max(cfg.bc_steps // 5, 1),
+            # as stage 1's test loss: fewer windows at toy sizes (--fast), where six
+            # evaluations on 1,024 windows cost about as much as the training steps
+            test_windows=min(bc_preset("cpu").test_windows, 2 * cfg.bc_steps),
             seed=cfg.seed,
             threads=cfg.threads,
         )

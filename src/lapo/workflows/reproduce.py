@@ -104,7 +104,7 @@ def build_tasks(cfg: ReproduceConfig, out: Path) -> list[Task]:
         random = EvalConfig(episodes=cfg.episodes, seed=1000)
         cmd = _lapo("eval", policy="random", env=game, config=random)
         tasks.append(Task(f"{game}/eval_random", cmd, g / "eval_random.json"))
-        for seed in range(cfg.seeds):
+        for seed in cfg.seed_range:
             tasks += _seed_tasks(cfg, game, seed, data, data_deps, g / f"seed{seed}")
     return tasks
 
