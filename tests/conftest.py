@@ -7,8 +7,30 @@ import time
 from pathlib import Path
 
 import pytest
+from cores import TORCH_THREADS, WORKERS
 
-from lapo.checkpoint import load_tensors
+if WORKERS > 1:  # before torch is imported: its OpenMP pool reads these once
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(TORCH_THREADS))
+
+import torch  # noqa: E402
+
+from lapo.checkpoint import load_tensors  # noqa: E402
+
+torch.set_num_threads(TORCH_THREADS)
+
+# The files that take longest, slowest first (measured: README, Tests and CI). Under xdist each
+# worker takes whole files, in this order, so the long ones start at once on different workers
+# and the short ones fill in behind them.
+SLOWEST_FILES = ("test_lam.py", "test_demo.py", "test_stages23.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+
+    items.sort(key=rank)  # stable: the order inside a file and among the rest is kept
 
 
 def _kill_after_checkpoint(cmd: list[str], checkpoint: Path, key: str, at_least: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cores import TORCH_THREADS
 from torch.distributions import Categorical
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json, write_json
@@ -51,7 +52,12 @@ CHANCE = 1 / 15
 
 # stage 2 at a small, fast size (cpu preset otherwise)
 BC = dataclasses.replace(
-    preset("cpu"), batch_size=16, steps=250, warmup_steps=60, eval_every=125, threads=2
+    preset("cpu"),
+    batch_size=16,
+    steps=250,
+    warmup_steps=60,
+    eval_every=125,
+    threads=TORCH_THREADS,
 )
 
 
@@ -67,7 +73,12 @@ def data(tmp_path_factory):
 def lam_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("lam") / "run"
     cfg = dataclasses.replace(
-        lam_preset("cpu"), batch_size=16, steps=100, eval_every=100, probe_every=0, threads=2
+        lam_preset("cpu"),
+        batch_size=16,
+        steps=100,
+        eval_every=100,
+        probe_every=0,
+        threads=TORCH_THREADS,
     )
     train_lam(cfg, data, out, progress=False)
     return out

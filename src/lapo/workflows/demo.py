@@ -109,15 +109,16 @@ class Demo:
         self.lam_labels, self.bc_labels = out / "stage1_labels", out / "stage2_labels"
         self.decoded_labels, self.idm_bc = out / "decoded_labels", out / "idm_labels_bc"
         # stage 2 and the BC baseline train with the same settings
+        bc_cpu = bc_preset("cpu")
         self.bc_cfg = dataclasses.replace(
-            bc_preset("cpu"),
+            bc_cpu,
             steps=cfg.bc_steps,
             batch_size=cfg.bc_batch,
             warmup_steps=min(100, cfg.bc_steps // 5),
             eval_every=max(cfg.bc_steps // 5, 1),
             # as stage 1's test loss: fewer windows at toy sizes (--fast), where six
             # evaluations on 1,024 windows cost about as much as the training steps
-            test_windows=min(bc_preset("cpu").test_windows, 2 * cfg.bc_steps),
+            test_windows=min(bc_cpu.test_windows, 2 * cfg.bc_steps),
             seed=cfg.seed,
             threads=cfg.threads,
         )
