@@ -436,6 +436,29 @@ def test_time_budget_stops_training_and_a_rerun_does_not_go_on(data, tmp_path):
     assert rows[0].endswith("train_seconds") and float(rows[-1].split(",")[-1]) >= 1.2
 
 
+def test_a_step_spent_suspended_is_charged_the_previous_steps_time():
+    import os
+    import signal
+    import time
+
+    from lapo.runs import StepClock
+
+    clock = StepClock(5.0)  # a resumed run: 5 s of steps already spent
+    with clock:
+        time.sleep(0.05)
+    first = clock.seconds - 5.0
+    assert 0.05 <= first < 0.5
+    # a step during which the process was stopped (SIGSTOP, Ctrl-Z) and continued: the SIGCONT
+    # that resumed it marks the step, which then costs what the step before it did
+    with clock:
+        os.kill(os.getpid(), signal.SIGCONT)
+        time.sleep(0.6)
+    assert clock.seconds == pytest.approx(5.0 + 2 * first)
+    with clock:  # the next step is timed again
+        time.sleep(0.01)
+    assert 0.01 <= clock.seconds - (5.0 + 2 * first) < 0.3
+
+
 def test_labelled_and_unlabelled_batches_both_reach_the_gradient():
     from lapo.envs import NUM_ACTIONS
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -156,6 +158,55 @@ def with_defaults(saved: dict, cfg: Any) -> dict:
         elif isinstance(default, dict) and isinstance(out[f.name], dict):
             out[f.name] = {**default, **out[f.name]}
     return out
+
+
+_CONTINUED = [0]  # SIGCONTs this process has received (each ends a suspension)
+
+
+def _count_sigcont() -> None:
+    """Count SIGCONTs from now on (once per process; only the main thread may set handlers,
+    and elsewhere nothing is counted), keeping any handler already installed."""
+    if getattr(_count_sigcont, "installed", False) or not hasattr(signal, "SIGCONT"):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGCONT)
+
+    def handler(signum: int, frame: Any) -> None:
+        _CONTINUED[0] += 1
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGCONT, handler)
+    _count_sigcont.installed = True  # type: ignore[attr-defined]
+
+
+class StepClock:
+    """Seconds spent in training steps, carried across resumes (a checkpoint's
+    ``train_seconds``): what ``--max-minutes`` budgets and the time-based lr schedule read.
+
+    Wrap each step in ``with clock:``. A step during which the process was suspended (SIGSTOP,
+    Ctrl-Z: the SIGCONT that resumed it is counted) is charged the previous step's time
+    instead of its wall time, so a pause neither spends the budget nor moves the schedule.
+    """
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.last = 0.0  # the last step's charge
+        self._t0 = 0.0
+        self._continued = 0
+        _count_sigcont()
+
+    def __enter__(self) -> StepClock:
+        self._continued, self._t0 = _CONTINUED[0], time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        took = time.perf_counter() - self._t0
+        if _CONTINUED[0] != self._continued:  # suspended inside this step
+            took = self.last
+        self.last = took
+        self.seconds += took
 
 
 class Run:

@@ -15,7 +15,6 @@ action head (``action_head.safetensors``), which offline decoding may start from
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from lapo.runkinds import (
     data_fields,
     latent_policy_spec,
 )
-from lapo.runs import Run, resolve_device
+from lapo.runs import Run, StepClock, resolve_device
 from lapo.stages.lam import load_lam
 
 
@@ -194,7 +193,7 @@ def train_bc(
         optimizer = run.optimizer(torch.optim.AdamW, model.parameters(), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)  # fmt: skip
         start = run.resume(model, optimizer, rng)
-        train_seconds = run.meta.get("train_seconds", 0.0)
+        clock = StepClock(run.meta.get("train_seconds", 0.0))
         for name, tensors in (extra_files or {}).items():
             run.save(name, tensors)
         run.write_config("bc", **run_config, network=network, data=str(data),
@@ -208,19 +207,18 @@ def train_bc(
             run.row({"step": 0, **baseline})
         last: dict = {}
         for step in range(start, cfg.steps):
-            t_step = time.perf_counter()
-            lr = cfg.learning_rate * lr_scale(step, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            batch = windows(run.local(starts[rng.integers(0, len(starts), cfg.batch_size)]))
-            loss, grad_norm = bc_step(model, optimizer, batch, targets_fn, cfg, run)
-            done = step + 1
-            log = done % 50 == 0 or done == cfg.steps
-            evaluate = done % cfg.eval_every == 0 or done == cfg.steps
-            if log or evaluate:
-                run.synchronize()  # the clock counts the device's work, not its queue
-                logs = run.floats({"loss": loss, "grad_norm": grad_norm})
-            train_seconds += time.perf_counter() - t_step
+            with clock:
+                lr = cfg.learning_rate * lr_scale(step, cfg)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                batch = windows(run.local(starts[rng.integers(0, len(starts), cfg.batch_size)]))
+                loss, grad_norm = bc_step(model, optimizer, batch, targets_fn, cfg, run)
+                done = step + 1
+                log = done % 50 == 0 or done == cfg.steps
+                evaluate = done % cfg.eval_every == 0 or done == cfg.steps
+                if log or evaluate:
+                    run.synchronize()  # the clock counts the device's work, not its queue
+                    logs = run.floats({"loss": loss, "grad_norm": grad_norm})
             run.advance(1)
             if log:
                 run.advance(0, loss=f"{logs['loss']:.4f}")
@@ -229,8 +227,8 @@ def train_bc(
                 last = test.metrics(model)
                 run.scalars(done, {f"test/{k[5:]}": v for k, v in last.items()})
                 run.row({"step": done, "train_loss": logs["loss"], **last, "lr": lr,
-                         "train_seconds": round(train_seconds, 2)})  # fmt: skip
-                run.checkpoint(done, model, optimizer, rng, train_seconds=train_seconds)
+                         "train_seconds": round(clock.seconds, 2)})  # fmt: skip
+                run.checkpoint(done, model, optimizer, rng, train_seconds=clock.seconds)
                 run.save("policy.safetensors", model.state_dict(), {"step": done})
         if not last and (run.out / "metrics.csv").exists():
             last = test.metrics(model)

@@ -13,7 +13,6 @@ weights, for later stages), ``checkpoint.safetensors`` (+ optimiser, step, RNG: 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from lapo.models.augment import random_shift
 from lapo.models.idm import build_idm, frames_to_float, idm_latents
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
 from lapo.runkinds import LAM, lam_config_from_dict, read_run_config
-from lapo.runs import Run
+from lapo.runs import Run, StepClock
 
 
 class LatentActionModel(nn.Module):
@@ -403,7 +402,8 @@ def train_lam(
         model = run.prepare(LatentActionModel(cfg), "idm.encoder", "world_model")
         optimizer = run.optimizer(torch.optim.Adam, model.parameters(), lr=cfg.learning_rate)
         start = run.resume(model, optimizer, rng)
-        train_seconds = run.meta.get("train_seconds", 0.0)  # in training steps, across resumes
+        clock = StepClock(run.meta.get("train_seconds", 0.0))  # in training steps, across resumes
+        train_seconds = clock.seconds
         run.write_config("lam", latent_dim=cfg.quantizer.latent_dim, data=str(data),
                          game=d.manifest.get("game"), command=command)  # fmt: skip
         baseline = run.baseline(lambda: untrained_baseline(model, d, cfg, run.device))
@@ -414,18 +414,20 @@ def train_lam(
         for step in range(start, cfg.steps):
             if budget and train_seconds >= budget:
                 break
-            t_step = time.perf_counter()
-            lr = cfg.learning_rate * lr_scale(step, cfg, train_seconds / budget if budget else 0)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            logs, grad_norm = lam_step(model, optimizer, *batches(rng), cfg, run)
-            done = step + 1
-            log, evaluate = done % 50 == 0, done % cfg.eval_every == 0
-            if log or evaluate or done == cfg.steps:
-                run.synchronize()  # the clock counts the device's work, not its queue
-            train_seconds += time.perf_counter() - t_step
+            with clock:
+                lr = cfg.learning_rate * lr_scale(
+                    step, cfg, train_seconds / budget if budget else 0
+                )
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                logs, grad_norm = lam_step(model, optimizer, *batches(rng), cfg, run)
+                done = step + 1
+                log, evaluate = done % 50 == 0, done % cfg.eval_every == 0
+                if log or evaluate or done == cfg.steps:
+                    run.synchronize()  # the clock counts the device's work, not its queue
+            train_seconds = clock.seconds
             if budget:  # every rank stops at the same step
-                train_seconds = run.agree(train_seconds)
+                train_seconds = clock.seconds = run.agree(train_seconds)
             # the last step: the step budget, or the time budget about to run out
             final = done == cfg.steps or bool(budget and train_seconds >= budget)
             evaluate = evaluate or final
