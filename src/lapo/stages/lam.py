@@ -403,7 +403,6 @@ def train_lam(
         optimizer = run.optimizer(torch.optim.Adam, model.parameters(), lr=cfg.learning_rate)
         start = run.resume(model, optimizer, rng)
         clock = StepClock(run.meta.get("train_seconds", 0.0))  # in training steps, across resumes
-        train_seconds = clock.seconds
         run.write_config("lam", latent_dim=cfg.quantizer.latent_dim, data=str(data),
                          game=d.manifest.get("game"), command=command)  # fmt: skip
         baseline = run.baseline(lambda: untrained_baseline(model, d, cfg, run.device))
@@ -412,11 +411,11 @@ def train_lam(
         last: dict = {}
         budget, done = cfg.max_minutes * 60, start
         for step in range(start, cfg.steps):
-            if budget and train_seconds >= budget:
+            if budget and clock.seconds >= budget:
                 break
             with clock:
                 lr = cfg.learning_rate * lr_scale(
-                    step, cfg, train_seconds / budget if budget else 0
+                    step, cfg, clock.seconds / budget if budget else 0
                 )
                 for g in optimizer.param_groups:
                     g["lr"] = lr
@@ -425,11 +424,10 @@ def train_lam(
                 log, evaluate = done % 50 == 0, done % cfg.eval_every == 0
                 if log or evaluate or done == cfg.steps:
                     run.synchronize()  # the clock counts the device's work, not its queue
-            train_seconds = clock.seconds
             if budget:  # every rank stops at the same step
-                train_seconds = clock.seconds = run.agree(train_seconds)
+                clock.seconds = run.agree(clock.seconds)
             # the last step: the step budget, or the time budget about to run out
-            final = done == cfg.steps or bool(budget and train_seconds >= budget)
+            final = done == cfg.steps or bool(budget and clock.seconds >= budget)
             evaluate = evaluate or final
             probe = cfg.probe_every > 0 and (done % cfg.probe_every == 0 or final)
             probe = probe and d.probe_train is not None
@@ -443,12 +441,12 @@ def train_lam(
             if evaluate or probe:
                 m = evaluate_lam(model, d, cfg, run.device, evaluate, probe)
                 run.scalars(done, m)
-                run.row(csv_row(done, m, train_seconds, logs))
+                run.row(csv_row(done, m, clock.seconds, logs))
                 last.update(m)
             if evaluate:
-                run.checkpoint(done, model, optimizer, rng, train_seconds=train_seconds)
+                run.checkpoint(done, model, optimizer, rng, train_seconds=clock.seconds)
                 run.save("lam.safetensors", model.state_dict(), {"step": done})
-    return lam_summary(done, start, train_seconds, run.wall_seconds(), cfg, baseline, last)
+    return lam_summary(done, start, clock.seconds, run.wall_seconds(), cfg, baseline, last)
 
 
 def log_untrained(run: Run, baseline: dict) -> None:
