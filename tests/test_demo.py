@@ -269,7 +269,8 @@ def test_grid_summary_gives_label_margins_in_standard_errors_and_stage1_probes(t
             (folder / run).mkdir()
             (folder / f"{run}.done.json").write_text("{}")
             (folder / run / "metrics.csv").write_text(
-                f"step,probe_acc,probe_balanced_acc\n0,0.2,0.1\n100,,\n200,{acc},{acc / 2}\n300,,\n"
+                "step,probe_acc,probe_balanced_acc,head_acc,head_balanced_acc\n0,0.2,0.1,,\n"
+                f"100,,,,\n200,{acc},{acc / 2},{acc - 0.1},0.05\n300,,,,\n"
             )
         (folder / "idm_bc_k256").mkdir()
         (folder / "idm_bc_k256.done.json").write_text("{}")
@@ -284,3 +285,4 @@ def test_grid_summary_gives_label_margins_in_standard_errors_and_stage1_probes(t
     assert "| stage 1, video only | 0.300 / 0.150 (n=1) |" in summary
     assert "| stage 1 with K = 256 labels | 0.350 / 0.175 (n=2) |" in summary
     assert "| (b)'s supervised IDM on K = 256 | 0.260 / 0.110 (n=2) |" in summary
+    assert "| stage 1's action head on its K = 256 | 0.250 / 0.050 (n=2) |" in summary

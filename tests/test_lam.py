@@ -557,3 +557,48 @@ def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
     # 2,048 test windows: one standard error of an accuracy near 0.15 is about 0.008. Measured
     # (2 cores): 0.115 without labels, 0.168 with them; 0.116 and 0.171 at 300 steps
     assert labelled["probe_accuracy"] > video["probe_accuracy"] + 0.03, (labelled, video)
+
+
+def test_head_report_scores_the_action_head_by_hand():
+    from lapo.stages.lam import head_report, probe_windows
+
+    cfg = LAMConfig(**{**TOY, "labels": 16})
+    model = LatentActionModel(cfg)
+    with torch.no_grad():  # latent dimension i (of 8) votes for action i
+        model.action_head.weight.zero_()
+        model.action_head.weight[:8, :8] = torch.eye(8)
+        model.action_head.bias.zero_()
+    z = torch.eye(8)[[0, 1, 2, 5, 1, 1]]  # the head names actions 0, 1, 2, 5, 1, 1
+    rep = head_report(model, z, np.array([0, 1, 2, 3, 0, 0]))
+    # right on 3 of 6; recall: action 0 1/3, actions 1 and 2 1/1, action 3 0/1
+    assert rep["head_accuracy"] == pytest.approx(0.5)
+    assert rep["head_balanced_accuracy"] == pytest.approx((1 / 3 + 1 + 1 + 0) / 4)
+    # the probe reports the head beside itself, and only for a model that has one
+    rng = np.random.default_rng(0)
+    windows = lambda n: {  # noqa: E731
+        "obs": rng.integers(0, 256, (n, 3, 64, 64, 3), dtype=np.uint8),
+        "actions": rng.integers(0, 15, (n, 3)),
+    }
+    train, test = windows(32), windows(16)
+    cpu = torch.device("cpu")
+    assert "head_accuracy" in probe_windows(model, train, test, cpu, epochs=1)
+    video = LatentActionModel(LAMConfig(**TOY))
+    assert "head_accuracy" not in probe_windows(video, train, test, cpu, epochs=1)
+
+
+def test_a_metrics_csv_with_fewer_columns_gets_the_new_header_on_resume(tmp_path):
+    import csv
+
+    from lapo.runs import CsvLog
+
+    path = tmp_path / "metrics.csv"
+    old = CsvLog(path, ["step", "loss"])
+    old.write_dict({"step": 10, "loss": 0.5})
+    old.write_dict({"step": 20, "loss": 0.4})
+    old.close()
+    new = CsvLog(path, ["step", "loss", "head_acc"], resume_at=10)
+    new.write_dict({"step": 20, "loss": 0.3, "head_acc": 0.2})
+    new.close()
+    rows = list(csv.DictReader(path.open()))
+    assert [r["step"] for r in rows] == ["10", "20"]  # the row after the resume point redone
+    assert rows[0]["head_acc"] is None and rows[1]["head_acc"] == "0.2"

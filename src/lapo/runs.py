@@ -109,7 +109,9 @@ class CsvLog:
 
     Opened at ``resume_at`` (the step or update of the checkpoint a run resumes from), it
     drops the rows logged after that point, which the run is about to redo (all rows when
-    ``resume_at`` is 0), and writes ``header`` to a new file. ``write`` flushes each row.
+    ``resume_at`` is 0), and writes ``header`` to a new file. A file whose header is a
+    prefix of ``header`` (written by a version with fewer columns) gets the new header; its
+    old rows stay, shorter. ``write`` flushes each row.
     """
 
     def __init__(self, path: Path, header: list[str], resume_at: int = 0) -> None:
@@ -117,9 +119,11 @@ class CsvLog:
         self.header = list(header)
         if path.exists():
             lines = path.read_text().splitlines(keepends=True)
-            kept = lines[:1] + [
-                r for r in lines[1:] if resume_at and int(r.split(",")[0]) <= resume_at
-            ]
+            old = lines[0].rstrip("\r\n").split(",") if lines else []
+            head = lines[:1]
+            if head and old != self.header and old == self.header[: len(old)]:
+                head = [",".join(self.header) + "\r\n"]
+            kept = head + [r for r in lines[1:] if resume_at and int(r.split(",")[0]) <= resume_at]
             atomic_write_bytes(path, "".join(kept).encode())
         new = not path.exists() or path.stat().st_size == 0
         self.file = open(path, "a", newline="")  # noqa: SIM115 - closed by close()

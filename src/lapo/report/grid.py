@@ -133,6 +133,7 @@ def stage1_probes(cfg: ReproduceConfig, out: Path) -> list[str]:
     runs = [("lam", "stage 1, video only", _probe_of_lam)]
     for k in sorted(cfg.labels):
         runs.append((f"lam_labels_k{k}", f"stage 1 with K = {k} labels", _probe_of_lam))
+        runs.append((f"lam_labels_k{k}", f"stage 1's action head on its K = {k}", _head_of_lam))
         runs.append((f"idm_bc_k{k}", f"(b)'s supervised IDM on K = {k}", _probe_of_idm))
     table: dict[str, list[str]] = {}
     for folder, label, read in runs:
@@ -146,19 +147,26 @@ def stage1_probes(cfg: ReproduceConfig, out: Path) -> list[str]:
         table[label] = cells
     caption = (
         "Action probe on held-out windows, accuracy / balanced accuracy, mean over seeds "
-        "(stage 1: the probe of its last evaluation; (b): its IDM's test accuracy)."
+        "(stage 1: the probe of its last evaluation, fit on the run's probe windows, more "
+        "than K; its action head: trained on the K labels only, like (b)'s IDM, whose test "
+        "accuracy is given)."
     )
     return _table(caption, "latent", cfg.games, table)
 
 
-def _probe_of_lam(run: Path) -> tuple[float, float] | None:
+def _probe_of_lam(run: Path, column: str = "probe") -> tuple[float, float] | None:
+    """The last ``{column}_acc, {column}_balanced_acc`` of a finished stage-1 run's metrics."""
     if not run.with_name(run.name + ".done.json").exists():  # finished runs only
         return None
     with open(run / "metrics.csv") as fh:
-        probed = [r for r in csv.DictReader(fh) if r.get("probe_acc")]
+        probed = [r for r in csv.DictReader(fh) if r.get(f"{column}_acc")]
     if not probed:
         return None
-    return float(probed[-1]["probe_acc"]), float(probed[-1]["probe_balanced_acc"])
+    return float(probed[-1][f"{column}_acc"]), float(probed[-1][f"{column}_balanced_acc"])
+
+
+def _head_of_lam(run: Path) -> tuple[float, float] | None:
+    return _probe_of_lam(run, "head")  # written by stage 1 with labels since the head's metric
 
 
 def _probe_of_idm(run: Path) -> tuple[float, float] | None:

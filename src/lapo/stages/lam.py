@@ -29,7 +29,7 @@ from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.data.format import DatasetError, open_dataset
 from lapo.data.labels import labelled_starts, write_labelled
 from lapo.envs import NUM_ACTIONS
-from lapo.evaluation.probe import fit_probe
+from lapo.evaluation.probe import classification_report, fit_probe
 from lapo.models.augment import random_shift
 from lapo.models.idm import build_idm, frames_to_float, idm_latents
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
@@ -216,7 +216,7 @@ def probe_windows(
     """
     ztr, _ = encode_windows(model, train["obs"], device)
     zte, _ = encode_windows(model, test["obs"], device)
-    return fit_probe(
+    report = fit_probe(
         ztr,
         torch.from_numpy(train["actions"][:, target]),
         zte,
@@ -224,6 +224,20 @@ def probe_windows(
         seed=seed,
         epochs=epochs,
     )
+    if model.action_head is not None and target == 1:
+        report.update(head_report(model, zte, test["actions"][:, 1]))
+    return report
+
+
+def head_report(model: LatentActionModel, z: torch.Tensor, actions: np.ndarray) -> dict:
+    """How well stage 1's action head, fit on its K labelled windows only, names the true
+    action of held-out windows from their IDM latents ``z (N, A)``: the figure to set beside
+    baseline (b)'s supervised IDM on the same K (the probe is fit on more labels than K)."""
+    head = model.action_head
+    with torch.no_grad():
+        pred = head(z.to(head.weight.device)).argmax(-1).cpu().numpy()  # (N,)
+    rep = classification_report(actions, pred, NUM_ACTIONS)
+    return {"head_accuracy": rep["accuracy"], "head_balanced_accuracy": rep["balanced_accuracy"]}
 
 
 def labelled_batch(
@@ -247,6 +261,8 @@ LAM_COLUMNS = [
     "probe_acc",
     "probe_balanced_acc",
     "train_seconds",
+    "head_acc",
+    "head_balanced_acc",
 ]
 
 
@@ -312,6 +328,9 @@ def evaluate_lam(
         rep = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
         out["probe/accuracy"] = rep["accuracy"]
         out["probe/balanced_accuracy"] = rep["balanced_accuracy"]
+        if "head_accuracy" in rep:
+            out["head/accuracy"] = rep["head_accuracy"]
+            out["head/balanced_accuracy"] = rep["head_balanced_accuracy"]
     return out
 
 
@@ -327,6 +346,8 @@ def csv_row(step: int, m: dict, train_seconds: float, logs: dict | None = None) 
         "probe_acc": m.get("probe/accuracy"),
         "probe_balanced_acc": m.get("probe/balanced_accuracy"),
         "train_seconds": round(train_seconds, 2),
+        "head_acc": m.get("head/accuracy"),
+        "head_balanced_acc": m.get("head/balanced_accuracy"),
     }
 
 
@@ -482,6 +503,8 @@ def lam_summary(
         "test/wm_loss_shuffled_latent": "test_wm_loss_shuffled_latent",
         "probe/accuracy": "probe_accuracy",
         "probe/balanced_accuracy": "probe_balanced_accuracy",
+        "head/accuracy": "head_test_accuracy",
+        "head/balanced_accuracy": "head_test_balanced_accuracy",
     }
     summary.update({names[k]: v for k, v in last.items() if k in names})
     if baseline:
