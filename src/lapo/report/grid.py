@@ -84,8 +84,7 @@ def summarise(cfg: ReproduceConfig, out: Path) -> dict:
 def labels_margins(cfg: ReproduceConfig, rows: list[dict]) -> list[str]:
     """Markdown lines: LAPO with the K labels in stage 1 (each decoder start) against baselines
     (a) and (b) on the same K windows, per game: the mean over seeds of the paired difference
-    in return, and that in standard errors (over seeds when there are two or more, so training
-    noise counts; with one seed, the two evaluations' episode standard errors)."""
+    in return, and that in standard errors (see :func:`_margin`)."""
     ret = {(r["game"], r["seed"], r["method"]): r for r in rows}
     table: dict[str, list[str]] = {}
     for k in sorted(cfg.labels):
@@ -99,7 +98,9 @@ def labels_margins(cfg: ReproduceConfig, rows: list[dict]) -> list[str]:
                 table[f"{ours} - {base}"] = cells
     caption = (
         "Labels in stage 1 against the baselines on the same K windows: mean over seeds of "
-        "the paired difference in raw return, and the difference in standard errors."
+        "the paired difference in raw return, and the difference in standard errors: over "
+        "seeds (training noise counts; rough with few seeds) and of the evaluations' episodes "
+        "alone."
     )
     return _table(caption, "difference", cfg.games, table)
 
@@ -115,15 +116,19 @@ def _table(caption: str, first: str, games: list[str], rows: dict[str, list[str]
 
 
 def _margin(pairs: list[tuple[dict, dict]]) -> str:
+    """The mean paired difference in return and it in standard errors: over seeds (training
+    noise counts, but with 2 or 3 seeds that estimate is itself rough) and of the episodes
+    (the evaluations' noise alone: the mean's s.e. if the seeds' policies were alike)."""
     if not pairs:
         return ""
     d = np.array([a["mean_return"] - b["mean_return"] for a, b in pairs])
-    if len(d) >= 2:
-        se = d.std(ddof=1) / math.sqrt(len(d))
-    else:
-        a, b = pairs[0]
-        se = math.hypot(a["stderr_return"], b["stderr_return"])
-    return f"{d.mean():+.2f} ({d.mean() / se:+.1f} s.e.; n={len(d)})" if se > 0 else ""
+    episodes = math.sqrt(sum(a["stderr_return"] ** 2 + b["stderr_return"] ** 2 for a, b in pairs))
+    parts = []
+    if len(d) >= 2 and d.std(ddof=1) > 0:
+        parts.append(f"{d.mean() / (d.std(ddof=1) / math.sqrt(len(d))):+.1f} s.e. over seeds")
+    if episodes > 0:
+        parts.append(f"{d.mean() / (episodes / len(d)):+.1f} of episodes")
+    return f"{d.mean():+.2f} ({', '.join(parts)}; n={len(d)})" if parts else ""
 
 
 def stage1_probes(cfg: ReproduceConfig, out: Path) -> list[str]:
