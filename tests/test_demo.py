@@ -106,6 +106,10 @@ def test_demo_numbers_beat_their_baselines(demo):
     assert untrained["n_test"] == probe["n_test"] and ceiling["steps"] == FAST["ceiling_steps"]
     html = (demo / "report.html").read_text()
     assert f"{untrained['accuracy']:.3f}" in html and f"{ceiling['accuracy']:.3f}" in html
+    # and stage 1's action head beside (b)'s IDM, each fit on the same K labels alone
+    head, idm = stages["stage1_labels"]["result"], stages["idm_bc"]["result"]
+    assert f"{head['head_test_accuracy']:.3f} / {head['head_test_balanced_accuracy']:.3f}" in html
+    assert f"{idm['idm_test_accuracy']:.3f} / {idm['idm_test_balanced_accuracy']:.3f}" in html
     assert all(s["wall_seconds"] >= 0 for s in stages.values())
 
 
@@ -279,9 +283,16 @@ def test_grid_summary_gives_label_margins_in_standard_errors_and_stage1_probes(t
     (g / "seed1" / "lam.done.json").unlink()  # an unfinished run does not count
     assert summarise(cfg, tmp_path)["evaluations"] == 6
     summary = (tmp_path / "summary.md").read_text()
-    # differences (1, 2): mean 1.5, std 0.707, s.e. 0.5 -> 3.0; (-0.5, 0.5): 0 +- 0.5 -> 0.0
-    assert "| lapo_labels_k256 - bc_k256 | +1.50 (+3.0 s.e.; n=2) |" in summary
-    assert "| lapo_labels_k256 - idm_bc_k256 | +0.00 (+0.0 s.e.; n=2) |" in summary
+    # differences (1, 2): mean 1.5, std 0.707, s.e. over seeds 0.5 -> 3.0; of episodes: four
+    # evaluations with s.e. 0.4, sqrt(4 x 0.16) / 2 = 0.4 -> 3.75; (-0.5, 0.5): 0 -> 0.0
+    assert (
+        "| lapo_labels_k256 - bc_k256 | +1.50 (+3.0 s.e. over seeds, +3.8 of episodes; n=2) |"
+        in summary
+    )
+    assert (
+        "| lapo_labels_k256 - idm_bc_k256 | +0.00 (+0.0 s.e. over seeds, +0.0 of episodes; n=2) |"
+        in summary
+    )
     assert "| stage 1, video only | 0.300 / 0.150 (n=1) |" in summary
     assert "| stage 1 with K = 256 labels | 0.350 / 0.175 (n=2) |" in summary
     assert "| (b)'s supervised IDM on K = 256 | 0.260 / 0.110 (n=2) |" in summary

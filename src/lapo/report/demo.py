@@ -60,6 +60,7 @@ def learned_section(out: Path, stages: dict) -> tuple[str, list[list[str]]]:
             f"{probe['chance']:.3f} / {probe['majority_class_accuracy']:.3f}",
         ],
     ]
+    learned += labelled_rows(stages)
     body = (
         "<p class='note'>The probe (an MLP from latent to true action, fit on "
         f"{probe['labels']} labelled train windows, scored on {probe['n_test']} test windows; "
@@ -69,6 +70,24 @@ def learned_section(out: Path, stages: dict) -> tuple[str, list[list[str]]]:
         "ceiling.</p>" + table(learned, ["model", "probe accuracy / balanced"])
     )
     return body, summary
+
+
+def labelled_rows(stages: dict) -> list[list[str]]:
+    """With ``--compare-labels``: stage 1 with the K labels (its probe, and its action head,
+    which saw the K labels only) beside baseline (b)'s supervised IDM on the same K."""
+    lam = stages.get("stage1_labels", {}).get("result", {})
+    idm = stages.get("idm_bc", {}).get("result", {})
+    rows = []
+    if "probe_accuracy" in lam:
+        pair = f"{lam['probe_accuracy']:.3f} / {lam['probe_balanced_accuracy']:.3f}"
+        rows.append(["stage 1 with the K labels in its loss (its own probe windows)", pair])
+    if "head_test_accuracy" in lam:
+        pair = f"{lam['head_test_accuracy']:.3f} / {lam['head_test_balanced_accuracy']:.3f}"
+        rows.append(["its action head, fit on the K labels alone (no probe)", pair])
+    if "idm_test_accuracy" in idm:
+        pair = f"{idm['idm_test_accuracy']:.3f} / {idm['idm_test_balanced_accuracy']:.3f}"
+        rows.append(["baseline (b): a supervised IDM fit on the same K labels (no probe)", pair])
+    return rows
 
 
 def return_rows(game: str, returns: dict) -> list[list[str]]:
