@@ -232,3 +232,35 @@ def test_stage3_presets_are_named_and_the_default_is_the_published_one():
     assert (fast.frames, fast.num_envs, fast.num_steps) == (8_192, 16, 64)
     args = build_parser().parse_args([*argv, "--preset", "cpu", "--frames", "1000"])
     assert command_config(args, OnlineConfig).frames == 1000  # options override the preset
+
+
+def test_a_failed_command_leaves_no_folder_it_put_nothing_into(tmp_path, capsys):
+    # stage 1 on real frames with no test split fails after its run folder was made (it writes
+    # its config first): the folder is removed, and the one line says so
+    from lapo.data.collect import collect
+
+    data = tmp_path / "data"
+    collect("coinrun", "random", 64, data, test_frames=0, num_envs=2, progress=False)
+    run = tmp_path / "run"
+    assert main(["lam", "train", "--data", str(data), "--out", str(run), "--preset", "fast"]) == 2
+    one_line_error(capsys, "test", f"{run} was removed")
+    assert not run.exists()
+    # a folder that holds earlier work is kept as it was
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "lam.safetensors").write_bytes(b"work")
+    assert main(["lam", "train", "--data", str(data), "--out", str(earlier)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "removed" not in err
+    assert (earlier / "lam.safetensors").read_bytes() == b"work"
+
+
+def test_holds_work_sees_checkpoints_and_frames_only(tmp_path):
+    from lapo.cli import holds_work
+
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    assert not holds_work(tmp_path)
+    (tmp_path / "train" / "c0").mkdir(parents=True)
+    (tmp_path / "train" / "c0" / "obs.npy").write_bytes(b"")
+    assert holds_work(tmp_path)

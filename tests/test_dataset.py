@@ -111,7 +111,7 @@ def test_dataset_shorter_than_a_window(tmp_path):
     out = tmp_path / "tiny"
     collect(GAME, "random", 2, out, test_frames=0, num_envs=1, progress=False)
     with pytest.raises(
-        DatasetError, match=r"has 2 frames in split 'train', a window needs 3; collect more"
+        DatasetError, match=r"has 2 frames in split 'train', a window needs 3: collect more"
     ):
         WindowDataset(out, "train", k=3)
     with pytest.raises(DatasetError, match=r"has 0 frames in split 'test'"):

@@ -124,7 +124,7 @@ def test_import_codecs_rates_and_crops(tmp_path: Path) -> None:
     # the VFR video comes out evenly spaced at --fps 20: frame k shows the source frame
     # nearest to k / 20 s
     vfr = tmp_path / "vfr"
-    import_videos([vids / "d.mkv"], vfr, VideoImport(fps=20), progress=False)
+    import_videos([vids / "d.mkv"], vfr, VideoImport(fps=20, test_fraction=0), progress=False)
     got = source_index(split_obs(vfr))
     with av.open(str(vids / "d.mkv")) as c:
         st = c.streams.video[0]
@@ -143,12 +143,16 @@ def test_crop_and_trim(tmp_path: Path) -> None:
     make_video(tmp_path / "wide.mp4", wide)
     for crop, left in (("centre", (0, 0, 255)), ("none", (255, 0, 0))):
         out = tmp_path / crop
-        import_videos([tmp_path / "wide.mp4"], out, VideoImport(crop=crop), progress=False)
+        import_videos(
+            [tmp_path / "wide.mp4"], out, VideoImport(crop=crop, test_fraction=0), progress=False
+        )
         obs = split_obs(out).astype(int)
         assert np.abs(obs[:, 32, 2] - left).max() < 8, crop
     make_video(tmp_path / "long.mp4", grey(30), fps=10)  # 3 s
     out = tmp_path / "trim"
-    import_videos([tmp_path / "long.mp4"], out, VideoImport(start=1, end=2), progress=False)
+    import_videos(
+        [tmp_path / "long.mp4"], out, VideoImport(start=1, end=2, test_fraction=0), progress=False
+    )
     assert (source_index(split_obs(out)) == np.arange(10, 20)).all()
 
 
@@ -350,3 +354,57 @@ def test_lam_trains_on_imported_video(tmp_path: Path, capsys) -> None:
     argv = ["lam", "train", "--data", str(ds), "--out", str(tmp_path / "run"), "--preset", "fast"]
     code, out, _ = run_cli(capsys, *argv, "--steps", "2", "--threads", "1", "--quiet")
     assert code == 0 and json.loads(out)["steps"] == 2
+
+
+@pytest.mark.slow
+def test_one_video_is_enough_for_stage1_stage2_and_play(tmp_path: Path, procgen: Path, capsys):
+    # one recording (here 300 real coinrun frames in one H.264 file): its last --test-fraction
+    # becomes the test split, so training, evaluation and play all have what they need
+    video = tmp_path / "one.mp4"
+    export_video(procgen, video, "train", fps=15, progress=False)
+    ds = tmp_path / "ds"
+    code, out, _ = run_cli(capsys, "data", "import-video", str(video), "--out", str(ds), "--quiet")
+    summary = json.loads(out)
+    assert code == 0 and summary["frames"] == {"train": 270, "test": 30}, summary
+    assert summary["test_tails"] == 1 and not summary["notes"]
+    # the cut is in time: the train episode is the first 90%, the test episode the rest, and
+    # both end with done
+    whole = split_obs(procgen, "train")
+    assert np.abs(split_obs(ds, "train").astype(int) - whole[:270]).mean() < 8
+    assert np.abs(split_obs(ds, "test").astype(int) - whole[270:]).mean() < 8
+    (source,) = open_dataset(ds).manifest["sources"]
+    assert source["frames"] == 300 and source["test_tail"]["first_frame"] == 270
+    lam, bc = tmp_path / "lam", tmp_path / "bc"
+    tiny = ["--preset", "fast", "--steps", "4", "--threads", "1", "--quiet"]
+    argv = ["lam", "train", "--data", str(ds), "--out", str(lam), *tiny, "--eval-every", "2"]
+    assert run_cli(capsys, *argv)[0] == 0
+    argv = ["bc", "train", "--lam", str(lam), "--data", str(ds), "--out", str(bc), *tiny]
+    assert run_cli(capsys, *argv)[0] == 0
+    from lapo.play.server import make_server
+    from lapo.play.session import open_session
+
+    session = open_session(lam, ds, windows=20, clusters=3)
+    server = make_server(session, "127.0.0.1", 0)
+    try:
+        assert len(session.buttons) == 3 and session.info["data"] == str(ds)
+    finally:
+        server.server_close()
+
+
+def test_a_video_too_short_to_hold_out_its_end_is_one_line(tmp_path: Path, capsys) -> None:
+    make_video(tmp_path / "five.mp4", grey(5))
+    argv = ["data", "import-video", str(tmp_path / "five.mp4"), "--out", str(tmp_path / "d")]
+    code, _, err = run_cli(capsys, *argv, "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "too few to hold out its end" in err, err
+    assert not (tmp_path / "d").exists()
+    # with --test-fraction 0 the same video imports, and says what lam train will lack
+    code, out, _ = run_cli(capsys, *argv, "--test-fraction", "0", "--quiet")
+    assert code == 0 and "--test-fraction above 0" in json.loads(out)["notes"][0]
+
+
+def test_tail_start_by_hand() -> None:
+    from lapo.data.video import holds_out_tail, tail_start
+
+    assert tail_start(300, 0.1) == 270 and tail_start(10, 0.5) == 5
+    assert tail_start(6, 0.01) == 3 and tail_start(100, 0.99) == 3  # each part a window long
+    assert holds_out_tail(1, 0.1) and not holds_out_tail(2, 0.1) and not holds_out_tail(1, 0.0)

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lapo.data.format import FRAME_BYTES, DatasetError, load_small, open_dataset
+from lapo.data.format import (
+    FRAME_BYTES,
+    DatasetError,
+    load_small,
+    more_data_hint,
+    open_dataset,
+)
 from lapo.envs.procgen import OBS_SHAPE
 
 
@@ -77,8 +83,8 @@ class WindowDataset:
         self.frames = int(lengths.sum())
         if self.frames < k:
             raise DatasetError(
-                f"{self.path} has {self.frames} frames in split {split!r}, a window needs {k}; "
-                "collect more"
+                f"{self.path} has {self.frames} frames in split {split!r}, a window needs {k}: "
+                + more_data_hint(self.info.manifest, split)
             )
         # (C + 1,) first global frame of each chunk, and where its frames start in obs.npy.
         self._chunk_start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -100,7 +106,7 @@ class WindowDataset:
         if len(self.starts) == 0:
             raise DatasetError(
                 f"{self.path} split {split!r} has {self.frames} frames but no {k} consecutive "
-                "frames inside one episode; collect more"
+                "frames inside one episode: " + more_data_hint(self.info.manifest, split)
             )
         self.max_open_files = max_open_files
         self._fds: dict[int, int] = {}

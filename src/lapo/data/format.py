@@ -442,6 +442,22 @@ def _imported(manifest: dict) -> bool:
     return (manifest.get("policy") or {}).get("kind") in ("imported-lapo", "video")
 
 
+def more_data_hint(manifest: dict, split: str = "train") -> str:
+    """What to do when a dataset holds too little for a command, by where its data came from."""
+    kind = (manifest.get("policy") or {}).get("kind")
+    if kind == "video":
+        if split == "test":
+            return (
+                "import the videos again into a new folder with a larger --test-fraction (one "
+                "video: its last --test-fraction becomes the test split)"
+            )
+        return "import longer videos, more of them or a higher --fps into a new folder"
+    if kind == "imported-lapo":
+        return "import more of the reference data (lapo data import-lapo) into a new folder"
+    flag = "--test-frames" if split == "test" else "--frames"
+    return f"collect more (lapo collect ... {flag} N)"
+
+
 def _fix_hint(manifest: dict) -> str:
     """What to do about a broken chunk: a collection can drop it and collect its frames again."""
     if _imported(manifest):

@@ -15,7 +15,7 @@ import numpy as np
 from lapo.checkpoint import read_json, write_json
 from lapo.data.checks import require_actions
 from lapo.data.dataset import WindowDataset
-from lapo.data.format import DatasetError, open_dataset
+from lapo.data.format import DatasetError, more_data_hint, open_dataset
 
 LABELLED_FILE = "labelled_windows.json"
 
@@ -33,7 +33,7 @@ def choose_labelled(ds: WindowDataset, labels: int, seed: int, data: Path) -> np
     if labels > len(ds):
         raise DatasetError(
             f"--labels {labels} is more than the {len(ds)} labelled train windows in {data}; "
-            f"use at most {len(ds)} or collect more"
+            f"use at most {len(ds)}, or " + more_data_hint(ds.info.manifest)
         )
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(ds.starts, labels, replace=False))

@@ -7,6 +7,10 @@ area filter so its short side is 64 and centre-cropped square (or squeezed, crop
 Nothing holds more than one decoded frame, so memory stays flat in the number and length of
 the videos.
 
+With two videos or more, whole videos go to the test split (``test_fraction`` of them). With
+one, its last ``test_fraction`` (by time) becomes the test split as an episode of its own, so a
+single recording is enough to train and evaluate on.
+
 A video's chunks are renamed into place as they fill but recorded in the manifest only when
 the whole video is in, in the same write as its entry in ``sources`` (path, size, sha256,
 frame rates, frames written, split, episode id): a killed import leaves a valid dataset of the
@@ -281,7 +285,8 @@ def sha256(path: Path) -> str:
 
 def assign_splits(files: list[Path], test_fraction: float, seed: int) -> dict[Path, str]:
     """Whole videos to splits: ``round(test_fraction * n)`` test videos (at least one when
-    ``test_fraction`` > 0 and there are two videos or more, never all), chosen by ``seed``."""
+    ``test_fraction`` > 0 and there are two videos or more, never all), chosen by ``seed``.
+    With one video it stays ``train`` here: :func:`holds_out_tail` then gives its end to test."""
     n = len(files)
     n_test = 0
     if test_fraction > 0 and n >= 2:
@@ -291,6 +296,19 @@ def assign_splits(files: list[Path], test_fraction: float, seed: int) -> dict[Pa
     return {f: ("test" if f in test else "train") for f in files}
 
 
+def holds_out_tail(n_videos: int, test_fraction: float) -> bool:
+    """Whether each video's last ``test_fraction`` goes to the test split: with fewer than two
+    videos there is no whole video to spare."""
+    return n_videos < 2 and test_fraction > 0
+
+
+def tail_start(frames: int, test_fraction: float) -> int:
+    """The first output frame of the held-out tail of a video of ``frames`` frames: the last
+    ``test_fraction`` by time (frames are evenly spaced), each part at least a window long."""
+    cut = round(frames * (1 - test_fraction))
+    return min(max(cut, MIN_FRAMES), frames - MIN_FRAMES)
+
+
 def _write_video(
     writer: DatasetWriter,
     split: str,
@@ -298,33 +316,39 @@ def _write_video(
     frames: Iterator[tuple[np.ndarray, int]],
     chunk_frames: int,
     bar: Any,
+    tail_from: int | None = None,
 ) -> int:
     """Write one video's frames as chunks of one episode, committed but not yet recorded
-    (``defer``); the last frame is held back until the end so it can carry ``done``.
-    Returns the frames written; on any error the video's chunks are deleted."""
+    (``defer``); the last frame is held back until the end so it can carry ``done``. With
+    ``tail_from``, output frames from that index on are a second episode (``episode + 1``) in
+    the test split. Returns the frames written; on any error the video's chunks are deleted."""
     chunk, held, n = None, None, 0
+    part = (split, episode)
 
     def put(obs: np.ndarray, done: bool) -> None:
         nonlocal chunk
         if chunk is None:
-            chunk = writer.new_chunk(split)
-        chunk.append_frame(obs, done, episode, -1)
-        if len(chunk) >= chunk_frames:
-            writer.commit(split, chunk, [], defer=True)
+            chunk = writer.new_chunk(part[0])
+        chunk.append_frame(obs, done, part[1], -1)
+        if len(chunk) >= chunk_frames or done and tail_from is not None:
+            writer.commit(part[0], chunk, [], defer=True)
             chunk = None
 
     try:
         for obs, count in frames:
             for _ in range(count):
                 if held is not None:
-                    put(held, False)
+                    ends_part = tail_from is not None and n == tail_from and part[0] != "test"
+                    put(held, ends_part)
+                    if ends_part:
+                        part = ("test", episode + 1)
                 held = obs
-            n += count
+                n += 1
             bar.update(count)
         if held is not None:
             put(held, True)
         if chunk is not None:
-            writer.commit(split, chunk, [], defer=True)
+            writer.commit(part[0], chunk, [], defer=True)
             chunk = None
     except BaseException:
         if chunk is not None:
@@ -334,6 +358,40 @@ def _write_video(
     return n
 
 
+def count_frames(probe: VideoProbe, opts: VideoImport) -> int:
+    """The output frames a video gives, decoded but not converted (to place a held-out tail)."""
+    import av
+
+    rate = _rate(probe, opts)
+    end = None if opts.end is None else Fraction(opts.end)
+    try:
+        with av.open(str(probe.path)) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            if opts.start > 0:
+                origin = stream.start_time or 0
+                c.seek(origin + int(Fraction(opts.start) / stream.time_base), stream=stream)
+            frames = resample(
+                _timed(c.decode(stream), stream, rate), rate, Fraction(opts.start), end
+            )
+            return sum(n for _, n in frames)
+    except av.error.FFmpegError as e:
+        reason = getattr(e, "strerror", None) or e
+        raise VideoError(f"{probe.path} is damaged or truncated ({reason})") from None
+
+
+def _tail_from(probe: VideoProbe, opts: VideoImport) -> int:
+    """Where a single video's held-out tail starts, or a clear error if it is too short."""
+    total = count_frames(probe, opts)
+    check_length(probe, opts, total)
+    if total < 2 * MIN_FRAMES:
+        raise VideoError(
+            f"{probe.path} gives {total} frames, too few to hold out its end as the test split "
+            f"(each part needs {MIN_FRAMES}): use a longer video, or import two videos or more"
+        )
+    return tail_start(total, opts.test_fraction)
+
+
 def _import_one(
     writer: DatasetWriter,
     probe: VideoProbe,
@@ -341,14 +399,22 @@ def _import_one(
     opts: VideoImport,
     chunk_frames: int,
     bar: Any,
+    hold_out_tail: bool = False,
 ) -> dict:
-    """Import one video as the next episode; it enters the manifest (its chunks and its
-    ``sources`` entry, one write) only once all its frames are in. Returns that entry."""
+    """Import one video as the next episode (with ``hold_out_tail``, its last
+    ``opts.test_fraction`` as a second episode, in the test split); it enters the manifest (its
+    chunks and its ``sources`` entry, one write) only once all its frames are in. Returns that
+    entry."""
     manifest = writer.manifest
     episode = int(manifest["next_episode_id"])
-    frames = _write_video(writer, split, episode, video_frames(probe, opts), chunk_frames, bar)
+    tail_from = _tail_from(probe, opts) if hold_out_tail else None
+    frames = _write_video(
+        writer, split, episode, video_frames(probe, opts), chunk_frames, bar, tail_from
+    )
     try:
         check_length(probe, opts, frames)
+        if tail_from is not None and frames - tail_from < MIN_FRAMES:
+            raise VideoError(f"{probe.path} ended before its held-out tail; import it again")
     except VideoError:
         writer.drop_pending()
         raise
@@ -365,8 +431,11 @@ def _import_one(
         "split": split,
         "episode_id": episode,
     }
+    if tail_from is not None:
+        # frames [0, tail_from) are episode `episode` in `split`, the rest `episode + 1` in test
+        entry["test_tail"] = {"first_frame": tail_from, "episode_id": episode + 1}
     manifest["sources"].append(entry)
-    manifest["next_episode_id"] = episode + 1
+    manifest["next_episode_id"] = episode + (1 if tail_from is None else 2)
     writer.record_pending()
     return entry
 
@@ -478,7 +547,8 @@ def import_videos(
         out.mkdir(parents=True, exist_ok=True)
         writer.write_manifest()
     try:
-        _import_all(writer, probes, splits, opts, chunk_frames, skip_bad, skipped, progress)
+        tail = holds_out_tail(len(files), opts.test_fraction) and not split_of
+        _import_all(writer, probes, splits, opts, chunk_frames, skip_bad, skipped, progress, tail)
     except BaseException:
         if not exists and not manifest["sources"]:  # nothing got in: leave no folder behind
             _discard(out, keep_folder=given_empty)
@@ -511,8 +581,10 @@ def _import_all(
     skip_bad: bool,
     skipped: list[dict],
     progress: bool,
+    tail: bool = False,
 ) -> None:
-    """Import each probed video in turn, with a progress bar over their frames."""
+    """Import each probed video in turn, with a progress bar over their frames; with ``tail``,
+    each one's end goes to the test split (:func:`holds_out_tail`)."""
     from tqdm import tqdm
 
     total = sum(_expected_frames(p, opts) for p in probes)
@@ -521,13 +593,18 @@ def _import_all(
         for i, probe in enumerate(probes):
             bar.set_description(f"video {i + 1}/{len(probes)}")
             try:
-                _import_one(writer, probe, splits[probe.path], opts, chunk_frames, bar)
+                _import_one(writer, probe, splits[probe.path], opts, chunk_frames, bar, tail)
             except VideoError as e:
                 if not skip_bad:
                     done = len(writer.manifest["sources"])
+                    kept = (
+                        f" ({writer.root} keeps the {done} videos imported before it: run again "
+                        "with --resume)"
+                        if done
+                        else ""
+                    )
                     raise VideoError(
-                        f"{e}; remove or replace it, or pass --skip-bad ({writer.root} keeps the "
-                        f"{done} videos imported before it: run again with --resume)"
+                        f"{e}; remove or replace it, or pass --skip-bad{kept}"
                     ) from None
                 skipped.append({"path": str(probe.path), "reason": str(e)})
     finally:
@@ -551,12 +628,13 @@ def _summary(
     notes = []
     if split["test"]["frames"] == 0:
         notes.append(
-            f"{out} has no test videos, which 'lapo lam train' needs: import two videos or more "
-            "with --test-fraction above 0"
+            f"{out} has no test frames, which 'lapo lam train' needs: import again with "
+            "--test-fraction above 0 (one video: its end becomes the test split)"
         )
     return {
         "out": str(out),
         "videos": {s: sum(1 for v in sources if v["split"] == s) for s in SPLITS},
+        "test_tails": sum(1 for v in sources if "test_tail" in v),
         "frames": {s: split[s]["frames"] for s in SPLITS},
         "chunks": {s: split[s]["chunks"] for s in SPLITS},
         "imported_now": len(sources) - before,

@@ -105,7 +105,8 @@ def serve(session: PlaySession, host: str, port: int, open_browser: bool = True)
     """Serve ``session`` until Ctrl-C, printing the URL (and opening it in a browser)."""
     server = make_server(session, host, port)
     url = f"http://{host}:{server.server_address[1]}/"
-    print(f"lapo play: {session.info['game']} world model of {session.info['run']} at {url} "
+    game = session.info["game"] or "video"
+    print(f"lapo play: {game} world model of {session.info['run']} at {url} "
           "(Ctrl-C to stop)", flush=True)  # fmt: skip
     if open_browser:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lapo.data.dataset import WindowDataset
-from lapo.data.format import DatasetError
+from lapo.data.format import DatasetError, more_data_hint, open_dataset
 from lapo.envs import ACTION_NAMES
 from lapo.errors import UserError
 from lapo.evaluation.clusters import KMeans, exact_codes, kmeans
@@ -289,7 +289,7 @@ def rollout_picture(model, data: Path, out: Path, rollout_frames: int = 48) -> s
     if long is None:
         raise DatasetError(
             f"no test episode in {data} has {max(rollout_frames // 4, 3)} frames for the "
-            "rollout GIF; collect more test frames"
+            "rollout GIF: " + more_data_hint(open_dataset(data).manifest, "test")
         )
     ep = long.read(long.starts[:1])["obs"][0]  # (T, 64, 64, 3)
     roll = open_loop_rollout(model, frames_to_float(torch.from_numpy(ep[None]))[0])
