@@ -25,7 +25,24 @@ torch.set_num_threads(TORCH_THREADS)
 SLOWEST_FILES = ("test_lam.py", "test_demo.py", "test_stages23.py")
 
 
+# Module fixtures that train models or run whole pipelines: a test that uses one is slow (it
+# runs in the full suite, not in the fast tier `pytest -m "not slow"`)
+SLOW_FIXTURES = {
+    "demo",  # test_demo.py: lapo demo --fast
+    "lam_run",  # test_stages23.py: stage 1, then stage 2 and decoding on top
+    "stage2",
+    "decoded",
+    "one_process",  # test_distributed.py: torchrun runs
+    "two_ranks",
+    "random_bigfish",  # test_lam.py: the stage-1 learning test
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
     def rank(item: pytest.Item) -> int:
         name = item.path.name
         return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)

@@ -2,18 +2,21 @@
 
 import dataclasses
 import json
+import math
 import sys
 
 import numpy as np
 import pytest
 import torch
 from cores import TORCH_THREADS
+from margins import accuracy_se, assert_margin
 
 from lapo.checkpoint import load_tensors
 from lapo.cli import main
 from lapo.config import LAMConfig, QuantizerConfig
 from lapo.config import lam_preset as preset
 from lapo.data.collect import collect
+from lapo.data.dataset import WindowDataset
 from lapo.stages.lam import LatentActionModel, lam_loss, lr_scale, shuffled_latent_loss, train_lam
 
 TOY = dict(
@@ -531,11 +534,12 @@ def test_stage1_labels_bad_input_is_one_line(data, tmp_path, capsys):
     assert err.count("\n") == 1 and "labelled_windows.json" in err
 
 
+@pytest.mark.slow
 def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
     # coinrun: the camera follows the agent, so its move shifts the whole frame; with amplified
-    # frame differences a supervised IDM learns it in a few hundred steps (README, Stage 1)
+    # frame differences a supervised IDM learns it in a few hundred steps (docs/stage1.md)
     data = tmp_path / "coinrun"
-    collect("coinrun", "random", 6_000, data, test_frames=3_000, num_envs=8, progress=False)
+    collect("coinrun", "random", 6_000, data, test_frames=8_192, num_envs=8, progress=False)
     base = {
         **TOY,
         "idm_differences": True,
@@ -546,7 +550,7 @@ def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
         "eval_every": 200,
         "probe_every": 200,
         "probe_train": 2_048,
-        "probe_test": 2_048,
+        "probe_test": 8_192,
         "threads": TORCH_THREADS,
     }
     video = train_lam(LAMConfig(**base), data, tmp_path / "video", progress=False)
@@ -556,9 +560,12 @@ def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
         tmp_path / "labels",
         progress=False,
     )
-    # 2,048 test windows: one standard error of an accuracy near 0.15 is about 0.008. Measured
-    # (2 cores): 0.115 without labels, 0.168 with them; 0.116 and 0.171 at 300 steps
-    assert labelled["probe_accuracy"] > video["probe_accuracy"] + 0.03, (labelled, video)
+    # the two probes are fit and tested apart: the s.e. of their difference is the root of the
+    # sum of squares. Measured: see the margin this prints (docs/testing.md lists them)
+    a, b = labelled["probe_accuracy"], video["probe_accuracy"]
+    n = min(8_192, len(WindowDataset(data, "test", k=3)))
+    se = math.hypot(accuracy_se(a, n), accuracy_se(b, n))
+    assert_margin("probe with labels over without", a, b, se)
 
 
 def test_head_report_scores_the_action_head_by_hand():

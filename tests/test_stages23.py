@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from cores import TORCH_THREADS
+from margins import accuracy_se, assert_margin, paired_se
 from torch.distributions import Categorical
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json, write_json
@@ -189,8 +190,8 @@ def test_offline_decoder_beats_chance_on_held_out_labels(decoded, data):
     report = read_json(decoded / "decode.json")
     n = report["test_windows"]
     assert n == len(WindowDataset(data, "test", k=3))  # fewer than 4096: all of them
-    se = (CHANCE * (1 - CHANCE) / n) ** 0.5
-    assert report["decoder_accuracy_on_idm_latents"] > CHANCE + 3 * se
+    accuracy = report["decoder_accuracy_on_idm_latents"]
+    assert_margin("offline decoder over chance", accuracy, CHANCE, accuracy_se(CHANCE, n))
     assert report["chance"] == pytest.approx(CHANCE)
     assert sum(report["labelled_action_counts"]) == LABELS
     config = read_json(decoded / "config.json")
@@ -219,12 +220,7 @@ def test_decoded_policy_beats_random_in_the_game(decoded):
     dec = run_episodes(load_policy(decoded, GAME, seed=seed), GAME, episodes, seed=seed)
     rnd = run_episodes(load_policy("random", GAME, seed=seed), GAME, episodes, seed=seed)
     assert len(dec) == len(rnd) == episodes
-    diff = dec - rnd
-    se = diff.std(ddof=1) / episodes**0.5
-    print(
-        f"decoded {dec.mean():.3f} random {rnd.mean():.3f} difference {diff.mean():.3f} +- {se:.3f}"
-    )
-    assert diff.mean() > 3 * se
+    assert_margin("decoded policy over random", dec.mean(), rnd.mean(), paired_se(dec - rnd))
 
 
 # ---------------------------------------------------------------------------------------------
