@@ -6,7 +6,7 @@ torch's threads and device, saves the run's config as ``config.json``, resumes f
 TensorBoard (``tb/``) and rows to ``metrics.csv``, shows a progress bar with rate and ETA,
 writes checkpoints atomically and closes everything on the way out, killed or not::
 
-    with Run(out, "lam", cfg, total=cfg.steps, columns=[...], resumable=LAM_RESUMABLE) as run:
+    with Run(out, "lam", cfg, total=cfg.steps, columns=[...], resumable=cfg.resumable()) as run:
         start = run.resume(model, optimizer, rng)
         for step in range(start, cfg.steps):
             ...

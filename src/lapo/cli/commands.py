@@ -268,7 +268,8 @@ def baseline_ppo(args: argparse.Namespace) -> None:
     check_game(args.env)
     if not args.config and "frames" not in args:
         raise UserError("--frames is required (the environment frames to train for)")
-    cfg = command_config(args, config.ExpertConfig, config.PPO_BASELINE, section="train")
+    base = config.preset(config.ExpertConfig, "baseline")
+    cfg = command_config(args, config.ExpertConfig, base, section="train")
     given = {k: getattr(cfg, k) for k in PPO_BASELINE_FIELDS}
     _print(
         ppo_from_scratch(
@@ -307,9 +308,8 @@ def evaluate(args: argparse.Namespace) -> None:
 def demo(args: argparse.Namespace) -> None:
     from lapo.workflows.demo import default_out, find_resumable, run_demo
 
-    cfg = command_config(
-        args, config.DemoConfig, config.DemoConfig(**config.DEMO_FAST) if args.fast else None
-    )
+    fast = config.preset(config.DemoConfig, "fast") if args.fast else None
+    cfg = command_config(args, config.DemoConfig, fast)
     runs = Path(args.runs)
     out = Path(args.out) if args.out else find_resumable(runs, cfg) or default_out(runs)
     if (out / "stages.json").exists():
