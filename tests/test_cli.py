@@ -15,6 +15,7 @@ from lapo.cli.options import command_config
 from lapo.cli.parser import COMMANDS, build_parser
 from lapo.config import (
     BCConfig,
+    ExpertConfig,
     LAMConfig,
     OnlineConfig,
     QuantizerConfig,
@@ -234,3 +235,19 @@ def test_stage3_presets_are_named_and_the_default_is_the_published_one():
     assert (fast.frames, fast.num_envs, fast.num_steps) == (8_192, 16, 64)
     args = build_parser().parse_args([*argv, "--preset", "cpu", "--frames", "1000"])
     assert command_config(args, OnlineConfig).frames == 1000  # options override the preset
+
+
+def test_baseline_ppo_runs_the_whole_config_it_is_given(tmp_path, monkeypatch):
+    import lapo.stages.baselines as baselines
+
+    ran = []
+    monkeypatch.setattr(baselines, "ppo_from_scratch", lambda cfg, *a: ran.append((cfg, a)) or {})
+    argv = ["baseline", "ppo", "--env", "jumper", "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*argv, "--frames", "640", "--seed", "2"]) == 0
+    want = dataclasses.replace(preset(ExpertConfig, "baseline"), frames=640, seed=2)
+    assert ran[-1][0] == want and ran[-1][1][0] == "jumper"
+    # a saved run's config passes through whole, fields the command line lacks included
+    saved = ExpertConfig(frames=999, learning_rate=1e-3, gamma=0.99, arch="nature")
+    path = saved_run(tmp_path, "train", saved)
+    assert main([*argv, "--config", str(path), "--seed", "3"]) == 0
+    assert ran[-1][0] == dataclasses.replace(saved, seed=3)

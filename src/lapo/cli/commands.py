@@ -258,9 +258,6 @@ def baseline_bc(args: argparse.Namespace) -> None:
         _print(idm_labels_bc(cfg, idm, *where, *run))
 
 
-PPO_BASELINE_FIELDS = ("frames", "width", "num_envs", "num_steps", "seed", "threads", "device")
-
-
 def baseline_ppo(args: argparse.Namespace) -> None:
     from lapo.envs import check_game
     from lapo.stages.baselines import ppo_from_scratch
@@ -270,12 +267,7 @@ def baseline_ppo(args: argparse.Namespace) -> None:
         raise UserError("--frames is required (the environment frames to train for)")
     base = config.preset(config.ExpertConfig, "baseline")
     cfg = command_config(args, config.ExpertConfig, base, section="train")
-    given = {k: getattr(cfg, k) for k in PPO_BASELINE_FIELDS}
-    _print(
-        ppo_from_scratch(
-            args.env, out=Path(args.out), progress=not args.quiet, command=_command(), **given
-        )
-    )
+    _print(ppo_from_scratch(cfg, args.env, Path(args.out), not args.quiet, _command()))
 
 
 def evaluate(args: argparse.Namespace) -> None:

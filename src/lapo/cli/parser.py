@@ -49,6 +49,8 @@ LABELLED = [
     OUT, BC_PRESET, QUIET, CONFIG,
 ]
 BC_CPU = {"defaults": preset(config.BCConfig, "cpu")}  # what --preset's default gives
+# (c)'s options: the rest of its config comes from the preset, or whole from --config
+PPO_BASELINE_FIELDS = ("frames", "width", "num_envs", "num_steps", "seed", "threads", "device")
 
 GROUPS = {
     "expert": "PPO demonstrators",
@@ -187,7 +189,7 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
     ("baseline ppo", "(c) PPO from scratch with the policy's IMPALA-CNN", cmd.baseline_ppo,
      [ENV, OUT, QUIET, CONFIG],
      [(config.ExpertConfig, {"defaults": preset(config.ExpertConfig, "baseline"),
-                             "only": cmd.PPO_BASELINE_FIELDS, "required": ("frames",)})]),
+                             "only": PPO_BASELINE_FIELDS, "required": ("frames",)})]),
 ]
 # fmt: on
 
