@@ -167,7 +167,12 @@ class Config:
     def resumable(self) -> tuple[str, ...]:
         """The settings a resumed run may change: the budget and the bookkeeping; anything that
         shapes the model or the optimisation must stay as it was."""
-        return tuple(f.name for f in dataclasses.fields(self) if f.metadata.get("resumable"))  # type: ignore[arg-type]
+        return _marked(self, "resumable")
+
+
+def _marked(cfg: Any, key: str) -> tuple[str, ...]:
+    """The names of ``cfg``'s fields whose metadata holds ``key``."""
+    return tuple(f.name for f in dataclasses.fields(cfg) if f.metadata.get(key))
 
 
 PRESETS: dict[type, dict[str, Any]] = {}
@@ -384,10 +389,6 @@ class LAMConfig(FastPath):
         was 0.01 resumes under today's default)."""
         labels = () if self.uses_labels else _marked(self, "label_setting")
         return super().resumable() + labels
-
-
-def _marked(cfg: Any, key: str) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cfg) if f.metadata.get(key))
 
 
 # chosen by measurement on 2 CPU cores: see README "Stage 1"
