@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lapo.config import bc_preset, lam_preset
+from lapo.config import BCConfig, LAMConfig, preset
 from lapo.models.policy import build_network
 from lapo.runkinds import latent_policy_spec
 from lapo.stages.lam import LatentActionModel, lam_loss
@@ -66,7 +66,7 @@ def lapo(args: list[str], processes: int = 1) -> list[str]:
 
 
 def lam_flops_per_sample(toy: bool) -> float:
-    cfg = lam_preset("fast" if toy else "paper")
+    cfg = preset(LAMConfig, "fast" if toy else "paper")
     model = LatentActionModel(cfg)
     frames = torch.rand(2, 3, 3, 64, 64) - 0.5
     with FlopCounterMode(display=False) as counter:
@@ -77,7 +77,8 @@ def lam_flops_per_sample(toy: bool) -> float:
 
 def bc_flops_per_sample(toy: bool) -> float:
     """The policy's forward + backward and the frozen IDM's forward (the target)."""
-    lam_cfg, bc_cfg = lam_preset("fast" if toy else "paper"), bc_preset("fast" if toy else "paper")
+    size = "fast" if toy else "paper"
+    lam_cfg, bc_cfg = preset(LAMConfig, size), preset(BCConfig, size)
     idm = LatentActionModel(lam_cfg).idm.eval()
     policy = build_network(latent_policy_spec(lam_cfg.quantizer.latent_dim, bc_cfg.width))
     obs = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)

@@ -31,7 +31,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lapo.config import lam_preset
+from lapo.config import LAMConfig, preset
 from lapo.runs import Run, resolve_device
 from lapo.stages.lam import LatentActionModel, lam_loss, lam_step
 
@@ -107,7 +107,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets.split(","):
             cfg = dataclasses.replace(
-                lam_preset(name),
+                preset(LAMConfig, name),
                 batch_size=args.batch,
                 device=args.device,
                 threads=args.threads,

@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 
 from lapo.cli import main
+from lapo.cli.flags import to_flags
 from lapo.cli.options import command_config
 from lapo.cli.parser import COMMANDS, build_parser
 from lapo.config import (
-    REPRODUCE_PRESETS,
     BCConfig,
+    ExpertConfig,
     LAMConfig,
     OnlineConfig,
     QuantizerConfig,
-    lam_preset,
-    to_flags,
+    ReproduceConfig,
+    preset,
 )
 from lapo.progress import EstimatedProgress
 from lapo.workflows.reproduce import (
@@ -95,7 +96,7 @@ def saved_run(tmp_path: Path, section: str, cfg: object, **extra: object) -> Pat
 
 def test_config_file_is_the_base_and_options_override_it(tmp_path):
     saved = dataclasses.replace(
-        lam_preset("paper"), steps=7, seed=3, quantizer=QuantizerConfig(num_entries=32)
+        preset(LAMConfig, "paper"), steps=7, seed=3, quantizer=QuantizerConfig(num_entries=32)
     )
     path = saved_run(tmp_path, "lam", saved, data="somewhere")
     argv = ["lam", "train", "--data", "d", "--out", "o", "--config", str(path)]
@@ -135,7 +136,7 @@ def test_a_config_file_that_does_not_fit_is_one_line(tmp_path, capsys):
 
 
 def test_to_flags_round_trips_through_the_parser():
-    base = lam_preset("cpu")
+    base = preset(LAMConfig, "cpu")
     cfg = dataclasses.replace(
         base,
         idm_differences=False,
@@ -151,7 +152,7 @@ def test_to_flags_round_trips_through_the_parser():
 
 def test_reproduce_commands_parse_to_the_configs_they_were_built_from(tmp_path):
     cfg = dataclasses.replace(
-        REPRODUCE_PRESETS["cpu"], games=["coinrun", "bigfish"], seeds=2, labels=[64]
+        preset(ReproduceConfig, "cpu"), games=["coinrun", "bigfish"], seeds=2, labels=[64]
     )
     tasks = build_tasks(cfg, tmp_path)
     parser = build_parser()
@@ -160,7 +161,7 @@ def test_reproduce_commands_parse_to_the_configs_they_were_built_from(tmp_path):
     lam = {t.name: t.cmd[3:] for t in tasks if "lam" in t.name.split("/")[-1]}
     for name, argv in lam.items():
         seed = int(name.split("/")[1])
-        want = dataclasses.replace(lam_preset("cpu"), seed=seed)
+        want = dataclasses.replace(preset(LAMConfig, "cpu"), seed=seed)
         if name.endswith("_k64"):
             want = dataclasses.replace(want, labels=64, labels_seed=seed)
         assert command_config(parser.parse_args(argv), LAMConfig) == want, name
@@ -171,7 +172,7 @@ def test_first_seed_runs_and_summarises_the_seeds_from_it_on(tmp_path):
     from lapo.report.grid import summarise
 
     cfg = dataclasses.replace(
-        REPRODUCE_PRESETS["cpu"], games=["coinrun"], seeds=2, first_seed=3, labels=[64]
+        preset(ReproduceConfig, "cpu"), games=["coinrun"], seeds=2, first_seed=3, labels=[64]
     )
     tasks = build_tasks(cfg, tmp_path)
     assert {t.name.split("/")[1] for t in tasks if t.name.count("/") == 2} == {"3", "4"}
@@ -190,7 +191,9 @@ def test_first_seed_runs_and_summarises_the_seeds_from_it_on(tmp_path):
 
 
 def test_the_grid_bar_weighs_steps_by_the_measured_time_of_their_kind(tmp_path):
-    cfg = dataclasses.replace(REPRODUCE_PRESETS["cpu"], games=["coinrun"], seeds=2, labels=[64])
+    cfg = dataclasses.replace(
+        preset(ReproduceConfig, "cpu"), games=["coinrun"], seeds=2, labels=[64]
+    )
     tasks = build_tasks(cfg, tmp_path)
     assert step_kind("coinrun/1/idm_bc_k64") == "idm_bc"
     assert step_kind("coinrun/0/eval_lapo_labels_head_k64") == "eval"
@@ -264,3 +267,19 @@ def test_holds_work_sees_checkpoints_and_frames_only(tmp_path):
     (tmp_path / "train" / "c0").mkdir(parents=True)
     (tmp_path / "train" / "c0" / "obs.npy").write_bytes(b"")
     assert holds_work(tmp_path)
+
+
+def test_baseline_ppo_runs_the_whole_config_it_is_given(tmp_path, monkeypatch):
+    import lapo.stages.baselines as baselines
+
+    ran = []
+    monkeypatch.setattr(baselines, "ppo_from_scratch", lambda cfg, *a: ran.append((cfg, a)) or {})
+    argv = ["baseline", "ppo", "--env", "jumper", "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*argv, "--frames", "640", "--seed", "2"]) == 0
+    want = dataclasses.replace(preset(ExpertConfig, "baseline"), frames=640, seed=2)
+    assert ran[-1][0] == want and ran[-1][1][0] == "jumper"
+    # a saved run's config passes through whole, fields the command line lacks included
+    saved = ExpertConfig(frames=999, learning_rate=1e-3, gamma=0.99, arch="nature")
+    path = saved_run(tmp_path, "train", saved)
+    assert main([*argv, "--config", str(path), "--seed", "3"]) == 0
+    assert ran[-1][0] == dataclasses.replace(saved, seed=3)

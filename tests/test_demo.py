@@ -16,11 +16,11 @@ from margins import accuracy_se, assert_margin
 from PIL import Image
 
 from lapo.cli import main
-from lapo.config import DEMO_FAST as FAST
-from lapo.config import DemoConfig
+from lapo.config import DemoConfig, preset
 from lapo.report.demo import LABELS_USED
 from lapo.workflows.demo import STAGE1_STAGES, demo_stages, find_resumable, run_demo
 
+FAST = preset(DemoConfig, "fast")
 SECTIONS = [
     "Summary",
     "Did the latent actions learn the true actions?",
@@ -96,7 +96,7 @@ def test_demo_numbers_beat_their_baselines(demo):
     ]
     # every method that used labels used the same K windows: those the decoder drew
     starts = json.loads((demo / "decoded" / "labelled_windows.json").read_text())["starts"]
-    assert len(starts) == FAST["labels"]
+    assert len(starts) == FAST.labels
     for run in ("stage1_labels", "decoded_labels", "bc_on_labels", "idm_labels_bc"):
         assert json.loads((demo / run / "labelled_windows.json").read_text())["starts"] == starts
     returns = json.loads((demo / "returns.json").read_text())
@@ -104,7 +104,7 @@ def test_demo_numbers_beat_their_baselines(demo):
     # the report sets the probe beside the untrained IDM and the supervised ceiling
     untrained = json.loads((demo / "probe_untrained.json").read_text())
     ceiling = json.loads((demo / "ceiling.json").read_text())
-    assert untrained["n_test"] == probe["n_test"] and ceiling["steps"] == FAST["ceiling_steps"]
+    assert untrained["n_test"] == probe["n_test"] and ceiling["steps"] == FAST.ceiling_steps
     html = (demo / "report.html").read_text()
     assert f"{untrained['accuracy']:.3f}" in html and f"{ceiling['accuracy']:.3f}" in html
     # and stage 1's action head beside (b)'s IDM, each fit on the same K labels alone
@@ -131,7 +131,7 @@ def test_resume_skips_finished_stages(demo, tmp_path):
     (run / "report.html").unlink()
     weights = (run / "stage1" / "lam.safetensors").stat().st_mtime_ns
     policy = (run / "stage2" / "policy.safetensors").stat().st_mtime_ns
-    cfg = DemoConfig(**FAST, compare_labels=True)
+    cfg = dataclasses.replace(FAST, compare_labels=True)
     assert find_resumable(tmp_path, cfg) == run
     run_demo(cfg, run, progress=False)
     after = json.loads((run / "stages.json").read_text())
@@ -162,7 +162,7 @@ def test_a_random_play_demo_stops_after_stage1_and_its_report_says_so(demo, tmp_
     # recording differs only in the policy collect() is given)
     run = tmp_path / "demo-random"
     shutil.copytree(demo, run)
-    cfg = DemoConfig(**FAST, policy="random")
+    cfg = dataclasses.replace(FAST, policy="random")
     assert list(demo_stages(cfg)) == list(STAGE1_STAGES)
     stages = json.loads((run / "stages.json").read_text())
     kept = {k: v for k, v in stages.items() if k in STAGE1_STAGES and k != "report"}
@@ -230,10 +230,10 @@ def test_charts_name_actions_and_label_axes():
 
 def test_grid_summary_has_a_row_per_game_and_method_and_a_mean_over_games(tmp_path):
     # two games' evaluation files as the grid writes them; the summary is what is under test
-    from lapo.config import REPRODUCE_PRESETS
+    from lapo.config import ReproduceConfig
     from lapo.report.grid import summarise
 
-    cfg = dataclasses.replace(REPRODUCE_PRESETS["cpu"], games=["coinrun", "jumper"], seeds=2)
+    cfg = dataclasses.replace(preset(ReproduceConfig, "cpu"), games=["coinrun", "jumper"], seeds=2)
     for g, base in (("coinrun", 0.2), ("jumper", 0.6)):
         (tmp_path / g).mkdir()
         (tmp_path / g / "eval_random.json").write_text(json.dumps({"mean_return": 1.0}))
@@ -259,10 +259,12 @@ def test_grid_summary_has_a_row_per_game_and_method_and_a_mean_over_games(tmp_pa
 
 
 def test_grid_summary_gives_label_margins_in_standard_errors_and_stage1_probes(tmp_path):
-    from lapo.config import REPRODUCE_PRESETS
+    from lapo.config import ReproduceConfig
     from lapo.report.grid import summarise
 
-    cfg = dataclasses.replace(REPRODUCE_PRESETS["cpu"], games=["coinrun"], seeds=2, labels=[256])
+    cfg = dataclasses.replace(
+        preset(ReproduceConfig, "cpu"), games=["coinrun"], seeds=2, labels=[256]
+    )
     g = tmp_path / "coinrun"
     returns = {"lapo_labels_k256": (6.0, 7.0), "bc_k256": (5.0, 5.0), "idm_bc_k256": (6.5, 6.5)}
     for seed in range(2):

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from lapo.checkpoint import load_tensors
-from lapo.config import BCConfig, LAMConfig, QuantizerConfig, bc_preset, lam_preset, to_flags
+from lapo.cli.flags import to_flags
+from lapo.config import BCConfig, LAMConfig, QuantizerConfig, preset
 from lapo.data.collect import collect
 from lapo.runs import resolve_precision
 from lapo.stages.bc import train_latent_bc
@@ -108,7 +109,7 @@ def kill_after_checkpoint(cmd: list[str], checkpoint: Path, at_least: int) -> in
 
 def test_two_processes_train_stage1_as_one_and_resume_after_a_kill(data, one_process, tmp_path):
     two = tmp_path / "two"
-    flags = [*to_flags(TOY, lam_preset("cpu")), "--quiet"]
+    flags = [*to_flags(TOY, preset(LAMConfig, "cpu")), "--quiet"]
     cmd = torchrun("-m", "lapo", "lam", "train", "--data", str(data), "--out", str(two), *flags)
     assert kill_after_checkpoint(cmd, two / "checkpoint.safetensors", 2) < TOY.steps
     shutil.copytree(two, tmp_path / "two_then_one")
@@ -157,7 +158,7 @@ def two_ranks(data, one_process, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two_ranks")
     (tmp / "ranks.py").write_text(RANKS)
     bc = ["bc", "train", "--lam", str(one_process), "--data", str(data), "--out", str(tmp / "bc"),
-          *to_flags(BC_TOY, bc_preset("cpu")), "--quiet"]  # fmt: skip
+          *to_flags(BC_TOY, preset(BCConfig, "cpu")), "--quiet"]  # fmt: skip
     values = json.dumps(dataclasses.asdict(TOY))
     cmd = torchrun(str(tmp / "ranks.py"), values, str(tmp / "ranks.safetensors"), *bc)
     subprocess.run(cmd, check=True, capture_output=True)

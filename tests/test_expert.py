@@ -107,7 +107,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         main(["expert", "train", "--env", "coinrun", "--frames", "0", "--out", str(tmp_path / "y")])
         == 2
     )
-    assert "--frames must be a positive" in capsys.readouterr().err
+    assert "--frames must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
 
 

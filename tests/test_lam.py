@@ -1,6 +1,7 @@
 """Stage 1 mechanics at toy sizes on real Procgen frames: shapes, schedule, files, resume."""
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -14,11 +15,12 @@ from margins import accuracy_se, assert_margin
 from lapo.checkpoint import load_tensors
 from lapo.cli import main
 from lapo.config import LAMConfig, QuantizerConfig
-from lapo.config import lam_preset as preset
+from lapo.config import preset as config_preset
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
 from lapo.stages.lam import LatentActionModel, lam_loss, lr_scale, shuffled_latent_loss, train_lam
 
+preset = functools.partial(config_preset, LAMConfig)
 TOY = dict(
     idm_width=1,
     wm_base=4,
@@ -397,7 +399,7 @@ def test_changed_pixel_weight_by_hand(threshold):
 def test_changed_pixel_threshold_out_of_range_is_refused():
     from lapo.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="changed-pixel-threshold"):
+    with pytest.raises(ConfigError, match="changed.pixel.threshold"):
         LAMConfig(changed_pixel_threshold=1.5)
 
 

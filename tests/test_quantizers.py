@@ -98,7 +98,7 @@ def test_no_quantizer_is_identity():
     assert isinstance(q, NoQuantizer)
     z = torch.randn(3, 16)
     assert torch.equal(q(z).z_q, z)
-    with pytest.raises(ValueError, match="unknown quantizer"):
+    with pytest.raises(ValueError, match="ema_vq, fsq, none, got 'gumbel'"):
         make_quantizer(QuantizerConfig(kind="gumbel"))
 
 

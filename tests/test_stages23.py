@@ -22,8 +22,8 @@ from torch.distributions import Categorical
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json, write_json
 from lapo.cli import main
-from lapo.config import BCConfig, OfflineConfig, OnlineConfig, lam_preset
-from lapo.config import bc_preset as preset
+from lapo.config import BCConfig, LAMConfig, OfflineConfig, OnlineConfig
+from lapo.config import preset as config_preset
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
 from lapo.data.format import DatasetWriter, new_manifest, open_dataset
@@ -53,7 +53,7 @@ CHANCE = 1 / 15
 
 # stage 2 at a small, fast size (cpu preset otherwise)
 BC = dataclasses.replace(
-    preset("cpu"),
+    config_preset(BCConfig, "cpu"),
     batch_size=16,
     steps=250,
     warmup_steps=60,
@@ -74,7 +74,7 @@ def data(tmp_path_factory):
 def lam_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("lam") / "run"
     cfg = dataclasses.replace(
-        lam_preset("cpu"),
+        config_preset(LAMConfig, "cpu"),
         batch_size=16,
         steps=100,
         eval_every=100,
@@ -141,15 +141,15 @@ def test_lr_scale_by_hand():
 
 
 def test_presets():
-    paper, cpu = preset("paper"), preset("cpu")
+    paper, cpu = config_preset(BCConfig, "paper"), config_preset(BCConfig, "cpu")
     assert (paper.width, paper.learning_rate, paper.warmup_steps) == (4, 2e-4, 1_000)
     assert (paper.batch_size, paper.steps) == (128, 60_000)
     assert (cpu.width, cpu.learning_rate, cpu.warmup_steps) == (1, 1e-3, 100)
     assert (cpu.batch_size, cpu.steps) == (32, 2_000)
     cpu.steps = 1
-    assert preset("cpu").steps == 2_000  # a copy, not the table's entry
+    assert config_preset(BCConfig, "cpu").steps == 2_000  # a copy, not the table's entry
     with pytest.raises(ValueError, match="unknown preset"):
-        preset("gpu")
+        config_preset(BCConfig, "gpu")
 
 
 def test_stage2_lowers_its_test_loss_on_real_data(stage2, lam_run):
@@ -498,7 +498,7 @@ def test_decode_offline_from_the_stage1_head(data, tmp_path, capsys):
     """Stage 1 with labels -> stage 2 keeps its action head -> offline decoding starts there;
     a stage-2 run whose stage 1 had no labels is refused in one line."""
     lam_cfg = dataclasses.replace(
-        lam_preset("fast"),
+        config_preset(LAMConfig, "fast"),
         steps=2,
         batch_size=8,
         eval_every=2,

@@ -1,87 +1,250 @@
-"""Every stage's configuration, in one place: the dataclasses, their named presets and the
-settings a resumed run may change.
+"""Every stage's configuration, in one place: the dataclasses and their named presets.
 
-Each field's docstring is its ``--option`` help (see :mod:`lapo.cli.options`). Presets: ``paper``
-is the published configuration (``../shared/LAPO_NOTES.md``), ``cpu`` the one measured best on
-2 CPU cores (README), ``fast`` toy sizes for smoke runs. Validation lives here, in
-``__post_init__``: a value out of range raises :class:`~lapo.errors.ConfigError`, which the
-CLI prints as one line.
+Each field declares, beside its default, what it accepts and whether a resumed run may change
+it (:func:`setting`: a numeric field's :class:`Range`, a text field's ``choices``,
+``resumable``); :class:`Config` checks every declared range when a config is built, so an
+out-of-range config never exists: :class:`~lapo.errors.FieldError` names the field, and the CLI
+prints it as one line with the field's ``--option``. Each field's docstring is its ``--option``
+help (see :mod:`lapo.cli.options`).
+
+Presets (:func:`preset`): ``paper`` is the published configuration (``../shared/LAPO_NOTES.md``),
+``cpu`` the one measured best on 2 CPU cores (README), ``fast`` toy sizes for smoke runs.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
+import numbers
 from dataclasses import dataclass, field
-from typing import TypeVar, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from lapo.errors import ConfigError, UserError
+from lapo.errors import ConfigError, FieldError
 
 T = TypeVar("T")
 
 
-def _preset(presets: dict[str, T], name: str) -> T:
-    """A fresh copy of the preset ``name``."""
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: ``lo`` to ``hi``, each end included unless
+    ``lo_open`` / ``hi_open``; with ``off`` (what 0 means, e.g. "never") 0 too. Every range is
+    finite: a maximum is generous, and where memory grows with the value it keeps the run
+    within one machine (see the shared ranges below). NaN and infinities are never in one."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    off: str = ""
+    note: str = ""
+    """Why, where the bound is not obvious (shown after the value)."""
+
+    def __contains__(self, value: float) -> bool:
+        if self.off and value == 0:
+            return True
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below  # NaN compares false both ways
+
+    def __str__(self) -> str:
+        if self.lo == self.hi:
+            text = _number(self.lo)
+        else:
+            low = f"{'above' if self.lo_open else 'at least'} {_number(self.lo)}"
+            text = f"{low} and {'below' if self.hi_open else 'at most'} {_number(self.hi)}"
+        return f"0 ({self.off}) or {text}" if self.off else text
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+# shared ranges; a maximum marked "memory" bounds what one step or one run holds at once
+SEED = Range(0, 1_000_000_000)  # leaves room below procgen's 2**31 for seed + k
+THREADS = Range(1, 1024, off="all cores")
+TRAIN_STEPS = Range(1, 1_000_000_000)  # training steps, and steps (or updates) between events
+EPOCHS = Range(1, 1_000)
+FRAMES = Range(1, 10_000_000_000)  # environment frames (10 billion: 400x the demonstrators')
+EPISODES = Range(1, 1_000_000)
+# memory: 65,536 windows of three 64x64 RGB frames are 2.4 GB as uint8, 9.7 GB as float32
+BATCH = Range(1, 65_536)
+# memory: windows held at once (fixed test sets, probe sets): 262,144 are 9.7 GB as uint8
+WINDOWS = Range(1, 262_144)
+LABELS = Range(1, 10_000_000)  # K labelled windows, drawn from the data (as ids, not frames)
+# memory: the IMPALA-CNN's channels are 16, 32, 32 times this; 64 is 16x the paper's 4
+WIDTH = Range(1, 64)
+# memory: parallel Procgen environments, each with its own game state and frame buffers
+ENVS = Range(1, 1024)
+LEARNING_RATE = Range(0, 10, lo_open=True)
+UNIT = Range(0, 1)  # probabilities, fractions, discounts and multipliers of a rate
+WEIGHT = Range(0, 10_000)  # weights of loss terms; 0 drops the term
+DECAY = Range(0, 100)  # AdamW weight decay
+CLIP = Range(0, 1_000_000, lo_open=True)  # gradient-norm clips
+DIFFERENCE_SCALE = Range(0, 1_000, lo_open=True)
+MAX_LATENT_DIM = 16_384
+"""memory: the latent action's dimensions at most (128x the paper's 128); the IDM's head, the
+world model's conditioning and the policy's head all grow with it."""
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    valid: Range | None = None,
+    *,
+    factory: Any = dataclasses.MISSING,
+    choices: tuple[str, ...] = (),
+    resumable: bool = False,
+    label_setting: bool = False,
+    flag: str = "",
+) -> Any:
+    """A config field: its default (or ``factory``), the :class:`Range` a number must be
+    ``valid`` in or the ``choices`` a text must be one of; ``resumable``: a resumed run may
+    change it; ``label_setting``: how stage 1's labelled windows are drawn and weighed;
+    ``flag``: its command-line option, when not its name."""
+    metadata: dict[str, Any] = {}
+    if valid is not None:
+        metadata["range"] = valid
+    if choices:
+        metadata["choices"] = choices
+    if resumable:
+        metadata["resumable"] = True
+    if label_setting:
+        metadata["label_setting"] = True
+    if flag:
+        metadata["flag"] = flag
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def numeric_kind(hint: Any) -> type | None:
+    """``int`` or ``float`` for a field typed as one (also ``X | None`` and ``list[X]``), else
+    None (a bool is no number here)."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is list or len(args) == 1:
+        hint = args[0]
+    return hint if hint in (int, float) else None
+
+
+def _problem(f: dataclasses.Field, value: Any, hint: Any) -> str:
+    """What is wrong with ``value`` of field ``f`` (typed ``hint``), or ``""``."""
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        return f"must be one of {', '.join(f.metadata['choices'])}, got {value!r}"
+    kind = numeric_kind(hint)
+    if kind is None:
+        return ""
+    valid: Range | None = f.metadata.get("range")
+    if valid is None:
+        raise TypeError(f"numeric config field {f.name!r} declares no range: use setting()")
+    if value is None and type(None) in get_args(hint):
+        return ""
+    each = value if get_origin(hint) is list and isinstance(value, list) else [value]
+    number = numbers.Integral if kind is int else numbers.Real
+    if any(isinstance(v, bool) or not isinstance(v, number) for v in each):
+        return f"must be {'a whole number' if kind is int else 'a number'}, got {value!r}"
+    if all(v in valid for v in each):
+        return ""
+    note = f" ({valid.note})" if valid.note else ""
+    return f"must {'each ' if each is value else ''}be {valid}, got {value!r}{note}"
+
+
+class Config:
+    """What every config dataclass shares: building one checks each field's declared range and
+    choices (a subclass's ``__post_init__`` calls this first, then checks what relates its
+    fields), and the fields marked ``resumable`` are the settings a resumed run may change."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            problem = _problem(f, getattr(self, f.name), hints[f.name])
+            if problem:
+                raise FieldError(f.name, problem)
+
+    def resumable(self) -> tuple[str, ...]:
+        """The settings a resumed run may change: the budget and the bookkeeping; anything that
+        shapes the model or the optimisation must stay as it was."""
+        return _marked(self, "resumable")
+
+
+def _marked(cfg: Any, key: str) -> tuple[str, ...]:
+    """The names of ``cfg``'s fields whose metadata holds ``key``."""
+    return tuple(f.name for f in dataclasses.fields(cfg) if f.metadata.get(key))
+
+
+PRESETS: dict[type, dict[str, Any]] = {}
+"""Each config class with named presets: class -> name -> preset (read with :func:`preset`)."""
+
+
+def preset(cls: type[T], name: str) -> T:
+    """A fresh copy of the preset ``name`` of config class ``cls``."""
+    presets = PRESETS[cls]
     if name not in presets:
         raise ConfigError(f"unknown preset {name!r}: choose {', '.join(presets)}")
-    return dataclasses.replace(presets[name])  # type: ignore[type-var]
+    return copy.deepcopy(presets[name])
 
 
-def _frames(frames: int) -> None:
-    if frames < 1:
-        raise ConfigError(f"--frames must be a positive number of frames, got {frames}")
+def preset_names(cls: type) -> tuple[str, ...]:
+    """The names of ``cls``'s presets."""
+    return tuple(PRESETS[cls])
 
 
 PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def _positive(cfg: object, *names: str) -> None:
-    """Raise :class:`ConfigError` unless every field in ``names`` is at least 1."""
-    for name in names:
-        value = getattr(cfg, name)
-        if value < 1:
-            raise ConfigError(f"{flag(name)} must be at least 1, got {value}")
-
-
-def _choice(cfg: object, name: str, choices: tuple[str, ...]) -> None:
-    """Raise :class:`ConfigError` unless field ``name`` is one of ``choices``."""
-    value = getattr(cfg, name)
-    if value not in choices:
-        raise ConfigError(f"{flag(name)} must be one of {', '.join(choices)}, got {value!r}")
+QUANTIZERS = ("ema_vq", "fsq", "none")
 
 
 @dataclass
-class QuantizerConfig:
+class QuantizerConfig(Config):
     """The latent-action bottleneck."""
 
-    kind: str = "ema_vq"
+    kind: str = setting("ema_vq", choices=QUANTIZERS)
     """ema_vq (LAPO's EMA vector quantiser), fsq (finite scalar quantisation) or none."""
-    num_codebooks: int = 2
+    num_codebooks: int = setting(2, Range(1, 64))
     """VQ: number of codebooks."""
-    latents_per_codebook: int = 4
+    latents_per_codebook: int = setting(4, Range(1, 64))
     """VQ: discrete latents per codebook in one latent action."""
-    code_dim: int = 16
+    code_dim: int = setting(16, Range(1, 1_024))
     """VQ: dimensions of one code."""
-    num_entries: int = 64
+    num_entries: int = setting(64, Range(1, 65_536))
     """VQ: entries per codebook."""
-    commitment_cost: float = 0.05
+    commitment_cost: float = setting(0.05, WEIGHT)
     """VQ: weight of the commitment loss ||z - sg(z_q)||^2."""
-    decay: float = 0.999
+    decay: float = setting(0.999, Range(0, 1, hi_open=True))
     """VQ: EMA decay of the codebooks."""
-    restart_unused_steps: int = 0
+    restart_unused_steps: int = setting(0, Range(1, 1_000_000_000, off="never"))
     """VQ: restart a code that no latent chose in this many consecutive training steps; 0 = never."""
     reference_counts: bool = False
     """VQ: the reference code's counts: start at 0 and store the Laplace-smoothed counts each step
     (the paper's quantiser); otherwise counts start at 1 and are smoothed only when used."""
-    dead_code_threshold: float = 0.0
+    dead_code_threshold: float = setting(0.0, Range(0, 1_000_000))
     """VQ (legacy): also restart codes whose EMA count is below this; with decay 0.999 a code
     counted at 1 takes ~4,600 steps to fall below 0.01, so prefer restart_unused_steps."""
     fsq_levels: str = "8,5,5,5"
     """FSQ: levels per dimension of one group; the latent is split into groups of these."""
-    fsq_groups: int = 4
+    fsq_groups: int = setting(4, Range(1, 4_096))
     """FSQ: number of groups (latent_dim = groups x number of levels)."""
-    continuous_dim: int = 128
+    continuous_dim: int = setting(128, Range(1, MAX_LATENT_DIM))
     """none: size of the continuous latent action."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind == "fsq":
+            try:
+                parse_levels(self.fsq_levels)
+            except ValueError:
+                problem = (
+                    f"must be integers of at least 2, comma-separated, got {self.fsq_levels!r}"
+                )
+                raise FieldError("fsq_levels", problem) from None
+        if self.latent_dim > MAX_LATENT_DIM:
+            raise ConfigError(
+                f"the {self.kind} latent action would have {self.latent_dim} dimensions, at most "
+                f"{MAX_LATENT_DIM}: its sizes multiply (num_codebooks x latents_per_codebook x "
+                "code_dim, or fsq_groups x the number of fsq_levels)"
+            )
 
     @property
     def latent_dim(self) -> int:
@@ -102,38 +265,36 @@ def parse_levels(levels: str) -> tuple[int, ...]:
 
 
 @dataclass
-class FastPath:
+class FastPath(Config):
     """How a training step is computed, not what it computes: shared by stages 1 and 2 (and
-    the BC baselines); listed in :data:`FAST_PATH`, so a resumed run may change them."""
+    the BC baselines); a resumed run may change them (bf16 changes the rounding only), so a run
+    moves between machines."""
 
-    precision: str = "fp32"
+    precision: str = setting("fp32", choices=PRECISIONS, resumable=True)
     """fp32, or bf16: the forward pass under bfloat16 autocast (CUDA and CPU); the quantiser's
     statistics and the optimiser stay float32. auto: bf16 where the device computes it natively
     (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32; config.json records which."""
-    channels_last: bool = True
+    channels_last: bool = setting(True, resumable=True)
     """Convolutions on channels-last tensors (~1.4x faster on CPU, tensor cores on GPU)."""
-    compile: bool = False
+    compile: bool = setting(False, resumable=True)
     """torch.compile the convolutional networks (a minute or more of compilation at the start:
     pays on a GPU over long runs)."""
-    data_on_device: bool = False
+    data_on_device: bool = setting(False, resumable=True)
     """Hold the train split's frames on the device as uint8 (12 KB a frame: GPU memory, or RAM
     on CPU) and gather each batch there, when they fit; otherwise batches are read from disk."""
-
-    def __post_init__(self) -> None:
-        _choice(self, "precision", PRECISIONS)
 
 
 @dataclass
 class LAMConfig(FastPath):
     """Stage 1: latent inverse dynamics model + world model."""
 
-    idm_width: int = 4
+    idm_width: int = setting(4, WIDTH)
     """IMPALA-CNN width multiplier of the IDM."""
-    wm_base: int = 24
+    wm_base: int = setting(24, Range(1, 256))  # memory: the U-Net's channels grow with it
     """Base channel width of the world model's U-Net."""
     idm_differences: bool = False
     """IDM also sees the frame differences o[t]-o[t-1], o[t+1]-o[t] (not in LAPO)."""
-    idm_difference_scale: float = 1.0
+    idm_difference_scale: float = setting(1.0, DIFFERENCE_SCALE)
     """Multiplier of the frame differences the IDM sees (with idm_differences): they are sparse
     and small next to the frames, and amplified the encoder finds motion in far fewer steps."""
     wm_differences: bool = False
@@ -144,83 +305,78 @@ class LAMConfig(FastPath):
     wm_action_everywhere: bool = False
     """The latent action also reaches every up-block of the world model (a per-channel shift)
     and its output head (tiled over the image), not only its first layer and bottleneck."""
-    changed_pixel_weight: float = 0.0
+    changed_pixel_weight: float = setting(0.0, WEIGHT)
     """Extra MSE weight on pixels that differ between o[t] and o[t+1]; 0 = plain MSE (LAPO)."""
-    changed_pixel_threshold: float = 0.0
+    changed_pixel_threshold: float = setting(0.0, Range(0, 1, hi_open=True))
     """A pixel counts as changed when some channel moved by more than this (frames in [0, 1]):
     0 = any change; ~0.2 keeps sprites and drops scrolling, shimmering backgrounds."""
-    idm_lookahead: int = 1
+    idm_lookahead: int = setting(1, Range(1, 32))  # a window spans lookahead + 2 frames
     """The IDM sees o[t-1], o[t], o[t+k], k drawn per window from 1..this, while the world model
     still predicts o[t+1] (LAOM); 1 = LAPO. Later stages and the probe use k = 1."""
-    aug_shift: int = 0
+    aug_shift: int = setting(0, Range(0, 32))  # half a 64-pixel frame
     """Shift each IDM input frame by its own random offset of up to this many pixels; 0 = none."""
-    wm_target: str = "pixels"
+    wm_target: str = setting("pixels", choices=("pixels", "embedding"))
     """pixels (LAPO's U-Net predicts o[t+1]) or embedding (an MLP predicts an EMA target
     encoder's embedding of o[t+1], as in LAOM; no decoder, so no prediction pictures)."""
-    wm_target_tau: float = 0.01
+    wm_target_tau: float = setting(0.01, UNIT)
     """embedding: EMA rate of the target encoder per step."""
-    wm_mask_past: float = 0.0
+    wm_mask_past: float = setting(0.0, UNIT)
     """Probability of hiding o[t-1] from the world model (so it cannot extrapolate motion and
     must read the latent); 0 = never (LAPO)."""
-    latent_var_floor: float = 0.0
+    latent_var_floor: float = setting(0.0, Range(0, 1_000))
     """Hinge that keeps each latent dimension's batch variance above this floor (before the
     bottleneck), so the latent cannot collapse to a constant; 0 = off (LAPO)."""
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    learning_rate: float = 3e-4
+    quantizer: QuantizerConfig = setting(factory=QuantizerConfig)
+    learning_rate: float = setting(3e-4, LEARNING_RATE)
     """Peak Adam learning rate."""
-    warmup_steps: int = 50
+    warmup_steps: int = setting(50, Range(0, TRAIN_STEPS.hi))
     """Steps of linear warm-up from warmup_start x the peak rate."""
-    warmup_start: float = 0.1
+    warmup_start: float = setting(0.1, UNIT)
     """Learning-rate multiplier at step 0."""
-    final_lr_scale: float = 0.01
+    final_lr_scale: float = setting(0.01, UNIT)
     """Learning-rate multiplier reached (linearly) at the last step."""
-    batch_size: int = 128
+    batch_size: int = setting(128, BATCH)
     """Windows per step."""
-    steps: int = 50_000
+    steps: int = setting(50_000, TRAIN_STEPS, resumable=True)
     """Training steps."""
-    grad_clip: float = 2.0
+    grad_clip: float = setting(2.0, CLIP)
     """Gradient norm clip."""
-    eval_every: int = 500
+    eval_every: int = setting(500, TRAIN_STEPS, resumable=True)
     """Steps between test world-model loss evaluations (and checkpoints)."""
-    probe_every: int = 2_000
+    probe_every: int = setting(2_000, Range(1, TRAIN_STEPS.hi, off="never"), resumable=True)
     """Steps between probe fits (needs actions in the data); 0 = never during training."""
-    probe_train: int = 4_096
+    probe_train: int = setting(4_096, WINDOWS, resumable=True)
     """Labelled train windows for the probe during training."""
-    probe_test: int = 2_048
+    probe_test: int = setting(2_048, WINDOWS, resumable=True)
     """Test windows for the probe during training."""
-    test_windows: int = 512
+    test_windows: int = setting(512, WINDOWS, resumable=True)
     """Fixed test windows for the test losses at each evaluation (and the untrained baseline)."""
-    labels: int = 0
+    labels: int = setting(0, Range(1, LABELS.hi, off="video only"))
     """K labelled train windows whose true actions train a linear head on the latent beside the
     video-only loss (LAOM, CLAM); 0 = video only (LAPO). The rest of the data is used without
     actions; the K windows are recorded in labelled_windows.json for stage 3 and the baselines."""
-    labels_seed: int = 0
+    labels_seed: int = setting(0, SEED, label_setting=True)
     """Seed that draws the K labelled windows (the same draw as decode offline and baselines)."""
     labels_from: str = ""
     """Use the labelled windows of this run folder (its labelled_windows.json) instead."""
-    label_weight: float = 3.0
+    label_weight: float = setting(3.0, WEIGHT, label_setting=True)
     """Weight of the labelled cross-entropy beside the prediction loss (3: the best of
     0.01-10 by stage-1 probe on the coinrun demonstrator's data, README "Labels in stage 1")."""
-    label_batch: int = 0
+    label_batch: int = setting(
+        0, Range(1, BATCH.hi, off="a quarter of batch_size"), label_setting=True
+    )
     """Labelled windows per step beside each unlabelled batch; 0 = a quarter of batch_size."""
-    max_minutes: float = 0.0
+    max_minutes: float = setting(
+        0.0, Range(0, 10_000_000, lo_open=True, off="steps only"), resumable=True
+    )
     """Stop after this many minutes of training steps (probes and evaluations not counted); the
     lr schedule then runs on whichever of steps or time is further along. 0 = steps only."""
-    seed: int = 0
+    seed: int = setting(0, SEED)
     """Seed of initialisation and batch sampling."""
-    threads: int = 0
+    threads: int = setting(0, THREADS, resumable=True)
     """torch CPU threads; 0 = all cores."""
-    device: str = "auto"
+    device: str = setting("auto", resumable=True)
     """cpu, cuda or auto (under torchrun: each process's own GPU)."""
-
-    def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size", "test_windows")
-        if not 0 <= self.changed_pixel_threshold < 1:
-            raise ConfigError(
-                f"--changed-pixel-threshold must be in [0, 1) (a change of a frame in [0, 1]), "
-                f"got {self.changed_pixel_threshold}"
-            )
-        super().__post_init__()
 
     @property
     def uses_labels(self) -> bool:
@@ -228,10 +384,11 @@ class LAMConfig(FastPath):
         return bool(self.labels or self.labels_from)
 
     def resumable(self) -> tuple[str, ...]:
-        """The settings a resumed run may change: :data:`LAM_RESUMABLE`, and the label settings
-        when stage 1 uses no labels, since they then shape nothing (a video-only run written
-        when the default label weight was 0.01 resumes under today's default)."""
-        return LAM_RESUMABLE + (() if self.uses_labels else LABEL_SETTINGS)
+        """The fields marked ``resumable``, and the label settings when stage 1 uses no labels,
+        since they then shape nothing (a video-only run written when the default label weight
+        was 0.01 resumes under today's default)."""
+        labels = () if self.uses_labels else _marked(self, "label_setting")
+        return super().resumable() + labels
 
 
 # chosen by measurement on 2 CPU cores: see README "Stage 1"
@@ -250,7 +407,7 @@ _LAM_CPU = LAMConfig(
     probe_every=500,
     quantizer=QuantizerConfig(restart_unused_steps=100),
 )
-LAM_PRESETS: dict[str, LAMConfig] = {
+PRESETS[LAMConfig] = {
     # ../shared/LAPO_NOTES.md: the published configuration, the reference's quantiser included
     "paper": LAMConfig(quantizer=QuantizerConfig(reference_counts=True)),
     "cpu": _LAM_CPU,
@@ -269,70 +426,39 @@ LAM_PRESETS: dict[str, LAMConfig] = {
 }
 
 
-# how a step is computed, not what it computes (bf16 changes the rounding only): a run resumed
-# on another machine may change them
-FAST_PATH = ("precision", "channels_last", "compile", "data_on_device")
-
-# options a resumed run may change: the budget (which stretches the lr schedule) and the
-# bookkeeping; anything that shapes the model or the optimisation must stay as it was
-LAM_RESUMABLE = (
-    "steps",
-    "eval_every",
-    "probe_every",
-    "probe_train",
-    "probe_test",
-    "test_windows",
-    "threads",
-    "device",
-    "max_minutes",
-    *FAST_PATH,
-)
-# how the labelled windows are drawn and weighed: inert in a stage 1 without labels
-LABEL_SETTINGS = ("labels_seed", "label_weight", "label_batch")
-
-
-def lam_preset(name: str) -> LAMConfig:
-    """A fresh copy of the named stage-1 preset."""
-    return _preset(LAM_PRESETS, name)
-
-
 @dataclass
 class BCConfig(FastPath):
     """Stage 2 (latent behaviour cloning) and the BC baselines."""
 
-    width: int = 4
+    width: int = setting(4, WIDTH)
     """IMPALA-CNN width multiplier of the policy."""
-    learning_rate: float = 2e-4
+    learning_rate: float = setting(2e-4, LEARNING_RATE)
     """Peak Adam learning rate."""
-    warmup_steps: int = 1_000
+    warmup_steps: int = setting(1_000, Range(0, TRAIN_STEPS.hi))
     """Steps of linear warm-up from warmup_start x the peak rate; then linear decay to 0."""
-    warmup_start: float = 0.01
+    warmup_start: float = setting(0.01, UNIT)
     """Learning-rate multiplier at step 0."""
-    weight_decay: float = 0.0
+    weight_decay: float = setting(0.0, DECAY)
     """AdamW weight decay."""
-    batch_size: int = 128
+    batch_size: int = setting(128, BATCH)
     """Observations per step."""
-    steps: int = 60_000
+    steps: int = setting(60_000, TRAIN_STEPS, resumable=True)
     """Training steps."""
-    grad_clip: float = 2.0
+    grad_clip: float = setting(2.0, CLIP)
     """Gradient norm clip."""
-    eval_every: int = 1_000
+    eval_every: int = setting(1_000, TRAIN_STEPS, resumable=True)
     """Steps between test-loss evaluations (and checkpoints)."""
-    test_windows: int = 1_024
+    test_windows: int = setting(1_024, WINDOWS, resumable=True)
     """Fixed test windows for the test loss at each evaluation (and the untrained baseline)."""
-    seed: int = 0
+    seed: int = setting(0, SEED)
     """Seed of initialisation and batch sampling."""
-    threads: int = 0
+    threads: int = setting(0, THREADS, resumable=True)
     """torch CPU threads; 0 = all cores."""
-    device: str = "auto"
+    device: str = setting("auto", resumable=True)
     """cpu, cuda or auto (under torchrun: each process's own GPU)."""
 
-    def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size", "test_windows")
-        super().__post_init__()
 
-
-BC_PRESETS: dict[str, BCConfig] = {
+PRESETS[BCConfig] = {
     # ../shared/LAPO_NOTES.md: the published configuration
     "paper": BCConfig(),
     # chosen by measurement on 2 CPU cores: see README "Stages 2 and 3"
@@ -351,92 +477,78 @@ BC_PRESETS: dict[str, BCConfig] = {
 }
 
 
-BC_RESUMABLE = ("steps", "eval_every", "test_windows", "threads", "device", *FAST_PATH)
-
-
-def bc_preset(name: str) -> BCConfig:
-    """A fresh copy of the named stage-2 preset."""
-    return _preset(BC_PRESETS, name)
-
-
 @dataclass
-class OfflineConfig:
+class OfflineConfig(Config):
     """Offline decoding from K labelled transitions."""
 
-    labels: int = 256
+    labels: int = setting(256, LABELS)
     """K: labelled train windows the decoder (and the baselines) may use."""
-    steps: int = 2_000
+    steps: int = setting(2_000, TRAIN_STEPS)
     """Decoder gradient steps."""
-    batch_size: int = 128
+    batch_size: int = setting(128, BATCH)
     """Decoder minibatch (at most K)."""
-    learning_rate: float = 1e-3
+    learning_rate: float = setting(1e-3, LEARNING_RATE)
     """Decoder Adam learning rate."""
-    weight_decay: float = 1e-4
+    weight_decay: float = setting(1e-4, DECAY)
     """Decoder AdamW weight decay."""
-    label_smoothing: float = 0.05
+    label_smoothing: float = setting(0.05, UNIT)
     """Cross-entropy label smoothing (as in LAPO's online decoder fit)."""
-    test_windows: int = 4_096
+    test_windows: int = setting(4_096, WINDOWS)
     """Held-out test windows for the accuracies in decode.json."""
-    seed: int = 0
+    seed: int = setting(0, SEED)
     """Seed of the labelled subset and of the decoder's initialisation."""
-    decoder_init: str = "fresh"
+    decoder_init: str = setting("fresh", choices=("fresh", "stage1-head"))
     """'fresh', or 'stage1-head': start from the action head of a stage-1 run trained with
     --labels (a linear path on the latent, beside the MLP whose last layer starts at zero)."""
 
-    def __post_init__(self) -> None:
-        _positive(self, "labels", "steps", "batch_size")
-        _choice(self, "decoder_init", ("fresh", "stage1-head"))
-
 
 @dataclass
-class PPOConfig:
+class PPOConfig(Config):
     """PPO on Procgen (Schulman et al. 2017), shared by the demonstrators, online decoding and
-    the PPO baseline; defaults are Procgen's PPO baseline (Cobbe et al. 2020, easy mode)."""
+    the PPO baseline; defaults are Procgen's PPO baseline (Cobbe et al. 2020, easy mode). A
+    resumed run may change its budget and bookkeeping (the fields marked ``resumable``)."""
 
-    frames: int = 1_000_000
+    frames: int = setting(1_000_000, FRAMES, resumable=True)
     """Environment frames to train for (summed over all envs)."""
-    num_envs: int = 64
+    num_envs: int = setting(64, ENVS)
     """Parallel environments."""
-    num_steps: int = 256
+    # memory: a rollout holds num_envs x num_steps frames (1024 x 1024 x 12 KB: 12.9 GB)
+    num_steps: int = setting(256, Range(1, 1_024))
     """Steps per environment per rollout."""
-    num_minibatches: int = 8
+    num_minibatches: int = setting(8, Range(1, 65_536))
     """Minibatches per epoch."""
-    update_epochs: int = 3
+    update_epochs: int = setting(3, EPOCHS)
     """Epochs over each rollout."""
-    learning_rate: float = 5e-4
+    learning_rate: float = setting(5e-4, LEARNING_RATE)
     """Adam learning rate (constant)."""
-    gamma: float = 0.999
+    gamma: float = setting(0.999, UNIT)
     """Discount factor."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = setting(0.95, UNIT)
     """GAE lambda."""
-    ent_coef: float = 0.01
+    ent_coef: float = setting(0.01, WEIGHT)
     """Entropy bonus coefficient."""
-    clip_coef: float = 0.2
+    clip_coef: float = setting(0.2, Range(0, 10, lo_open=True))
     """PPO clipping range."""
-    vf_coef: float = 0.5
+    vf_coef: float = setting(0.5, WEIGHT)
     """Value loss coefficient."""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = setting(0.5, CLIP)
     """Gradient norm clip."""
     norm_reward: bool = True
     """Scale rewards by the running std of the discounted return, clip to [-10, 10]."""
     distribution_mode: str = "easy"
     """Procgen distribution mode."""
-    num_levels: int = 0
+    num_levels: int = setting(0, Range(1, SEED.hi, off="unbounded"))
     """Levels to train on; 0 = unbounded."""
-    start_level: int = 0
+    start_level: int = setting(0, SEED)
     """First level seed."""
-    seed: int = 0
+    seed: int = setting(0, SEED)
     """Seed of the environments, the network initialisation and action sampling."""
-    checkpoint_every: int = 5
+    checkpoint_every: int = setting(5, TRAIN_STEPS, resumable=True)
     """Save a resumable checkpoint every this many updates (and at the end)."""
-    threads: int = 0
+    threads: int = setting(0, THREADS, resumable=True)
     """torch CPU threads; 0 = all cores."""
-    device: str = "auto"
+    device: str = setting("auto", resumable=True)
     """cpu, cuda or auto."""
-
-    def __post_init__(self) -> None:
-        _frames(self.frames)
-        _positive(self, "num_envs", "num_steps")
 
     @property
     def batch_size(self) -> int:
@@ -449,52 +561,49 @@ class PPOConfig:
         return max(1, math.ceil(self.frames / self.batch_size))
 
 
-# what a resumed PPO run may change: the budget and the bookkeeping
-PPO_RESUMABLE = ("frames", "checkpoint_every", "threads", "device")
+FRAME_COUNT = Range(0, FRAMES.hi)  # a point in a run, counted in frames
 
 
 @dataclass
 class OnlineConfig(PPOConfig):
     """Online decoding (PPO + decoder re-fits); defaults are the published configuration."""
 
-    frames: int = 4_000_000
+    frames: int = setting(4_000_000, FRAMES, resumable=True)
     """Environment frames to train for (summed over all envs)."""
-    num_steps: int = 64
+    num_steps: int = setting(64, Range(1, 1_024))
     """Steps per environment per rollout."""
-    learning_rate: float = 1e-2
+    learning_rate: float = setting(1e-2, LEARNING_RATE)
     """Base learning rate; each parameter group gets a fraction of it (see group_lr)."""
-    ent_coef: float = 0.0025
+    ent_coef: float = setting(0.0025, WEIGHT)
     """Entropy bonus coefficient."""
-    lr_decay_frames: int = 4_000_000
+    lr_decay_frames: int = setting(4_000_000, FRAMES)
     """Every group's rate decays linearly to 0 at this many frames (the paper's 4M)."""
-    decoder_fit_start: int = 10_000
+    decoder_fit_start: int = setting(10_000, FRAME_COUNT)
     """No decoder fit before this many frames."""
-    decoder_fit_end: int = 400_000
+    decoder_fit_end: int = setting(400_000, FRAME_COUNT)
     """No decoder fit (and no new pairs) after this many frames."""
-    decoder_fit_every_until: int = 50_000
+    decoder_fit_every_until: int = setting(50_000, FRAME_COUNT)
     """Re-fit after every update until this many frames ..."""
-    decoder_fit_every: int = 20
+    decoder_fit_every: int = setting(20, TRAIN_STEPS)
     """... and every this many updates after."""
-    decoder_epochs: int = 3
+    decoder_epochs: int = setting(3, EPOCHS)
     """Epochs of each decoder fit over all pairs so far."""
-    decoder_batch_size: int = 512
+    decoder_batch_size: int = setting(512, BATCH)
     """Decoder minibatch."""
-    decoder_learning_rate: float = 1e-3
+    decoder_learning_rate: float = setting(1e-3, LEARNING_RATE)
     """Decoder Adam learning rate."""
-    label_smoothing: float = 0.05
+    label_smoothing: float = setting(0.05, UNIT)
     """Decoder cross-entropy label smoothing."""
 
 
-ONLINE_RESUMABLE = PPO_RESUMABLE  # the name stages 1-2 use for theirs
-
 # stage 3: the published configuration is the defaults; cpu is what `lapo reproduce --preset
 # cpu` runs; fast, toy sizes for smoke runs
-OFFLINE_PRESETS: dict[str, OfflineConfig] = {
+PRESETS[OfflineConfig] = {
     "paper": OfflineConfig(),
     "cpu": OfflineConfig(),
     "fast": OfflineConfig(steps=200, test_windows=1_024),
 }
-ONLINE_PRESETS: dict[str, OnlineConfig] = {
+PRESETS[OnlineConfig] = {
     "paper": OnlineConfig(),
     "cpu": OnlineConfig(frames=300_000),
     "fast": OnlineConfig(frames=8_192, num_envs=16, num_steps=64, decoder_fit_start=0),
@@ -509,50 +618,50 @@ class ExpertConfig(PPOConfig):
     """Procgen game to train on."""
     arch: str = "impala"
     """Encoder: impala (IMPALA-CNN) or nature (Nature-DQN CNN, ~5x cheaper on CPU)."""
-    width: int = 1
+    width: int = setting(1, WIDTH)
     """IMPALA-CNN width multiplier (channels 16, 32, 32 times this)."""
 
 
+PRESETS[ExpertConfig] = {
+    # baseline (c): Procgen's PPO on LAPO's online rollout shape (64 envs x 64 steps)
+    "baseline": ExpertConfig(num_steps=64),
+}
+
+
 @dataclass
-class SupervisedIDMConfig:
+class SupervisedIDMConfig(Config):
     """Baseline (b)'s supervised IDM: the stage-1 IDM's encoder with a 15-way head."""
 
-    width: int = 1
+    width: int = setting(1, WIDTH)
     """IMPALA-CNN width multiplier."""
     differences: bool = True
     """Also see the frame differences (as the cpu preset's latent IDM does)."""
-    difference_scale: float = 10.0
+    difference_scale: float = setting(10.0, DIFFERENCE_SCALE)
     """Multiplier of the frame differences (as the cpu preset's idm_difference_scale)."""
-    steps: int = 1_000
+    steps: int = setting(1_000, TRAIN_STEPS)
     """Training steps on the K labelled windows."""
-    batch_size: int = 32
+    batch_size: int = setting(32, BATCH)
     """Windows per step (at most K)."""
-    learning_rate: float = 5e-4
+    learning_rate: float = setting(5e-4, LEARNING_RATE)
     """Adam learning rate."""
-    weight_decay: float = 1e-4
+    weight_decay: float = setting(1e-4, DECAY)
     """AdamW weight decay."""
-
-    def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """``lapo eval``: how a policy is played."""
 
-    episodes: int = 100
+    episodes: int = setting(100, EPISODES)
     """Episodes to play per seed."""
-    seeds: int = 1
+    seeds: int = setting(1, Range(1, 1_000))
     """Seeds to run (seed, seed+1, ...)."""
-    seed: int = 0
+    seed: int = setting(0, SEED)
     """Environment and sampling seed."""
-    num_envs: int = 16
+    num_envs: int = setting(16, ENVS)
     """Parallel environments."""
     distribution_mode: str = "easy"
     """Procgen distribution mode: easy or hard."""
-
-    def __post_init__(self) -> None:
-        _positive(self, "episodes", "seeds", "num_envs")
 
 
 DEMO_GAMES = ("coinrun", "jumper")
@@ -560,7 +669,7 @@ DEMO_POLICIES = ("demonstrator", "random")
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Config):
     """``lapo demo``: data, stage 1, probe, stage 2, offline decoding, baselines, report."""
 
     game: str = "coinrun"
@@ -570,35 +679,35 @@ class DemoConfig:
     """Who plays the recorded video: demonstrator (the shipped one: the whole method) or
     random (any game, stage 1 only: its probe, ceiling and pictures; a random policy is
     nothing to imitate, so stages 2 and 3 are skipped)."""
-    frames: int = 20_000
+    frames: int = setting(20_000, FRAMES)
     """Frames to record for training (plus frames/5 for testing)."""
-    lam_steps: int = 1_500
+    lam_steps: int = setting(1_500, TRAIN_STEPS)
     """Stage-1 training steps (cpu preset otherwise)."""
-    lam_batch: int = 32
+    lam_batch: int = setting(32, BATCH)
     """Stage-1 batch size."""
-    bc_steps: int = 800
+    bc_steps: int = setting(800, TRAIN_STEPS)
     """Stage-2 (and BC baseline) training steps (cpu preset otherwise)."""
-    bc_batch: int = 32
+    bc_batch: int = setting(32, BATCH)
     """Stage-2 (and BC baseline) batch size."""
-    labels: int = 1_000
+    labels: int = setting(1_000, LABELS)
     """K: labelled transitions for the decoder and the BC baseline."""
-    probe_labels: int = 4_096
+    probe_labels: int = setting(4_096, WINDOWS)
     """Labelled windows for the probe (at most the train split)."""
-    ceiling_steps: int = 600
+    ceiling_steps: int = setting(600, TRAIN_STEPS)
     """Training steps of the supervised ceiling (the IDM encoder on the true actions)."""
-    episodes: int = 48
+    episodes: int = setting(48, EPISODES)
     """Evaluation episodes per policy."""
     compare_labels: bool = False
     """Also run the two methods that use the K labels beyond a decoder: LAPO with the labels
     in stage 1 (stage 2 and decoding follow, on the same K) and baseline (b), a supervised
     IDM on the K labels that labels every frame for BC (about 8 more minutes)."""
-    seed: int = 0
+    seed: int = setting(0, SEED)
     """Seed of everything."""
-    threads: int = 0
+    threads: int = setting(0, THREADS)
     """torch CPU threads; 0 = all cores."""
 
     def __post_init__(self) -> None:
-        _positive(self, "frames", "lam_steps", "bc_steps", "labels", "episodes")
+        super().__post_init__()
         if self.policy not in DEMO_POLICIES:
             raise ConfigError(
                 f"unknown --policy {self.policy!r}: choose one of {', '.join(DEMO_POLICIES)}"
@@ -616,59 +725,59 @@ class DemoConfig:
             )
 
 
-DEMO_FAST = dict(
-    frames=3_000,
-    lam_steps=60,
-    lam_batch=16,
-    bc_steps=100,
-    bc_batch=16,
-    labels=500,
-    probe_labels=1_024,
-    ceiling_steps=60,
-    episodes=8,
-)
+PRESETS[DemoConfig] = {
+    # `lapo demo --fast`: toy sizes, a smoke check in about 2 minutes on 2 cores
+    "fast": DemoConfig(
+        frames=3_000,
+        lam_steps=60,
+        lam_batch=16,
+        bc_steps=100,
+        bc_batch=16,
+        labels=500,
+        probe_labels=1_024,
+        ceiling_steps=60,
+        episodes=8,
+    ),
+}
 
 
-VIDEO_SIZE = 64  # lapo's networks take 64x64 frames (lapo.envs.OBS_SHAPE)
-VIDEO_CROPS = ("centre", "none")
+SECONDS = Range(0, 10_000_000)  # a point in a video (116 days)
 
 
 @dataclass(frozen=True)
-class VideoImportConfig:
+class VideoImportConfig(Config):
     """How videos become frames and splits; recorded in the manifest, and a resumed import
     must use the same."""
 
-    fps: float | None = None
+    fps: float | None = setting(None, Range(0, 1_000, lo_open=True))
     """Output frame rate; None: each video's own average rate."""
-    crop: str = "centre"
+    crop: str = setting("centre", choices=("centre", "none"))
     """centre: the centre square; none: the whole frame squeezed square."""
-    size: int = VIDEO_SIZE
+    size: int = setting(
+        64,
+        Range(
+            64,
+            64,
+            note="lapo's networks take 64x64 frames: the dataset format and the world "
+            "model's U-Net are built for them",
+        ),  # fmt: skip
+    )
     """Output frames are size x size (lapo's networks take 64)."""
-    start: float = 0.0
+    start: float = setting(0.0, SECONDS)
     """Skip the first seconds of every video."""
-    end: float | None = None
+    end: float | None = setting(None, Range(0, SECONDS.hi, lo_open=True))
     """Stop every video at this second (None: its end)."""
-    test_fraction: float = 0.1
+    test_fraction: float = setting(0.1, Range(0, 1, hi_open=True))
     """Fraction of the videos (whole videos) that go to the test split."""
-    seed: int = 0
+    seed: int = setting(0, SEED)
     """Seed of the choice of test videos."""
     game: str | None = None
     """The Procgen game the videos show, if any (recorded as the dataset's game)."""
 
-    def check(self) -> None:
-        """Raise :class:`~lapo.errors.UserError` on a value that cannot work."""
-        if self.size != VIDEO_SIZE:
-            raise UserError(
-                f"--size {self.size}: lapo's networks take {VIDEO_SIZE}x{VIDEO_SIZE} frames (the dataset "
-                f"format and the world model's U-Net are built for them); use --size {VIDEO_SIZE}"
-            )
-        _choice(self, "crop", VIDEO_CROPS)
-        if self.fps is not None and not 0 < self.fps <= 1000:
-            raise UserError(f"--fps must be in (0, 1000], got {self.fps}")
-        if self.start < 0 or (self.end is not None and self.end <= self.start):
-            raise UserError(f"--start {self.start} / --end {self.end}: need 0 <= start < end")
-        if not 0 <= self.test_fraction < 1:
-            raise UserError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.end is not None and self.end <= self.start:
+            raise ConfigError(f"--start {self.start} / --end {self.end}: need 0 <= start < end")
         if self.game is not None:
             from lapo.envs import check_game
 
@@ -682,52 +791,50 @@ STEPS = ("data", "lam", "bc", "offline", "labels", "online", "ppo")
 
 
 @dataclass
-class ReproduceConfig:
+class ReproduceConfig(Config):
     """``lapo reproduce``: the grid of games x seeds x steps."""
 
-    games: list[str] = field(default_factory=lambda: ["coinrun", "jumper"])
+    games: list[str] = setting(factory=lambda: ["coinrun", "jumper"])
     """Games, comma-separated ('all' on the command line: the 16 Procgen games)."""
-    seeds: int = 1
+    seeds: int = setting(1, Range(1, 1_000))
     """Training seeds per game."""
-    first_seed: int = 0
+    first_seed: int = setting(0, SEED)
     """The first training seed: seeds first-seed to first-seed + seeds - 1. Seeds run on several
     machines (each its own --first-seed) are summarised together by copying their GAME/seedN
     folders into one --out and running the command again with --seeds covering them all."""
     preset: str = "paper"
     """The stages' configuration: paper or cpu."""
-    steps: list[str] = field(default_factory=lambda: list(STEPS), metadata={"flag": "stages"})
+    steps: list[str] = setting(factory=lambda: list(STEPS), flag="stages")
     """Steps to run (data is always collected; labels: LAPO with the K labels also in stage 1,
     a stage 1, stage 2 and decoding per K)."""
-    labels: list[int] = field(default_factory=lambda: list(PAPER_LABELS))
+    labels: list[int] = setting(factory=lambda: list(PAPER_LABELS), valid=LABELS)
     """Label counts K, comma-separated."""
-    frames: int = 1_000_000
+    frames: int = setting(1_000_000, FRAMES)
     """Demonstrator frames to record per game."""
-    online_frames: int = 4_000_000
+    online_frames: int = setting(4_000_000, FRAMES)
     """Frames of online decoding and of PPO from scratch."""
-    expert_frames: int = 25_000_000
+    expert_frames: int = setting(25_000_000, FRAMES)
     """PPO frames of a demonstrator trained for a game without a shipped one."""
     data_root: str | None = None
     """Use DIR/GAME datasets (e.g. imported) instead of collecting."""
-    episodes: int = 100
+    episodes: int = setting(100, EPISODES)
     """Evaluation episodes per policy."""
-    jobs: int = 2
+    jobs: int = setting(2, Range(1, 256))
     """Steps run at once."""
-    threads: int = 1
+    threads: int = setting(1, THREADS)
     """torch threads per step."""
-    extra: dict[str, list[str]] = field(default_factory=dict)
+    extra: dict[str, list[str]] = setting(factory=dict)
     """Extra command-line options per step kind (lam, bc, idm, online, ppo)."""
 
     def __post_init__(self) -> None:
-        _positive(self, "seeds", "jobs", "episodes")
-        if self.first_seed < 0:
-            raise ConfigError(f"--first-seed must be at least 0, got {self.first_seed}")
+        if not self.labels:
+            raise ConfigError(f"every --labels count must be at least 1, got {self.labels}")
+        super().__post_init__()
         unknown = sorted(set(self.steps) - set(STEPS))
         if unknown:
             raise ConfigError(
                 f"unknown --stages {', '.join(unknown)}: choose from {', '.join(STEPS)}"
             )
-        if not self.labels or min(self.labels) < 1:
-            raise ConfigError(f"every --labels count must be at least 1, got {self.labels}")
 
     @property
     def seed_range(self) -> range:
@@ -735,79 +842,37 @@ class ReproduceConfig:
         return range(self.first_seed, self.first_seed + self.seeds)
 
 
-PPO_BASELINE = ExpertConfig(num_steps=64)
-"""Baseline (c)'s defaults: Procgen's PPO on LAPO's online rollout shape (64 envs x 64 steps)."""
-
-
-REPRODUCE_PRESETS: dict[str, ReproduceConfig] = {
+PRESETS[ReproduceConfig] = {
     "paper": ReproduceConfig(),
     "cpu": ReproduceConfig(preset="cpu", labels=[256, 1000], frames=51_200, online_frames=300_000),
 }
 
 
-PRESETS: dict[type, dict] = {
-    LAMConfig: LAM_PRESETS,
-    BCConfig: BC_PRESETS,
-    OfflineConfig: OFFLINE_PRESETS,
-    OnlineConfig: ONLINE_PRESETS,
-    ReproduceConfig: REPRODUCE_PRESETS,
-}
-"""Each config class with named presets: class -> name -> preset."""
-
-
-def preset(cls: type[T], name: str) -> T:
-    """A fresh copy of the preset ``name`` of config class ``cls`` (see :data:`PRESETS`)."""
-    return _preset(PRESETS[cls], name)
-
-
-def flag(name: str) -> str:
-    """The command-line option of config field ``name`` (``a.b`` for a nested field)."""
-    return "--" + name.replace("_", "-")
-
-
-def field_flag(f: dataclasses.Field, prefix: str = "") -> str:
-    """The option of field ``f`` (its ``metadata["flag"]`` if set, else its name)."""
-    return flag(prefix + f.metadata.get("flag", f.name))
-
-
-def option(name_flag: str, value: object) -> list[str]:
-    """``[flag, value]`` as a command line spells it: booleans as ``--x`` / ``--no-x``,
-    lists comma-separated."""
-    if isinstance(value, bool):
-        return [name_flag if value else "--no-" + name_flag[2:]]
-    if isinstance(value, list | tuple):
-        return [name_flag, ",".join(str(v) for v in value)]
-    return [name_flag, str(value)]
-
-
-def to_flags(cfg: object, base: object = None, prefix: str = "") -> list[str]:
-    """The options that turn ``base`` (default: the class's defaults) into ``cfg``: one per
-    field whose value differs, so a command built from a config spells every flag as the
-    CLI (generated from the same fields) reads it."""
-    base = type(cfg)() if base is None else base
-    out: list[str] = []
-    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
-        value, was = getattr(cfg, f.name), getattr(base, f.name)
-        if dataclasses.is_dataclass(value):
-            out += to_flags(value, was, prefix + f.name + ".")
-        elif value != was:
-            out += option(field_flag(f, prefix), value)
-    return out
-
-
 def config_from_dict(cls: type[T], values: dict, where: str = "") -> T:
-    """``cls`` from what ``dataclasses.asdict`` made of one (a saved run's config section);
-    an unknown key raises :class:`ConfigError` naming ``where`` it came from."""
+    """``cls`` from what ``dataclasses.asdict`` made of one (a saved run's config section, maybe
+    written before a field existed: each field it lacks takes its default); an unknown key or
+    a value out of range raises :class:`ConfigError` naming ``where`` it came from."""
+    try:
+        return _from_dict(cls, values, where)
+    except FieldError as e:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _from_dict(cls: type[T], values: dict, where: str) -> T:
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a {cls.__name__} section, got {values!r:.60}")
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigError(f"{where}: unknown {cls.__name__} setting(s) {', '.join(unknown)}")
-    hints = get_type_hints(cls)
-    return cls(
-        **{
-            k: config_from_dict(hints[k], v, where) if dataclasses.is_dataclass(hints[k]) else v
-            for k, v in values.items()
-        }
-    )
+    hints, given = _hints(cls), {}
+    for k, v in values.items():
+        if dataclasses.is_dataclass(hints[k]):
+            try:
+                v = _from_dict(hints[k], v, where)
+            except FieldError as e:
+                raise FieldError(f"{k}.{e.field}", e.problem) from None
+        given[k] = v
+    return cls(**given)

@@ -17,3 +17,13 @@ class UserError(LapoError):
 
 class ConfigError(LapoError, ValueError):
     """A configuration value out of range, or an unknown preset."""
+
+
+class FieldError(ConfigError):
+    """One config field's value is not one it accepts: ``field`` names it (dotted when nested,
+    ``quantizer.decay``), ``problem`` says what it must be. The CLI prints it with the field's
+    ``--option`` in place of its name."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json
-from lapo.config import LAMConfig, QuantizerConfig
+from lapo.config import LAMConfig, config_from_dict
 from lapo.models.idm import IDM, build_idm
 from lapo.models.policy import LatentPolicy, build_network
 
@@ -115,11 +115,10 @@ def load_policy_run(run: Path, kinds: tuple[str, ...]) -> tuple[nn.Module, dict]
     return model.eval(), config
 
 
-def lam_config_from_dict(d: dict) -> LAMConfig:
-    """The :class:`LAMConfig` that ``dataclasses.asdict`` turned into ``d`` (a run's config)."""
-    c = dict(d)
-    c["quantizer"] = QuantizerConfig(**c["quantizer"])
-    return LAMConfig(**c)
+def lam_config_from_dict(d: dict, where: str = "") -> LAMConfig:
+    """The :class:`LAMConfig` that ``dataclasses.asdict`` turned into ``d`` (a run's ``lam``
+    section; :func:`lapo.config.config_from_dict`, which fills the defaults of later fields)."""
+    return config_from_dict(LAMConfig, d, where)
 
 
 def load_stage2(run: Path) -> tuple[LatentPolicy, IDM, dict]:

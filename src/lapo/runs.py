@@ -6,7 +6,7 @@ torch's threads and device, saves the run's config as ``config.json``, resumes f
 TensorBoard (``tb/``) and rows to ``metrics.csv``, shows a progress bar with rate and ETA,
 writes checkpoints atomically and closes everything on the way out, killed or not::
 
-    with Run(out, "lam", cfg, total=cfg.steps, columns=[...], resumable=LAM_RESUMABLE) as run:
+    with Run(out, "lam", cfg, total=cfg.steps, columns=[...], resumable=cfg.resumable()) as run:
         start = run.resume(model, optimizer, rng)
         for step in range(start, cfg.steps):
             ...
@@ -52,6 +52,7 @@ from lapo.checkpoint import (
     training_state,
     write_json,
 )
+from lapo.config import config_from_dict
 from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.errors import UserError
 
@@ -141,27 +142,6 @@ class CsvLog:
 
     def close(self) -> None:
         self.file.close()
-
-
-def with_defaults(saved: dict, cfg: Any) -> dict:
-    """``saved`` (a config dataclass as a dict, maybe written by an older version) with each
-    field of ``cfg``'s class that it lacks set to that field's default (one level of nested
-    config dataclasses too)."""
-    out = dict(saved)
-    for f in dataclasses.fields(cfg):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            continue
-        if dataclasses.is_dataclass(default):
-            default = dataclasses.asdict(default)
-        if f.name not in out:
-            out[f.name] = default
-        elif isinstance(default, dict) and isinstance(out[f.name], dict):
-            out[f.name] = {**default, **out[f.name]}
-    return out
 
 
 _CONTINUED = [0]  # SIGCONTs this process has received (each ends a suspension)
@@ -293,9 +273,13 @@ class Run:
         if found:
             tensors, meta = load_tensors(self.ckpt)
             # a setting added to the config after the checkpoint was written counts as its
-            # default there, so an upgrade does not strand a run
+            # default there, so an upgrade does not strand a run; a setting this config lacks
+            # is kept, and refused below as changed
+            known = {f.name for f in dataclasses.fields(self.cfg)}
+            written = {k: v for k, v in meta["config"].items() if k in known}
             saved = {
-                **with_defaults(meta["config"], self.cfg),
+                **meta["config"],
+                **dataclasses.asdict(config_from_dict(type(self.cfg), written, str(self.ckpt))),
                 **{k: meta.get(k) for k in self.compare},
             }
             refuse_changed_settings(self.ckpt, saved, self.settings(), self.resumable)

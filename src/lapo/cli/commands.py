@@ -258,9 +258,6 @@ def baseline_bc(args: argparse.Namespace) -> None:
         _print(idm_labels_bc(cfg, idm, *where, *run))
 
 
-PPO_BASELINE_FIELDS = ("frames", "width", "num_envs", "num_steps", "seed", "threads", "device")
-
-
 def baseline_ppo(args: argparse.Namespace) -> None:
     from lapo.envs import check_game
     from lapo.stages.baselines import ppo_from_scratch
@@ -268,13 +265,9 @@ def baseline_ppo(args: argparse.Namespace) -> None:
     check_game(args.env)
     if not args.config and "frames" not in args:
         raise UserError("--frames is required (the environment frames to train for)")
-    cfg = command_config(args, config.ExpertConfig, config.PPO_BASELINE, section="train")
-    given = {k: getattr(cfg, k) for k in PPO_BASELINE_FIELDS}
-    _print(
-        ppo_from_scratch(
-            args.env, out=Path(args.out), progress=not args.quiet, command=_command(), **given
-        )
-    )
+    base = config.preset(config.ExpertConfig, "baseline")
+    cfg = command_config(args, config.ExpertConfig, base, section="train")
+    _print(ppo_from_scratch(cfg, args.env, Path(args.out), not args.quiet, _command()))
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -307,9 +300,8 @@ def evaluate(args: argparse.Namespace) -> None:
 def demo(args: argparse.Namespace) -> None:
     from lapo.workflows.demo import default_out, find_resumable, run_demo
 
-    cfg = command_config(
-        args, config.DemoConfig, config.DemoConfig(**config.DEMO_FAST) if args.fast else None
-    )
+    fast = config.preset(config.DemoConfig, "fast") if args.fast else None
+    cfg = command_config(args, config.DemoConfig, fast)
     runs = Path(args.runs)
     out = Path(args.out) if args.out else find_resumable(runs, cfg) or default_out(runs)
     if (out / "stages.json").exists():

@@ -5,8 +5,9 @@ comma-separated; a nested dataclass field ``quantizer`` gives ``--quantizer.kind
 ``metadata["flag"]`` renames its option. Options absent from the command line are absent from
 the parsed namespace, so :func:`apply_overrides` changes only what the command line names, on top
 of a base: the class's defaults, a named preset or a saved run's config (:func:`config_from_file`).
-Flags are spelled by :func:`lapo.config.field_flag`, as are the commands that
-:func:`lapo.config.to_flags` builds for ``lapo reproduce``.
+Building the config checks every value (:mod:`lapo.config`), before any data is read; a value out
+of range is one line naming its option. Flags are spelled by :func:`lapo.cli.flags.field_flag`,
+as are the commands that :func:`lapo.cli.flags.to_flags` builds for ``lapo reproduce``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import textwrap
@@ -21,12 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from lapo.config import PRESETS, config_from_dict, field_flag, preset
-from lapo.errors import UserError
+from lapo.cli.flags import field_flag
+from lapo.config import PRESETS, config_from_dict, preset
+from lapo.errors import ConfigError, FieldError, UserError
 
 T = TypeVar("T")
 
 
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Map each field of dataclass ``cls`` to the string literal that follows it in the source
     (of ``cls`` or, for an inherited field, of the base class that last declares it)."""
@@ -114,15 +118,22 @@ def add_dataclass_args(
 
 
 def apply_overrides(cfg: T, args: argparse.Namespace, prefix: str = "") -> T:
-    """A copy of ``cfg`` with every option given on the command line applied."""
+    """A copy of ``cfg`` with every option given on the command line applied; a value the
+    config refuses is a :class:`ConfigError` that names its option."""
     changes = {}
-    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
-        value = getattr(cfg, f.name)
+    fields = {f.name: f for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    for name in fields:
+        value = getattr(cfg, name)
         if dataclasses.is_dataclass(value):
-            changes[f.name] = apply_overrides(value, args, prefix + f.name + ".")
-        elif hasattr(args, prefix + f.name):
-            changes[f.name] = getattr(args, prefix + f.name)
-    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+            changes[name] = apply_overrides(value, args, prefix + name + ".")
+        elif hasattr(args, prefix + name):
+            changes[name] = getattr(args, prefix + name)
+    try:
+        return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+    except FieldError as e:
+        if e.field not in fields:
+            raise
+        raise ConfigError(f"{field_flag(fields[e.field], prefix)} {e.problem}") from None
 
 
 def config_from_file(path: str | Path, cls: type[T], section: str, missing_ok: bool = False) -> T:

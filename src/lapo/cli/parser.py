@@ -9,6 +9,7 @@ from typing import Any
 from lapo import config
 from lapo.cli import commands as cmd
 from lapo.cli.options import add_dataclass_args
+from lapo.config import preset, preset_names
 from lapo.envs import GAMES
 
 Option = tuple[str, dict[str, Any]]
@@ -22,18 +23,21 @@ def _opt(flag: str, help_: str, **kw: Any) -> Option:
     return flag, {"help": help_, **kw}
 
 
+def _preset(cls: type, default: str) -> Option:
+    """``--preset``: which of ``cls``'s presets the command starts from."""
+    return _opt("--preset", f"base configuration: {', '.join(preset_names(cls))}", default=default)
+
+
 # fmt: off
 ENV = _req("--env", f"one of: {', '.join(GAMES)}", metavar="GAME")
 OUT = _req("--out", "run folder (resumes if present)")
 QUIET = _opt("--quiet", "no progress bar", action="store_true")
 CONFIG = _opt("--config", "start from a saved run's config.json (instead of the defaults or "
               "--preset); options given override it", metavar="FILE")
-LAM_PRESET = _opt("--preset", f"base configuration: {', '.join(config.LAM_PRESETS)}", default="cpu")
-BC_PRESET = _opt("--preset", f"base configuration: {', '.join(config.BC_PRESETS)}", default="cpu")
-OFFLINE_PRESET = _opt("--preset", f"base configuration: {', '.join(config.OFFLINE_PRESETS)}",
-                      default="paper")
-ONLINE_PRESET = _opt("--preset", f"base configuration: {', '.join(config.ONLINE_PRESETS)}",
-                     default="paper")
+LAM_PRESET = _preset(config.LAMConfig, "cpu")
+BC_PRESET = _preset(config.BCConfig, "cpu")
+OFFLINE_PRESET = _preset(config.OfflineConfig, "paper")
+ONLINE_PRESET = _preset(config.OnlineConfig, "paper")
 RUN1 = _req("--run", "stage-1 run folder")
 STAGE2 = _req("--policy", "stage-2 run folder ('lapo bc train')")
 WITH_ACTIONS = _req("--data", "dataset with actions, same game")
@@ -44,7 +48,9 @@ LABELLED = [
          "labelled_windows.json)", metavar="DIR"),
     OUT, BC_PRESET, QUIET, CONFIG,
 ]
-BC_CPU = {"defaults": config.BC_PRESETS["cpu"]}
+BC_CPU = {"defaults": preset(config.BCConfig, "cpu")}  # what --preset's default gives
+# (c)'s options: the rest of its config comes from the preset, or whole from --config
+PPO_BASELINE_FIELDS = ("frames", "width", "num_envs", "num_steps", "seed", "threads", "device")
 
 GROUPS = {
     "expert": "PPO demonstrators",
@@ -108,7 +114,7 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
      [("dir", {"metavar": "DIR", "help": "dataset folder"})], []),
     ("lam train", "train the latent IDM + world model on a dataset", cmd.lam_train,
      [_req("--data", "dataset folder (actions not needed)"), OUT, LAM_PRESET, QUIET, CONFIG],
-     [(config.LAMConfig, {"defaults": config.LAM_PRESETS["cpu"]})]),
+     [(config.LAMConfig, {"defaults": preset(config.LAMConfig, "cpu")})]),
     ("lam probe", "how well latent actions predict the true actions", cmd.lam_probe,
      [RUN1, WITH_ACTIONS,
       _opt("--labels", "labelled train windows", type=int, default=4096),
@@ -158,7 +164,8 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
      [(config.DemoConfig, {})]),
     ("reproduce", "the paper's grid: games x seeds x every stage", cmd.reproduce,
      [_opt("--games", "'all' or a comma-separated list", default="all"),
-      _opt("--preset", f"configuration: {', '.join(config.REPRODUCE_PRESETS)}", default="paper"),
+      _opt("--preset", f"configuration: {', '.join(preset_names(config.ReproduceConfig))}",
+           default="paper"),
       _opt("--out", "grid folder (resumes if present)", default="runs/reproduce"),
       *[_opt(f"--{step}-args", f"extra options for {what}", metavar="OPTIONS")
         for step, what in cmd.EXTRA_ARGS.items()],
@@ -181,8 +188,8 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
      cmd.baseline_bc, LABELLED, [(config.SupervisedIDMConfig, {"prefix": "idm_"}), (config.BCConfig, BC_CPU)]),
     ("baseline ppo", "(c) PPO from scratch with the policy's IMPALA-CNN", cmd.baseline_ppo,
      [ENV, OUT, QUIET, CONFIG],
-     [(config.ExpertConfig, {"defaults": config.PPO_BASELINE, "only": cmd.PPO_BASELINE_FIELDS,
-                     "required": ("frames",)})]),
+     [(config.ExpertConfig, {"defaults": preset(config.ExpertConfig, "baseline"),
+                             "only": PPO_BASELINE_FIELDS, "required": ("frames",)})]),
 ]
 # fmt: on
 

@@ -515,8 +515,7 @@ def import_videos(
     finished before it) or, with ``skip_bad``, is skipped and listed in ``skipped``.
     """
     t0 = time.time()
-    opts = opts or VideoImport()
-    opts.check()
+    opts = opts or VideoImport()  # checked when built
     if chunk_frames < 1:
         raise UserError(f"--chunk-frames must be at least 1, got {chunk_frames}")
     out = Path(out)

@@ -41,7 +41,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from lapo import distributed
-from lapo.config import PPO_RESUMABLE, PPOConfig
+from lapo.config import PPOConfig
 from lapo.envs import ProcgenVecEnv, normalized_return
 from lapo.runs import Run
 
@@ -401,7 +401,7 @@ def ppo_run(
     compare: dict | None = None,
 ) -> Run:
     """The :class:`Run` of a PPO loop: counted in updates, shown in (global) frames,
-    resumable with a new budget (:data:`lapo.config.PPO_RESUMABLE`); under torchrun the
+    resumable with a new budget (the config's ``resumable()`` fields); under torchrun the
     ranks split ``num_envs``."""
     return Run(
         out,
@@ -412,7 +412,7 @@ def ppo_run(
         unit="frame",
         per_step=cfg.batch_size,
         desc=desc,
-        resumable=PPO_RESUMABLE,
+        resumable=cfg.resumable(),
         compare=compare,
         progress=progress,
         threads=cfg.threads,

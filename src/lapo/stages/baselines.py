@@ -211,33 +211,18 @@ def idm_labels_bc(
 
 
 def ppo_from_scratch(
+    cfg: ExpertConfig,
     game: str,
-    frames: int,
     out: Path,
-    width: int = 1,
-    seed: int = 0,
-    threads: int = 0,
-    device: str = "auto",
     progress: bool = True,
     command: str | None = None,
-    num_envs: int = 64,
-    num_steps: int = 64,
 ) -> dict:
-    """Baseline (c): PPO from scratch, the policy's IMPALA-CNN, the online rollout shape.
+    """Baseline (c): PPO from scratch on ``game`` with the whole of ``cfg`` (its ``game``
+    replaced).
 
-    Procgen's PPO settings (lr 5e-4, entropy 0.01) on LAPO's stage-3 rollout of 64 envs x 64
-    steps, so both methods update as often per frame. One PPO (:mod:`lapo.rl.ppo`) through
+    Its preset (``preset(ExpertConfig, "baseline")``) is Procgen's PPO settings (lr 5e-4,
+    entropy 0.01) with the policy's IMPALA-CNN on LAPO's stage-3 rollout of 64 envs x 64 steps,
+    so both methods update as often per frame. One PPO (:mod:`lapo.rl.ppo`) through
     :func:`lapo.rl.expert.train_expert`: the run folder is a ``ppo-expert`` policy.
     """
-    cfg = ExpertConfig(
-        game=game,
-        frames=frames,
-        arch="impala",
-        width=width,
-        num_envs=num_envs,
-        num_steps=num_steps,
-        seed=seed,
-        threads=threads,
-        device=device,
-    )
-    return train_expert(cfg, out, progress=progress, command=command)
+    return train_expert(dataclasses.replace(cfg, game=game), out, progress, command=command)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lapo import distributed
-from lapo.config import BC_RESUMABLE, BCConfig
+from lapo.config import BCConfig
 from lapo.data.checks import dataset_for
 from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.models.idm import IDM, frames_to_float
@@ -182,7 +182,7 @@ def train_bc(
     run_config = dict(run_config or {})
     kind = run_config.pop("kind", "bc")
     run = Run(out, kind, cfg, columns=BC_COLUMNS, total=cfg.steps, desc=desc,
-              resumable=BC_RESUMABLE, compare={"network": network}, progress=progress)  # fmt: skip
+              resumable=cfg.resumable(), compare={"network": network}, progress=progress)  # fmt: skip
     with run:
         train = WindowDataset(data, "train", k=3)
         windows = run.windows(train)

@@ -36,12 +36,12 @@ import torch
 
 from lapo.checkpoint import CheckpointError, read_json, write_json
 from lapo.config import (
+    BCConfig,
     DemoConfig,
     LAMConfig,
     OfflineConfig,
     SupervisedIDMConfig,
-    bc_preset,
-    lam_preset,
+    preset,
 )
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
@@ -109,7 +109,7 @@ class Demo:
         self.lam_labels, self.bc_labels = out / "stage1_labels", out / "stage2_labels"
         self.decoded_labels, self.idm_bc = out / "decoded_labels", out / "idm_labels_bc"
         # stage 2 and the BC baseline train with the same settings
-        bc_cpu = bc_preset("cpu")
+        bc_cpu = preset(BCConfig, "cpu")
         self.bc_cfg = dataclasses.replace(
             bc_cpu,
             steps=cfg.bc_steps,
@@ -138,7 +138,7 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
     that add the K labels)."""
     c = d.cfg
     return dataclasses.replace(
-        lam_preset("cpu"),
+        preset(LAMConfig, "cpu"),
         steps=c.lam_steps,
         batch_size=c.lam_batch,
         eval_every=max(c.lam_steps // 6, 1),

@@ -7,7 +7,7 @@ For each (game, seed): stage 1, stage 2, offline decoding at each label count wi
 from scratch for the same frames, and an evaluation of every policy.
 
 Every step is a ``lapo`` command run as a subprocess, its options built from the step's config
-dataclass (:func:`lapo.config.to_flags` spells each flag as the CLI generated from the same
+dataclass (:func:`lapo.cli.flags.to_flags` spells each flag as the CLI generated from the same
 fields reads it). A step is skipped when its marker (``<step>.done.json`` beside its folder)
 exists, so a killed grid resumes where it stopped. Independent steps run ``jobs`` at a time. The grid writes ``results.csv`` (every
 evaluation), ``summary.md``, ``offline_vs_labels.png`` and ``online_curves.png``.
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lapo.cli.flags import flag, option, to_flags
 from lapo.config import (
-    PPO_BASELINE,
     BCConfig,
     EvalConfig,
     ExpertConfig,
@@ -35,10 +35,7 @@ from lapo.config import (
     OfflineConfig,
     OnlineConfig,
     ReproduceConfig,
-    flag,
-    option,
     preset,
-    to_flags,
 )
 from lapo.progress import EstimatedProgress
 from lapo.report.grid import summarise
@@ -183,10 +180,11 @@ def _seed_tasks(
         tasks.append(Task(f"{name}/lapo_online", cmd, r / "lapo_online.done.json", bc_dep))
         methods.append("lapo_online")
     if "ppo" in steps:
-        ppo = dataclasses.replace(PPO_BASELINE, width=4 if cfg.preset == "paper" else 1, seed=seed)
+        base = preset(ExpertConfig, "baseline")
+        ppo = dataclasses.replace(base, width=4 if cfg.preset == "paper" else 1, seed=seed)
         # --frames always: the command requires it
         cmd = _lapo("baseline", "ppo", env=game, frames=cfg.online_frames, out=r / "ppo_scratch",
-                    quiet=True, config=ppo, base=PPO_BASELINE, extra=cfg.extra.get("ppo", []))  # fmt: skip
+                    quiet=True, config=ppo, base=base, extra=cfg.extra.get("ppo", []))  # fmt: skip
         tasks.append(Task(f"{name}/ppo_scratch", cmd, r / "ppo_scratch.done.json"))
         methods.append("ppo_scratch")
     return tasks + eval_tasks(cfg, name, seed, methods, data, data_deps, r)
