@@ -768,7 +768,8 @@ class VideoImportConfig(Config):
     end: float | None = setting(None, Range(0, SECONDS.hi, lo_open=True))
     """Stop every video at this second (None: its end)."""
     test_fraction: float = setting(0.1, Range(0, 1, hi_open=True))
-    """Fraction of the videos (whole videos) that go to the test split."""
+    """Fraction that goes to the test split: of the videos (whole videos), or with a single
+    video, of its length (its end)."""
     seed: int = setting(0, SEED)
     """Seed of the choice of test videos."""
     game: str | None = None
