@@ -14,7 +14,8 @@ from lapo.cli import main
 from lapo.config import LAMConfig, QuantizerConfig
 from lapo.config import lam_preset as preset
 from lapo.data.collect import collect
-from lapo.stages.lam import LatentActionModel, lam_loss, lr_scale, shuffled_latent_loss, train_lam
+from lapo.schedules import lr_scale
+from lapo.stages.lam import LatentActionModel, lam_loss, shuffled_latent_loss, train_lam
 
 TOY = dict(
     idm_width=1,
@@ -68,11 +69,11 @@ def test_cpu_preset_restarts_codes_amplifies_differences_and_weighs_changed_pixe
 
 def test_lr_schedule_by_hand():
     cfg = LAMConfig(steps=1050, warmup_steps=50, warmup_start=0.1, final_lr_scale=0.01)
-    assert lr_scale(0, cfg) == pytest.approx(0.1)
-    assert lr_scale(25, cfg) == pytest.approx(0.55)
-    assert lr_scale(50, cfg) == pytest.approx(1.0)
-    assert lr_scale(550, cfg) == pytest.approx(0.505)
-    assert lr_scale(1050, cfg) == pytest.approx(0.01)
+    assert lr_scale(0, cfg, cfg.final_lr_scale) == pytest.approx(0.1)
+    assert lr_scale(25, cfg, cfg.final_lr_scale) == pytest.approx(0.55)
+    assert lr_scale(50, cfg, cfg.final_lr_scale) == pytest.approx(1.0)
+    assert lr_scale(550, cfg, cfg.final_lr_scale) == pytest.approx(0.505)
+    assert lr_scale(1050, cfg, cfg.final_lr_scale) == pytest.approx(0.01)
 
 
 def test_shuffled_latent_loss_differs_only_through_the_latent():

@@ -33,7 +33,8 @@ from lapo.evaluation.policies import load_policy
 from lapo.models.policy import ActionDecoder, OnlineAgent
 from lapo.rl.ppo import compute_gae
 from lapo.runkinds import load_stage2
-from lapo.stages.bc import lr_scale, train_latent_bc
+from lapo.schedules import lr_scale
+from lapo.stages.bc import train_latent_bc
 from lapo.stages.decode import fit_decoder
 from lapo.stages.decode.offline import decode_offline
 from lapo.stages.decode.online import (

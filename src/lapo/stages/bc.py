@@ -38,14 +38,8 @@ from lapo.runkinds import (
     latent_policy_spec,
 )
 from lapo.runs import Run, StepClock, resolve_device
+from lapo.schedules import lr_scale, set_lr
 from lapo.stages.lam import load_lam
-
-
-def lr_scale(step: int, cfg: BCConfig) -> float:
-    """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear decay to 0."""
-    if step < cfg.warmup_steps:
-        return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
-    return max(0.0, 1.0 - (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1))
 
 
 class LatentTargets:
@@ -209,8 +203,7 @@ def train_bc(
         for step in range(start, cfg.steps):
             with clock:
                 lr = cfg.learning_rate * lr_scale(step, cfg)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
+                set_lr(optimizer, lr)
                 batch = windows(run.local(starts[rng.integers(0, len(starts), cfg.batch_size)]))
                 loss, grad_norm = bc_step(model, optimizer, batch, targets_fn, cfg, run)
                 done = step + 1

@@ -35,6 +35,7 @@ from lapo.models.idm import build_idm, frames_to_float, idm_latents
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
 from lapo.runkinds import LAM, lam_config_from_dict, read_run_config
 from lapo.runs import Run, StepClock
+from lapo.schedules import lr_scale, set_lr
 
 
 class LatentActionModel(nn.Module):
@@ -177,16 +178,6 @@ def test_wm_losses(model: LatentActionModel, frames: torch.Tensor) -> tuple[floa
     own = model.prediction_error(context, target, q.z_q).mean().item()
     shuffled = model.prediction_error(context, target, q.z_q.roll(1, dims=0)).mean().item()
     return own, shuffled
-
-
-def lr_scale(step: int, cfg: LAMConfig, time_fraction: float = 0.0) -> float:
-    """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear to ``final_lr_scale``
-    at ``steps`` or, if further along, at the fraction ``time_fraction`` of ``max_minutes``."""
-    if step < cfg.warmup_steps:
-        return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    frac = max(frac, time_fraction)
-    return 1.0 + (cfg.final_lr_scale - 1.0) * min(frac, 1.0)
 
 
 @torch.no_grad()
@@ -435,11 +426,9 @@ def train_lam(
             if budget and clock.seconds >= budget:
                 break
             with clock:
-                lr = cfg.learning_rate * lr_scale(
-                    step, cfg, clock.seconds / budget if budget else 0
-                )
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
+                time_fraction = clock.seconds / budget if budget else 0
+                lr = cfg.learning_rate * lr_scale(step, cfg, cfg.final_lr_scale, time_fraction)
+                set_lr(optimizer, lr)
                 logs, grad_norm = lam_step(model, optimizer, *batches(rng), cfg, run)
                 done = step + 1
                 log, evaluate = done % 50 == 0, done % cfg.eval_every == 0
