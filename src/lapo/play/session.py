@@ -31,7 +31,7 @@ import torch
 from lapo.envs import ACTION_NAMES
 from lapo.errors import UserError
 from lapo.evaluation.clusters import kmeans, nearest_points
-from lapo.models.idm import frames_to_float
+from lapo.models.frames import frames_to_float
 from lapo.report.latents import latent_sample
 
 SAME_LEVELS = 8

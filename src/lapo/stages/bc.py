@@ -27,7 +27,8 @@ from lapo import distributed
 from lapo.config import BC_RESUMABLE, BCConfig
 from lapo.data.checks import dataset_for
 from lapo.data.dataset import DeviceWindows, WindowDataset
-from lapo.models.idm import IDM, frames_to_float
+from lapo.models.frames import frames_to_float
+from lapo.models.idm import IDM
 from lapo.models.policy import build_network
 from lapo.runkinds import (
     ACTION_HEAD_FILE,

@@ -31,7 +31,8 @@ from lapo.data.labels import labelled_starts, write_labelled
 from lapo.envs import NUM_ACTIONS
 from lapo.evaluation.probe import classification_report, fit_probe
 from lapo.models.augment import random_shift
-from lapo.models.idm import build_idm, frames_to_float, idm_latents
+from lapo.models.frames import frames_to_float
+from lapo.models.idm import build_idm, idm_latents
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
 from lapo.runkinds import LAM, lam_config_from_dict, read_run_config
 from lapo.runs import Run, StepClock

@@ -35,7 +35,7 @@ from lapo import distributed
 from lapo.checkpoint import CheckpointError, load_tensors
 from lapo.config import OnlineConfig
 from lapo.envs import NUM_ACTIONS, check_game
-from lapo.models.idm import frames_to_float
+from lapo.models.frames import frames_to_float
 from lapo.models.policy import OnlineAgent
 from lapo.rl.ppo import (
     PPO_COLUMNS,
