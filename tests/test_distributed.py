@@ -19,9 +19,10 @@ import torch
 from lapo.checkpoint import load_tensors
 from lapo.config import BCConfig, LAMConfig, QuantizerConfig, bc_preset, lam_preset, to_flags
 from lapo.data.collect import collect
+from lapo.models.lam import LatentActionModel
 from lapo.runs import resolve_precision
 from lapo.stages.bc import train_latent_bc
-from lapo.stages.lam import LatentActionModel, lam_loss, train_lam
+from lapo.stages.lam import lam_loss, train_lam
 
 # tiny, with every per-sample draw (shifts, lookahead, hidden past) and frequent code restarts
 TOY = LAMConfig(
@@ -130,7 +131,8 @@ from lapo import distributed
 from lapo.checkpoint import save_tensors
 from lapo.cli import main
 from lapo.config import LAMConfig, config_from_dict
-from lapo.stages.lam import LatentActionModel, lam_loss
+from lapo.models.lam import LatentActionModel
+from lapo.stages.lam import lam_loss
 torch.set_num_threads(1)
 distributed.init("cpu")
 cfg = config_from_dict(LAMConfig, json.loads(sys.argv[1]))

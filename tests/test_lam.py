@@ -14,8 +14,9 @@ from lapo.cli import main
 from lapo.config import LAMConfig, QuantizerConfig
 from lapo.config import lam_preset as preset
 from lapo.data.collect import collect
+from lapo.models.lam import LatentActionModel
 from lapo.schedules import lr_scale
-from lapo.stages.lam import LatentActionModel, lam_loss, shuffled_latent_loss, train_lam
+from lapo.stages.lam import lam_loss, shuffled_latent_loss, train_lam
 
 TOY = dict(
     idm_width=1,
@@ -400,7 +401,7 @@ def test_changed_pixel_threshold_out_of_range_is_refused():
 
 
 def test_lookahead_shows_the_idm_a_later_frame_and_the_world_model_o_t_plus_1():
-    from lapo.stages.lam import idm_input
+    from lapo.models.lam import idm_input
 
     cfg = LAMConfig(**{**TOY, "idm_lookahead": 4})
     frames = torch.arange(6.0).view(1, 6, 1, 1, 1).expand(64, 6, 3, 8, 8)  # frame i holds i
@@ -409,7 +410,8 @@ def test_lookahead_shows_the_idm_a_later_frame_and_the_world_model_o_t_plus_1():
     assert x.shape == (64, 3, 3, 8, 8)
     assert (x[:, 0] == 0).all() and (x[:, 1] == 1).all()
     assert set(x[:, 2, 0, 0, 0].tolist()) == {2.0, 3.0, 4.0, 5.0}  # o[t+k], k = 1..4
-    assert torch.equal(idm_input(frames), frames[:, :3])  # evaluation: o[t-1], o[t], o[t+1]
+    plain = LAMConfig(**TOY)  # no lookahead, no shift (as in evaluation): o[t-1], o[t], o[t+1]
+    assert torch.equal(idm_input(frames, plain), frames[:, :3])
 
 
 def test_random_shift_moves_each_frame_by_its_own_offset():

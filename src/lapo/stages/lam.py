@@ -32,79 +32,11 @@ from lapo.envs import NUM_ACTIONS
 from lapo.evaluation.probe import classification_report, fit_probe
 from lapo.models.augment import random_shift
 from lapo.models.frames import frames_to_float
-from lapo.models.idm import build_idm, idm_latents
-from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
+from lapo.models.idm import idm_latents
+from lapo.models.lam import LatentActionModel, idm_input, wm_context
 from lapo.runkinds import LAM, lam_config_from_dict, read_run_config
 from lapo.runs import Run, StepClock
 from lapo.schedules import lr_scale, set_lr
-
-
-class LatentActionModel(nn.Module):
-    """The IDM and the world model, trained together."""
-
-    def __init__(self, cfg: LAMConfig) -> None:
-        super().__init__()
-        self.idm = build_idm(cfg)
-        # with labels in stage 1: latent -> true action logits, trained on the K labelled windows
-        self.action_head = (
-            nn.Linear(cfg.quantizer.latent_dim, NUM_ACTIONS) if cfg.uses_labels else None
-        )
-        if cfg.wm_target not in ("pixels", "embedding"):
-            raise ValueError(f"wm_target must be pixels or embedding, not {cfg.wm_target!r}")
-        self.world_model: WorldModel | EmbeddingWorldModel
-        # with wm_differences the context gains a third image, the amplified o[t] - o[t-1]
-        self.wm_difference_scale = cfg.idm_difference_scale if cfg.wm_differences else 0.0
-        context = 3 if cfg.wm_differences else 2
-        if cfg.wm_target == "embedding":
-            self.world_model = EmbeddingWorldModel(cfg.quantizer.latent_dim, context, cfg.idm_width)
-        else:
-            self.world_model = WorldModel(
-                cfg.quantizer.latent_dim,
-                context,
-                base=cfg.wm_base,
-                residual=cfg.wm_residual,
-                action_everywhere=cfg.wm_action_everywhere,
-            )
-
-    @property
-    def predicts_pixels(self) -> bool:
-        return isinstance(self.world_model, WorldModel)
-
-    def predict(self, context: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-        """The world model's prediction from ``o[t-1], o[t]`` ``(B, 2, 3, 64, 64)`` and the
-        latent ``(B, A)``: ``o[t+1]`` ``(B, 3, 64, 64)``, or its embedding ``(B, F)``."""
-        if self.wm_difference_scale:
-            diff = (context[:, 1] - context[:, 0]) * self.wm_difference_scale
-            context = torch.cat([diff[:, None], context], 1)  # (B, 3, 3, 64, 64), o[t] last
-        return self.world_model(context, z_q)
-
-    def prediction_error(
-        self, context: torch.Tensor, target: torch.Tensor, z_q: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-pixel squared error ``(B, 3, 64, 64)`` of the predicted ``o[t+1]``, or per-sample
-        ``(B,)`` embedding error, for context ``(B, 2, 3, 64, 64)``, target ``(B, 3, 64, 64)``."""
-        pred = self.predict(context, z_q)
-        if self.predicts_pixels:
-            return (pred - target) ** 2
-        return embedding_error(pred, self.world_model.target(target))
-
-
-def idm_input(frames: torch.Tensor, cfg: LAMConfig | None = None) -> torch.Tensor:
-    """The IDM's frames ``(B, 3, 3, 64, 64)`` from a training window ``(B, K+2, 3, 64, 64)``:
-    ``o[t-1], o[t], o[t+k]`` with k drawn per window from 1..K (``idm_lookahead``), each frame
-    shifted by up to ``aug_shift`` pixels. Without ``cfg`` (evaluation): ``o[t-1], o[t], o[t+1]``.
-    Per-window draws are made for the global batch and sliced (:func:`distributed.draw_local`):
-    N processes draw what one process does."""
-    if cfg is None or (cfg.idm_lookahead <= 1 and cfg.aug_shift <= 0):
-        return frames[:, :3]
-    x = frames[:, :3]
-    if cfg.idm_lookahead > 1:
-        B = frames.shape[0]
-        K, dev = cfg.idm_lookahead, frames.device
-        k = distributed.draw_local(lambda n: torch.randint(1, K + 1, (n,), device=dev), B)
-        far = frames[torch.arange(B, device=frames.device), 1 + k]  # (B, 3, 64, 64)
-        x = torch.cat([frames[:, :2], far[:, None]], 1)
-    return random_shift(x, cfg.aug_shift)
 
 
 def lam_loss(
@@ -126,12 +58,10 @@ def lam_loss(
     Returns ``(loss, logs)``; ``logs`` holds the plain prediction error and codebook statistics
     as detached tensors (reading them waits for the device: log steps only).
     """
-    z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
+    z, q = model.idm(frames[:, :3] if cfg is None else idm_input(frames, cfg))  # (B, A), z_q (B, A)
     context, target = frames[:, :2], frames[:, 2]
-    if cfg is not None and cfg.wm_mask_past > 0:
-        draw = lambda n: torch.rand(n, device=frames.device)  # noqa: E731
-        keep = distributed.draw_local(draw, len(frames)) >= cfg.wm_mask_past  # (B,)
-        context = torch.stack([context[:, 0] * keep[:, None, None, None], context[:, 1]], 1)
+    if cfg is not None:
+        context = wm_context(frames, cfg)
     err = model.prediction_error(context, target, q.z_q)  # (B, 3, 64, 64) or (B,)
     wm_loss = err.mean()
     logs = {"wm_loss": wm_loss.detach(), "vq_loss": q.loss.detach(), **q.stats}
