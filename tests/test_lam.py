@@ -565,7 +565,7 @@ def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
 
 
 def test_head_report_scores_the_action_head_by_hand():
-    from lapo.stages.lam import head_report, probe_windows
+    from lapo.evaluation.probe import head_report, probe_windows
 
     cfg = LAMConfig(**{**TOY, "labels": 16})
     model = LatentActionModel(cfg)

@@ -28,11 +28,9 @@ from lapo.data.checks import dataset_for
 from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.data.format import DatasetError, open_dataset
 from lapo.data.labels import labelled_starts, write_labelled
-from lapo.envs import NUM_ACTIONS
-from lapo.evaluation.probe import classification_report, fit_probe
+from lapo.evaluation.probe import probe_windows
 from lapo.models.augment import random_shift
 from lapo.models.frames import frames_to_float
-from lapo.models.idm import idm_latents
 from lapo.models.lam import LatentActionModel, idm_input, wm_context
 from lapo.runkinds import LAM, lam_config_from_dict, read_run_config
 from lapo.runs import Run, StepClock
@@ -109,57 +107,6 @@ def test_wm_losses(model: LatentActionModel, frames: torch.Tensor) -> tuple[floa
     own = model.prediction_error(context, target, q.z_q).mean().item()
     shuffled = model.prediction_error(context, target, q.z_q.roll(1, dims=0)).mean().item()
     return own, shuffled
-
-
-@torch.no_grad()
-def encode_windows(
-    model: LatentActionModel, obs: np.ndarray, device: torch.device, batch: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """IDM latents of uint8 windows ``(N, 3, 64, 64, 3)``: ``(z (N, A), z_q (N, A))`` on CPU."""
-    return idm_latents(model.idm, (obs[i : i + batch] for i in range(0, len(obs), batch)), device)
-
-
-def probe_windows(
-    model: LatentActionModel,
-    train: dict,
-    test: dict,
-    device: torch.device,
-    seed: int = 0,
-    epochs: int = 30,
-    target: int = 1,
-) -> dict:
-    """Fit the probe on the IDM latents of ``train`` windows and score it on ``test`` windows.
-
-    ``train``/``test`` are loader batches (``obs`` ``(N, 3, 64, 64, 3)``, ``actions`` ``(N, 3)``).
-    The latent of window ``o[t-1], o[t], o[t+1]`` is labelled with the action taken at ``o[t]``
-    (the one that led to ``o[t+1]``): the middle frame's action, ``target=1``; ``target=0``
-    labels it with ``a[t-1]`` (a latent that carries the agent's velocity predicts that one
-    too), ``2`` with ``a[t+1]`` (not in the window: chance).
-    """
-    ztr, _ = encode_windows(model, train["obs"], device)
-    zte, _ = encode_windows(model, test["obs"], device)
-    report = fit_probe(
-        ztr,
-        torch.from_numpy(train["actions"][:, target]),
-        zte,
-        torch.from_numpy(test["actions"][:, target]),
-        seed=seed,
-        epochs=epochs,
-    )
-    if model.action_head is not None and target == 1:
-        report.update(head_report(model, zte, test["actions"][:, 1]))
-    return report
-
-
-def head_report(model: LatentActionModel, z: torch.Tensor, actions: np.ndarray) -> dict:
-    """How well stage 1's action head, fit on its K labelled windows only, names the true
-    action of held-out windows from their IDM latents ``z (N, A)``: the figure to set beside
-    baseline (b)'s supervised IDM on the same K (the probe is fit on more labels than K)."""
-    head = model.action_head
-    with torch.no_grad():
-        pred = head(z.to(head.weight.device)).argmax(-1).cpu().numpy()  # (N,)
-    rep = classification_report(actions, pred, NUM_ACTIONS)
-    return {"head_accuracy": rep["accuracy"], "head_balanced_accuracy": rep["balanced_accuracy"]}
 
 
 def labelled_batch(
