@@ -158,7 +158,7 @@ def test_probe_command_reports_json(data, tmp_path, capsys):
 
 def test_probe_target_labels_each_window_with_the_chosen_action(data, tmp_path):
     from lapo.data.dataset import WindowDataset
-    from lapo.stages.lam import probe_lam
+    from lapo.stages.lam_probe import probe_lam
 
     run = tmp_path / "run"
     train_lam(LAMConfig(steps=2, **TOY), data, run, progress=False)

@@ -310,7 +310,7 @@ def plot_lam(
     latents grouped into ``clusters`` k-means clusters (0: no cluster picture, on data with
     actions only)."""
     from lapo.data.checks import dataset_for
-    from lapo.stages.lam import load_lam
+    from lapo.runkinds import load_lam
 
     out = Path(out)
     model, config = load_lam(run)

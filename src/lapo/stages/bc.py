@@ -37,10 +37,10 @@ from lapo.runkinds import (
     action_policy_spec,
     data_fields,
     latent_policy_spec,
+    load_lam,
 )
 from lapo.runs import Run, StepClock, resolve_device
 from lapo.schedules import lr_scale, set_lr
-from lapo.stages.lam import load_lam
 
 
 def latent_bc_loss(pred: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

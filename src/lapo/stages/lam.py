@@ -22,17 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lapo import distributed
-from lapo.checkpoint import load_tensors
 from lapo.config import LAMConfig
-from lapo.data.checks import dataset_for
 from lapo.data.dataset import DeviceWindows, WindowDataset
-from lapo.data.format import DatasetError, open_dataset
+from lapo.data.format import open_dataset
 from lapo.data.labels import labelled_starts, write_labelled
 from lapo.evaluation.probe import probe_windows
 from lapo.models.augment import random_shift
 from lapo.models.frames import frames_to_float
 from lapo.models.lam import LatentActionModel, idm_input, wm_context
-from lapo.runkinds import LAM, lam_config_from_dict, read_run_config
 from lapo.runs import Run, StepClock
 from lapo.schedules import lr_scale, set_lr
 
@@ -379,64 +376,3 @@ def lam_summary(
         if baseline.get("probe"):
             summary["probe_untrained_accuracy"] = baseline["probe"]["accuracy"]
     return summary
-
-
-def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
-    """Load a trained stage-1 model (eval mode) and its run config from ``run``."""
-    run = Path(run)
-    config = read_run_config(run, (LAM,), "a stage-1 run")
-    model = LatentActionModel(lam_config_from_dict(config["lam"]))
-    tensors, _ = load_tensors(run / "lam.safetensors")
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), config
-
-
-def probe_lam(
-    run: Path,
-    data: Path,
-    labels: int = 4_096,
-    test_windows: int = 8_192,
-    seed: int = 0,
-    epochs: int | None = None,
-    untrained: bool = False,
-    target: int = 1,
-) -> dict:
-    """Fit the latent probe on ``labels`` labelled train windows of ``data``; score on test.
-
-    ``epochs=None`` (the quick protocol, 30 epochs) refuses more labels than the data holds;
-    with ``epochs`` given (the paper's protocol: 65,536 windows, 3 epochs) ``labels`` is capped
-    at the train windows there are, and the report says how many were used. ``untrained``
-    probes the run's architecture at its initialisation (seeded by ``seed``) instead: the
-    baseline a trained IDM must beat, measured the same way. ``target``: which action of the
-    window the probe predicts (see :func:`probe_windows`).
-
-    Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
-    matrix (rows: true action, columns: predicted) of the continuous IDM latent.
-    """
-    model, config = load_lam(run)
-    if untrained:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LatentActionModel(lam_config_from_dict(config["lam"])).eval()
-    dataset_for(data, f"stage-1 run {run}", config.get("game"), actions_for="the probe")
-    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
-    if epochs is not None:
-        labels = min(labels, len(train))
-    if labels > len(train):
-        raise DatasetError(
-            f"--labels {labels} is more than the {len(train)} train windows in {data}"
-        )
-    rng = np.random.default_rng(seed)
-    tr = train.read(np.sort(rng.choice(train.starts, labels, replace=False)))
-    n_test = min(test_windows, len(test))
-    te = test.read(np.sort(rng.choice(test.starts, n_test, replace=False)))
-    report = probe_windows(model, tr, te, torch.device("cpu"), seed, epochs or 30, target)
-    return {
-        "run": str(run),
-        "data": str(data),
-        "labels": labels,
-        "target": ("a[t-1]", "a[t]", "a[t+1]")[target],
-        "epochs": epochs or 30,
-        "seed": seed,
-        **report,
-    }
