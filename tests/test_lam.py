@@ -492,18 +492,18 @@ def test_labelled_and_unlabelled_batches_both_reach_the_gradient():
 
 
 def test_stage1_with_labels_uses_exactly_the_recorded_windows(data, tmp_path, monkeypatch):
-    import lapo.stages.lam as lam_module
+    import lapo.stages.lam_data as lam_data
     from lapo.data.labels import read_labelled
 
     seen = []
-    real = lam_module.labelled_batch
+    real = lam_data.labelled_batch
 
     def spy(ds, starts, cfg, rng, device):
         seen.append(np.asarray(starts).copy())
         x, y = real(ds, starts, cfg, rng, device)
         return x, y
 
-    monkeypatch.setattr(lam_module, "labelled_batch", spy)
+    monkeypatch.setattr(lam_data, "labelled_batch", spy)
     run = tmp_path / "labelled"
     cfg = LAMConfig(**{**TOY, "steps": 3, "probe_every": 0, "labels": 20, "labels_seed": 3})
     train_lam(cfg, data, run, progress=False)
