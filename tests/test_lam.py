@@ -16,7 +16,7 @@ from lapo.config import lam_preset as preset
 from lapo.data.collect import collect
 from lapo.models.lam import LatentActionModel
 from lapo.schedules import lr_scale
-from lapo.stages.lam import lam_loss, shuffled_latent_loss, train_lam
+from lapo.stages.lam import lam_loss, plain_lam_loss, shuffled_latent_loss, train_lam
 
 TOY = dict(
     idm_width=1,
@@ -82,10 +82,10 @@ def test_shuffled_latent_loss_differs_only_through_the_latent():
     model = LatentActionModel(LAMConfig(**{**TOY, "threads": 0})).eval()
     frames = torch.rand(4, 3, 3, 64, 64) - 0.5
     same = frames[:1].expand(4, -1, -1, -1, -1).contiguous()
-    _, logs = lam_loss(model, same)
+    _, logs = plain_lam_loss(model, same)
     # identical windows have identical latents: shuffling them changes nothing
     assert shuffled_latent_loss(model, same) == pytest.approx(float(logs["wm_loss"]), rel=1e-5)
-    _, logs = lam_loss(model, frames)
+    _, logs = plain_lam_loss(model, frames)
     assert shuffled_latent_loss(model, frames) != pytest.approx(float(logs["wm_loss"]), rel=1e-7)
 
 
@@ -93,7 +93,7 @@ def test_loss_shapes_and_gradients_reach_both_models():
     cfg = LAMConfig(**{**TOY, "threads": 0})
     model = LatentActionModel(cfg)
     frames = torch.rand(4, 3, 3, 64, 64) - 0.5
-    loss, logs = lam_loss(model, frames)
+    loss, logs = plain_lam_loss(model, frames)
     assert loss.shape == () and {"wm_loss", "vq_loss", "perplexity"} <= set(logs)
     loss.backward()
     assert model.idm.encoder.fc.weight.grad.abs().sum() > 0, "no gradient through the quantiser"

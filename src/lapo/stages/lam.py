@@ -31,55 +31,86 @@ from lapo.schedules import lr_scale, set_lr
 from lapo.stages.lam_data import Stage1Batches, Stage1Data, stage1_data
 
 
+# -- the loss: a sum of named terms ----------------------------------------------------------
+def changed_pixel_weights(frames: torch.Tensor, cfg: LAMConfig) -> torch.Tensor:
+    """Per-pixel weights ``(B, 1, 64, 64)`` of the prediction error for windows
+    ``(B, K+2, 3, 64, 64)``: ``1 + changed_pixel_weight`` where some channel moved by more than
+    ``changed_pixel_threshold`` from ``o[t]`` to ``o[t+1]``, else 1. The agent's small sprite
+    then counts for more against the static background."""
+    change = (frames[:, 2] - frames[:, 1]).abs().amax(1, keepdim=True)  # (B, 1, 64, 64)
+    changed = (change > cfg.changed_pixel_threshold).float()
+    return 1 + cfg.changed_pixel_weight * changed
+
+
+def variance_hinge(z: torch.Tensor, floor: float) -> torch.Tensor:
+    """Mean over the latent's dimensions of ``relu(floor - batch variance)`` for ``z (B, A)``
+    (the global batch's variance under torchrun): no dimension may collapse to a constant."""
+    return F.relu(floor - distributed.batch_var(z.float())).mean()
+
+
+def action_head_loss(
+    model: LatentActionModel, x: torch.Tensor, actions: torch.Tensor, aug_shift: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the action head on the latents of labelled windows
+    ``x (L, 3, 3, 64, 64)`` (shifted as the IDM's training frames are) against the middle
+    frames' ``actions (L,)``, and its accuracy (detached)."""
+    z, _ = model.idm(random_shift(x, aug_shift))  # (L, A)
+    logits = model.action_head(z)  # (L, 15)
+    return F.cross_entropy(logits.float(), actions), (logits.argmax(-1) == actions).float().mean()
+
+
 def lam_loss(
     model: LatentActionModel,
     frames: torch.Tensor,
-    cfg: LAMConfig | None = None,
+    cfg: LAMConfig,
     labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Next-frame prediction loss + commitment for float frames ``(B, K+2, 3, 64, 64)``
-    (``K = cfg.idm_lookahead``; 3 frames without ``cfg``, which evaluates plain LAPO's loss).
+    """Stage 1's training loss on float windows ``(B, K+2, 3, 64, 64)``
+    (``K = cfg.idm_lookahead``), the sum of:
 
-    The world model predicts ``o[t+1]`` from ``o[t-1], o[t]`` (``o[t-1]`` hidden with probability
-    ``wm_mask_past``) and the quantised latent of :func:`idm_input`. With
-    ``changed_pixel_weight`` w, a pixel that differs between ``o[t]`` and ``o[t+1]`` (by more
-    than ``changed_pixel_threshold`` in some channel) weighs ``1 + w`` in the MSE: the agent's
-    small sprite counts for more against the static background. ``latent_var_floor`` adds a hinge on each latent dimension's batch variance.
-    ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``) adds
-    ``label_weight`` x the cross-entropy of the model's action head on their latents.
-    Returns ``(loss, logs)``; ``logs`` holds the plain prediction error and codebook statistics
-    as detached tensors (reading them waits for the device: log steps only).
+    1. prediction: the world model's error on ``o[t+1]`` from :func:`wm_context` and the
+       quantised latent of :func:`idm_input`, each pixel weighted by
+       :func:`changed_pixel_weights` when ``changed_pixel_weight`` > 0 (pixel targets only);
+    2. the quantiser's commitment term;
+    3. with ``latent_var_floor`` > 0, :func:`variance_hinge` on the continuous latents;
+    4. with ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``)
+       and an action head, ``label_weight`` x :func:`action_head_loss`.
+
+    Returns ``(loss, logs)``; ``logs`` holds the plain (unweighted) prediction error, the
+    commitment, codebook statistics and each added term as detached tensors (reading them waits
+    for the device: log steps only). :func:`plain_lam_loss` is LAPO's loss alone.
     """
-    z, q = model.idm(frames[:, :3] if cfg is None else idm_input(frames, cfg))  # (B, A), z_q (B, A)
-    context, target = frames[:, :2], frames[:, 2]
-    if cfg is not None:
-        context = wm_context(frames, cfg)
-    err = model.prediction_error(context, target, q.z_q)  # (B, 3, 64, 64) or (B,)
+    z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
+    # the per-pixel squared error (B, 3, 64, 64), or per-sample embedding error (B,), once
+    err = model.prediction_error(wm_context(frames, cfg), frames[:, 2], q.z_q)
     wm_loss = err.mean()
     logs = {"wm_loss": wm_loss.detach(), "vq_loss": q.loss.detach(), **q.stats}
-    loss = wm_loss + q.loss
-    if cfg is None:
-        return loss, logs
+    prediction = wm_loss
     if cfg.changed_pixel_weight > 0 and model.predicts_pixels:
-        # (B, 1, 64, 64): 1 where some channel moved by more than the threshold
-        change = (target - frames[:, 1]).abs().amax(1, keepdim=True)
-        changed = (change > cfg.changed_pixel_threshold).float()
-        loss = (err * (1 + cfg.changed_pixel_weight * changed)).mean() + q.loss
+        prediction = (err * changed_pixel_weights(frames, cfg)).mean()
+    loss = prediction + q.loss
     if cfg.latent_var_floor > 0:
-        var_loss = F.relu(cfg.latent_var_floor - distributed.batch_var(z.float())).mean()
-        logs["latent_var_loss"] = var_loss.detach()
-        loss = loss + var_loss
+        hinge = variance_hinge(z, cfg.latent_var_floor)
+        logs["latent_var_loss"] = hinge.detach()
+        loss = loss + hinge
     if labelled is not None and model.action_head is not None:
-        x, actions = labelled
-        z_l, _ = model.idm(random_shift(x, cfg.aug_shift))  # (L, A)
-        logits = model.action_head(z_l)  # (L, 15)
-        label_loss = F.cross_entropy(logits.float(), actions)
-        logs["label_loss"] = label_loss.detach()
-        logs["label_accuracy"] = (logits.argmax(-1) == actions).float().mean()
+        label_loss, accuracy = action_head_loss(model, *labelled, cfg.aug_shift)
+        logs["label_loss"], logs["label_accuracy"] = label_loss.detach(), accuracy
         loss = loss + cfg.label_weight * label_loss
     return loss, logs
 
 
+def plain_lam_loss(model: LatentActionModel, frames: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """LAPO's own loss on windows ``(B, 3, 3, 64, 64)``, nothing drawn: the world model's MSE
+    on ``o[t+1]`` from ``o[t-1], o[t]`` and the latent of ``o[t-1], o[t], o[t+1]``, plus the
+    commitment term. Returns ``(loss, logs)`` as :func:`lam_loss` does."""
+    _, q = model.idm(frames[:, :3])  # z_q (B, A)
+    wm_loss = model.prediction_error(frames[:, :2], frames[:, 2], q.z_q).mean()
+    logs = {"wm_loss": wm_loss.detach(), "vq_loss": q.loss.detach(), **q.stats}
+    return wm_loss + q.loss, logs
+
+
+# -- evaluation on test windows --------------------------------------------------------------
 @torch.no_grad()
 def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> float:
     """World-model MSE on ``(B, 3, 3, 64, 64)`` frames when each window gets *another*
