@@ -1,10 +1,16 @@
-"""Stage 1: the latent action model (LAM) = latent IDM + world model + bottleneck.
+"""Stage 1 (``lapo lam train``): the latent action model (LAM) = latent IDM + world model +
+bottleneck, its loss and its training loop.
 
 From windows ``o[t-1], o[t], o[t+1]`` alone, the IDM infers a latent action ``z[t]``; the world
-model predicts ``o[t+1]`` from ``o[t-1], o[t]`` and the quantised latent. The only losses are
-next-frame MSE and the quantiser's commitment term. The probe (latent -> true action, on
-labelled windows) is tracked during training because a low world-model loss alone does not
-mean useful latents (../shared/LAPO_NOTES.md).
+model predicts ``o[t+1]`` from ``o[t-1], o[t]`` and the quantised latent. LAPO's losses are
+next-frame MSE and the quantiser's commitment term (:func:`plain_lam_loss`); :func:`lam_loss`
+adds the options of :class:`~lapo.config.LAMConfig` as named terms. The probe (latent -> true
+action, on labelled windows) is tracked during training because a low world-model loss alone
+does not mean useful latents (../shared/LAPO_NOTES.md).
+
+The model is :mod:`lapo.models.lam`'s, the windows :mod:`lapo.stages.lam_data`'s, the probe
+:mod:`lapo.evaluation.probe`'s; a finished run is read by :func:`lapo.runkinds.load_lam` and
+probed by ``lapo lam probe`` (:mod:`lapo.stages.lam_probe`).
 
 A run folder holds ``config.json`` (the full config), ``lam.safetensors`` (IDM + world model
 weights, for later stages), ``checkpoint.safetensors`` (+ optimiser, step, RNG: resume),
@@ -110,106 +116,6 @@ def plain_lam_loss(model: LatentActionModel, frames: torch.Tensor) -> tuple[torc
     return wm_loss + q.loss, logs
 
 
-# -- evaluation on test windows --------------------------------------------------------------
-@torch.no_grad()
-def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> float:
-    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames when each window gets *another*
-    window's latent (a fixed cyclic shift of the batch).
-
-    Its gap to the MSE with the window's own latent says how much the world model relies on
-    the latent at all; a latent can be relied on and still not encode the action, which is
-    what the probe measures.
-    """
-    return test_wm_losses(model, frames)[1]
-
-
-@torch.no_grad()
-def test_wm_losses(model: LatentActionModel, frames: torch.Tensor) -> tuple[float, float]:
-    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames with each window's own latent and with
-    another window's (:func:`shuffled_latent_loss`), from one IDM pass."""
-    _, q = model.idm(frames[:, :3])
-    context, target = frames[:, :2], frames[:, 2]
-    own = model.prediction_error(context, target, q.z_q).mean().item()
-    shuffled = model.prediction_error(context, target, q.z_q.roll(1, dims=0)).mean().item()
-    return own, shuffled
-
-
-LAM_COLUMNS = [
-    "step",
-    "train_wm_loss",
-    "test_wm_loss",
-    "test_wm_loss_shuffled",
-    "perplexity",
-    "probe_acc",
-    "probe_balanced_acc",
-    "train_seconds",
-    "head_acc",
-    "head_balanced_acc",
-]
-
-
-def evaluate_lam(
-    model: LatentActionModel,
-    d: Stage1Data,
-    cfg: LAMConfig,
-    device: torch.device,
-    losses: bool = True,
-    probe: bool = True,
-) -> dict:
-    """With ``losses``, the test world-model MSE with each window's own latent and with
-    shuffled latents; with ``probe`` (and actions in the data), the probe's accuracies.
-    Returns scalars by TensorBoard name."""
-    out = {}
-    if losses:
-        model.eval()
-        with torch.no_grad():
-            x = frames_to_float(torch.from_numpy(d.test_batch["obs"]).to(device))
-            own, shuffled = test_wm_losses(model, x)
-            out["test/wm_loss"], out["test/wm_loss_shuffled_latent"] = own, shuffled
-        model.train()
-    if probe and d.probe_train is not None:
-        rep = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
-        out["probe/accuracy"] = rep["accuracy"]
-        out["probe/balanced_accuracy"] = rep["balanced_accuracy"]
-        if "head_accuracy" in rep:
-            out["head/accuracy"] = rep["head_accuracy"]
-            out["head/balanced_accuracy"] = rep["head_balanced_accuracy"]
-    return out
-
-
-def csv_row(step: int, m: dict, train_seconds: float, logs: dict | None = None) -> dict:
-    """A ``metrics.csv`` row from :func:`evaluate_lam`'s scalars and the step's ``logs``."""
-    logs = logs or {}
-    return {
-        "step": step,
-        "train_wm_loss": logs.get("wm_loss"),
-        "test_wm_loss": m.get("test/wm_loss"),
-        "test_wm_loss_shuffled": m.get("test/wm_loss_shuffled_latent"),
-        "perplexity": logs.get("perplexity"),
-        "probe_acc": m.get("probe/accuracy"),
-        "probe_balanced_acc": m.get("probe/balanced_accuracy"),
-        "train_seconds": round(train_seconds, 2),
-        "head_acc": m.get("head/accuracy"),
-        "head_balanced_acc": m.get("head/balanced_accuracy"),
-    }
-
-
-def untrained_baseline(
-    model: LatentActionModel, d: Stage1Data, cfg: LAMConfig, device: torch.device
-) -> dict:
-    """The untrained model's test losses and probe report: random features of three frames
-    already carry some action information, so training must beat this, not only chance."""
-    m = evaluate_lam(model, d, cfg, device, probe=False)
-    probe = None
-    if d.probe_train is not None:
-        probe = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
-    return {
-        "test_wm_loss": m["test/wm_loss"],
-        "test_wm_loss_shuffled_latent": m["test/wm_loss_shuffled_latent"],
-        "probe": probe,
-    }
-
-
 def lam_step(
     model: LatentActionModel,
     optimizer: torch.optim.Optimizer,
@@ -254,8 +160,9 @@ def train_lam(
             log_untrained(run, baseline)
         last: dict = {}
         budget, done = cfg.max_minutes * 60, start
+        out_of_time = lambda: bool(budget and clock.seconds >= budget)  # noqa: E731
         for step in range(start, cfg.steps):
-            if budget and clock.seconds >= budget:
+            if out_of_time():
                 break
             with clock:
                 time_fraction = clock.seconds / budget if budget else 0
@@ -269,7 +176,7 @@ def train_lam(
             if budget:  # every rank stops at the same step
                 clock.seconds = run.agree(clock.seconds)
             # the last step: the step budget, or the time budget about to run out
-            final = done == cfg.steps or bool(budget and clock.seconds >= budget)
+            final = done == cfg.steps or out_of_time()
             evaluate = evaluate or final
             probe = cfg.probe_every > 0 and (done % cfg.probe_every == 0 or final)
             probe = probe and d.probe_train is not None
@@ -277,9 +184,7 @@ def train_lam(
             if log or evaluate or probe:  # the step's one read of the device: log steps only
                 logs = run.floats({**logs, "grad_norm": grad_norm})
             if log or final:
-                ppl = {"ppl": f"{logs['perplexity']:.1f}"} if "perplexity" in logs else {}
-                run.advance(0, wm=f"{logs['wm_loss']:.4f}", **ppl)
-                run.scalars(done, {**{f"train/{k}": v for k, v in logs.items()}, "train/lr": lr})
+                log_train(run, done, logs, lr)
             if evaluate or probe:
                 m = evaluate_lam(model, d, cfg, run.device, evaluate, probe)
                 run.scalars(done, m)
@@ -289,6 +194,114 @@ def train_lam(
                 run.checkpoint(done, model, optimizer, rng, train_seconds=clock.seconds)
                 run.save("lam.safetensors", model.state_dict(), {"step": done})
     return lam_summary(done, start, clock.seconds, run.wall_seconds(), cfg, baseline, last)
+
+
+# -- evaluation on test windows --------------------------------------------------------------
+@torch.no_grad()
+def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> float:
+    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames when each window gets *another*
+    window's latent (a fixed cyclic shift of the batch).
+
+    Its gap to the MSE with the window's own latent says how much the world model relies on
+    the latent at all; a latent can be relied on and still not encode the action, which is
+    what the probe measures.
+    """
+    return test_wm_losses(model, frames)[1]
+
+
+@torch.no_grad()
+def test_wm_losses(model: LatentActionModel, frames: torch.Tensor) -> tuple[float, float]:
+    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames with each window's own latent and with
+    another window's (:func:`shuffled_latent_loss`), from one IDM pass."""
+    _, q = model.idm(frames[:, :3])
+    context, target = frames[:, :2], frames[:, 2]
+    own = model.prediction_error(context, target, q.z_q).mean().item()
+    shuffled = model.prediction_error(context, target, q.z_q.roll(1, dims=0)).mean().item()
+    return own, shuffled
+
+
+def evaluate_lam(
+    model: LatentActionModel,
+    d: Stage1Data,
+    cfg: LAMConfig,
+    device: torch.device,
+    losses: bool = True,
+    probe: bool = True,
+) -> dict:
+    """With ``losses``, the test world-model MSE with each window's own latent and with
+    shuffled latents; with ``probe`` (and actions in the data), the probe's accuracies.
+    Returns scalars by TensorBoard name."""
+    out = {}
+    if losses:
+        model.eval()
+        with torch.no_grad():
+            x = frames_to_float(torch.from_numpy(d.test_batch["obs"]).to(device))
+            own, shuffled = test_wm_losses(model, x)
+            out["test/wm_loss"], out["test/wm_loss_shuffled_latent"] = own, shuffled
+        model.train()
+    if probe and d.probe_train is not None:
+        rep = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
+        out["probe/accuracy"] = rep["accuracy"]
+        out["probe/balanced_accuracy"] = rep["balanced_accuracy"]
+        if "head_accuracy" in rep:
+            out["head/accuracy"] = rep["head_accuracy"]
+            out["head/balanced_accuracy"] = rep["head_balanced_accuracy"]
+    return out
+
+
+def untrained_baseline(
+    model: LatentActionModel, d: Stage1Data, cfg: LAMConfig, device: torch.device
+) -> dict:
+    """The untrained model's test losses and probe report: random features of three frames
+    already carry some action information, so training must beat this, not only chance."""
+    m = evaluate_lam(model, d, cfg, device, probe=False)
+    probe = None
+    if d.probe_train is not None:
+        probe = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
+    return {
+        "test_wm_loss": m["test/wm_loss"],
+        "test_wm_loss_shuffled_latent": m["test/wm_loss_shuffled_latent"],
+        "probe": probe,
+    }
+
+
+# -- logging --------------------------------------------------------------------------------
+LAM_COLUMNS = [
+    "step",
+    "train_wm_loss",
+    "test_wm_loss",
+    "test_wm_loss_shuffled",
+    "perplexity",
+    "probe_acc",
+    "probe_balanced_acc",
+    "train_seconds",
+    "head_acc",
+    "head_balanced_acc",
+]
+
+
+def csv_row(step: int, m: dict, train_seconds: float, logs: dict | None = None) -> dict:
+    """A ``metrics.csv`` row from :func:`evaluate_lam`'s scalars and the step's ``logs``."""
+    logs = logs or {}
+    return {
+        "step": step,
+        "train_wm_loss": logs.get("wm_loss"),
+        "test_wm_loss": m.get("test/wm_loss"),
+        "test_wm_loss_shuffled": m.get("test/wm_loss_shuffled_latent"),
+        "perplexity": logs.get("perplexity"),
+        "probe_acc": m.get("probe/accuracy"),
+        "probe_balanced_acc": m.get("probe/balanced_accuracy"),
+        "train_seconds": round(train_seconds, 2),
+        "head_acc": m.get("head/accuracy"),
+        "head_balanced_acc": m.get("head/balanced_accuracy"),
+    }
+
+
+def log_train(run: Run, step: int, logs: dict, lr: float) -> None:
+    """The progress bar's losses and the step's ``train/`` TensorBoard scalars."""
+    ppl = {"ppl": f"{logs['perplexity']:.1f}"} if "perplexity" in logs else {}
+    run.advance(0, wm=f"{logs['wm_loss']:.4f}", **ppl)
+    run.scalars(step, {**{f"train/{k}": v for k, v in logs.items()}, "train/lr": lr})
 
 
 def log_untrained(run: Run, baseline: dict) -> None:
