@@ -393,6 +393,29 @@ def test_changed_pixel_weight_by_hand(threshold):
     assert loss.item() - plain.item() == pytest.approx(4.0 * extra.item() / err.numel(), rel=1e-4)
 
 
+def test_loss_is_the_sum_of_its_named_terms():
+    from lapo.stages.lam import action_head_loss, changed_pixel_weights, variance_hinge
+
+    cfg = LAMConfig(**TOY, changed_pixel_weight=4.0, latent_var_floor=0.5, labels=16)
+    cfg = dataclasses.replace(cfg, label_weight=0.5)
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).eval()  # eval: the codebook stays put between the calls
+    frames = torch.rand(4, 3, 3, 64, 64) - 0.5
+    lab = (torch.rand(3, 3, 3, 64, 64) - 0.5, torch.tensor([0, 7, 14]))
+    loss, logs = lam_loss(model, frames, cfg, lab)
+    with torch.no_grad():
+        z, q = model.idm(frames)
+        err = model.prediction_error(frames[:, :2], frames[:, 2], q.z_q)  # (4, 3, 64, 64)
+        hinge = torch.relu(0.5 - z.var(0)).mean()  # each latent dimension's variance vs 0.5
+        ce, _ = action_head_loss(model, *lab, aug_shift=0)
+    assert torch.equal(variance_hinge(z, 0.5), hinge) and hinge > 0
+    prediction = (err * changed_pixel_weights(frames, cfg)).mean()
+    assert loss.item() == pytest.approx((prediction + q.loss + hinge + 0.5 * ce).item(), rel=1e-6)
+    # the logs: the plain prediction error and each added term
+    assert logs["wm_loss"].item() == pytest.approx(err.mean().item(), rel=1e-6)
+    assert logs["latent_var_loss"] == hinge and logs["label_loss"] == ce
+
+
 def test_changed_pixel_threshold_out_of_range_is_refused():
     from lapo.errors import ConfigError
 
