@@ -31,9 +31,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lapo.config import BCConfig, LAMConfig, preset
+from lapo.models.lam import LatentActionModel
 from lapo.models.policy import build_network
 from lapo.runkinds import latent_policy_spec
-from lapo.stages.lam import LatentActionModel, lam_loss
+from lapo.stages.lam import lam_loss
 
 LAM_BUDGET, BC_BUDGET = 50_000, 60_000  # the paper's steps
 

@@ -32,8 +32,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lapo.config import LAMConfig, preset
+from lapo.models.lam import LatentActionModel
 from lapo.runs import Run, resolve_device
-from lapo.stages.lam import LatentActionModel, lam_loss, lam_step
+from lapo.stages.lam import lam_loss, lam_step
 
 REFERENCE = {"cpu": 64.0, "paper": 20.0}
 """Samples/s of the reference implementation on a 2-core CPU (the issue's figures)."""

@@ -25,7 +25,8 @@ from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts
 from lapo.envs import NUM_ACTIONS
 from lapo.evaluation.probe import classification_report
-from lapo.models.idm import frames_to_float, stack_frames
+from lapo.models.frames import frames_to_float
+from lapo.models.idm import stack_frames
 from lapo.models.impala import ImpalaCNN
 
 

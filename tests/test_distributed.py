@@ -20,9 +20,10 @@ from lapo.checkpoint import load_tensors
 from lapo.cli.flags import to_flags
 from lapo.config import BCConfig, LAMConfig, QuantizerConfig, preset
 from lapo.data.collect import collect
+from lapo.models.lam import LatentActionModel
 from lapo.runs import resolve_precision
 from lapo.stages.bc import train_latent_bc
-from lapo.stages.lam import LatentActionModel, lam_loss, train_lam
+from lapo.stages.lam import lam_loss, plain_lam_loss, train_lam
 
 # tiny, with every per-sample draw (shifts, lookahead, hidden past) and frequent code restarts
 TOY = LAMConfig(
@@ -131,7 +132,8 @@ from lapo import distributed
 from lapo.checkpoint import save_tensors
 from lapo.cli import main
 from lapo.config import LAMConfig, config_from_dict
-from lapo.stages.lam import LatentActionModel, lam_loss
+from lapo.models.lam import LatentActionModel
+from lapo.stages.lam import lam_loss
 torch.set_num_threads(1)
 distributed.init("cpu")
 cfg = config_from_dict(LAMConfig, json.loads(sys.argv[1]))
@@ -198,9 +200,9 @@ def test_bf16_on_cpu_trains_within_tolerance_of_float32(data, tmp_path):
     torch.manual_seed(0)
     model = LatentActionModel(TOY).eval()  # eval: the codebook stays put between the calls
     frames = torch.rand(8, 3, 3, 64, 64) - 0.5
-    fp32, _ = lam_loss(model, frames)
+    fp32, _ = plain_lam_loss(model, frames)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16, _ = lam_loss(model, frames)
+        bf16, _ = plain_lam_loss(model, frames)
     assert abs(bf16.item() - fp32.item()) < 5e-4
     cfg = dataclasses.replace(TOY, steps=2, precision="bf16")
     summary = train_lam(cfg, data, tmp_path / "bf16", progress=False)

@@ -18,7 +18,9 @@ from lapo.config import LAMConfig, QuantizerConfig
 from lapo.config import preset as config_preset
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
-from lapo.stages.lam import LatentActionModel, lam_loss, lr_scale, shuffled_latent_loss, train_lam
+from lapo.models.lam import LatentActionModel
+from lapo.schedules import lr_scale
+from lapo.stages.lam import lam_loss, plain_lam_loss, shuffled_latent_loss, train_lam
 
 preset = functools.partial(config_preset, LAMConfig)
 TOY = dict(
@@ -73,11 +75,11 @@ def test_cpu_preset_restarts_codes_amplifies_differences_and_weighs_changed_pixe
 
 def test_lr_schedule_by_hand():
     cfg = LAMConfig(steps=1050, warmup_steps=50, warmup_start=0.1, final_lr_scale=0.01)
-    assert lr_scale(0, cfg) == pytest.approx(0.1)
-    assert lr_scale(25, cfg) == pytest.approx(0.55)
-    assert lr_scale(50, cfg) == pytest.approx(1.0)
-    assert lr_scale(550, cfg) == pytest.approx(0.505)
-    assert lr_scale(1050, cfg) == pytest.approx(0.01)
+    assert lr_scale(0, cfg, cfg.final_lr_scale) == pytest.approx(0.1)
+    assert lr_scale(25, cfg, cfg.final_lr_scale) == pytest.approx(0.55)
+    assert lr_scale(50, cfg, cfg.final_lr_scale) == pytest.approx(1.0)
+    assert lr_scale(550, cfg, cfg.final_lr_scale) == pytest.approx(0.505)
+    assert lr_scale(1050, cfg, cfg.final_lr_scale) == pytest.approx(0.01)
 
 
 def test_shuffled_latent_loss_differs_only_through_the_latent():
@@ -85,10 +87,10 @@ def test_shuffled_latent_loss_differs_only_through_the_latent():
     model = LatentActionModel(LAMConfig(**{**TOY, "threads": 0})).eval()
     frames = torch.rand(4, 3, 3, 64, 64) - 0.5
     same = frames[:1].expand(4, -1, -1, -1, -1).contiguous()
-    _, logs = lam_loss(model, same)
+    _, logs = plain_lam_loss(model, same)
     # identical windows have identical latents: shuffling them changes nothing
     assert shuffled_latent_loss(model, same) == pytest.approx(float(logs["wm_loss"]), rel=1e-5)
-    _, logs = lam_loss(model, frames)
+    _, logs = plain_lam_loss(model, frames)
     assert shuffled_latent_loss(model, frames) != pytest.approx(float(logs["wm_loss"]), rel=1e-7)
 
 
@@ -96,7 +98,7 @@ def test_loss_shapes_and_gradients_reach_both_models():
     cfg = LAMConfig(**{**TOY, "threads": 0})
     model = LatentActionModel(cfg)
     frames = torch.rand(4, 3, 3, 64, 64) - 0.5
-    loss, logs = lam_loss(model, frames)
+    loss, logs = plain_lam_loss(model, frames)
     assert loss.shape == () and {"wm_loss", "vq_loss", "perplexity"} <= set(logs)
     loss.backward()
     assert model.idm.encoder.fc.weight.grad.abs().sum() > 0, "no gradient through the quantiser"
@@ -161,7 +163,7 @@ def test_probe_command_reports_json(data, tmp_path, capsys):
 
 def test_probe_target_labels_each_window_with_the_chosen_action(data, tmp_path):
     from lapo.data.dataset import WindowDataset
-    from lapo.stages.lam import probe_lam
+    from lapo.stages.lam_probe import probe_lam
 
     run = tmp_path / "run"
     train_lam(LAMConfig(steps=2, **TOY), data, run, progress=False)
@@ -396,6 +398,29 @@ def test_changed_pixel_weight_by_hand(threshold):
     assert loss.item() - plain.item() == pytest.approx(4.0 * extra.item() / err.numel(), rel=1e-4)
 
 
+def test_loss_is_the_sum_of_its_named_terms():
+    from lapo.stages.lam import action_head_loss, changed_pixel_weights, variance_hinge
+
+    cfg = LAMConfig(**TOY, changed_pixel_weight=4.0, latent_var_floor=0.5, labels=16)
+    cfg = dataclasses.replace(cfg, label_weight=0.5)
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).eval()  # eval: the codebook stays put between the calls
+    frames = torch.rand(4, 3, 3, 64, 64) - 0.5
+    lab = (torch.rand(3, 3, 3, 64, 64) - 0.5, torch.tensor([0, 7, 14]))
+    loss, logs = lam_loss(model, frames, cfg, lab)
+    with torch.no_grad():
+        z, q = model.idm(frames)
+        err = model.prediction_error(frames[:, :2], frames[:, 2], q.z_q)  # (4, 3, 64, 64)
+        hinge = torch.relu(0.5 - z.var(0)).mean()  # each latent dimension's variance vs 0.5
+        ce, _ = action_head_loss(model, *lab, aug_shift=0)
+    assert torch.equal(variance_hinge(z, 0.5), hinge) and hinge > 0
+    prediction = (err * changed_pixel_weights(frames, cfg)).mean()
+    assert loss.item() == pytest.approx((prediction + q.loss + hinge + 0.5 * ce).item(), rel=1e-6)
+    # the logs: the plain prediction error and each added term
+    assert logs["wm_loss"].item() == pytest.approx(err.mean().item(), rel=1e-6)
+    assert logs["latent_var_loss"] == hinge and logs["label_loss"] == ce
+
+
 def test_changed_pixel_threshold_out_of_range_is_refused():
     from lapo.errors import ConfigError
 
@@ -404,7 +429,7 @@ def test_changed_pixel_threshold_out_of_range_is_refused():
 
 
 def test_lookahead_shows_the_idm_a_later_frame_and_the_world_model_o_t_plus_1():
-    from lapo.stages.lam import idm_input
+    from lapo.models.lam import idm_input
 
     cfg = LAMConfig(**{**TOY, "idm_lookahead": 4})
     frames = torch.arange(6.0).view(1, 6, 1, 1, 1).expand(64, 6, 3, 8, 8)  # frame i holds i
@@ -413,7 +438,8 @@ def test_lookahead_shows_the_idm_a_later_frame_and_the_world_model_o_t_plus_1():
     assert x.shape == (64, 3, 3, 8, 8)
     assert (x[:, 0] == 0).all() and (x[:, 1] == 1).all()
     assert set(x[:, 2, 0, 0, 0].tolist()) == {2.0, 3.0, 4.0, 5.0}  # o[t+k], k = 1..4
-    assert torch.equal(idm_input(frames), frames[:, :3])  # evaluation: o[t-1], o[t], o[t+1]
+    plain = LAMConfig(**TOY)  # no lookahead, no shift (as in evaluation): o[t-1], o[t], o[t+1]
+    assert torch.equal(idm_input(frames, plain), frames[:, :3])
 
 
 def test_random_shift_moves_each_frame_by_its_own_offset():
@@ -494,18 +520,18 @@ def test_labelled_and_unlabelled_batches_both_reach_the_gradient():
 
 
 def test_stage1_with_labels_uses_exactly_the_recorded_windows(data, tmp_path, monkeypatch):
-    import lapo.stages.lam as lam_module
+    import lapo.stages.lam_data as lam_data
     from lapo.data.labels import read_labelled
 
     seen = []
-    real = lam_module.labelled_batch
+    real = lam_data.labelled_batch
 
     def spy(ds, starts, cfg, rng, device):
         seen.append(np.asarray(starts).copy())
         x, y = real(ds, starts, cfg, rng, device)
         return x, y
 
-    monkeypatch.setattr(lam_module, "labelled_batch", spy)
+    monkeypatch.setattr(lam_data, "labelled_batch", spy)
     run = tmp_path / "labelled"
     cfg = LAMConfig(**{**TOY, "steps": 3, "probe_every": 0, "labels": 20, "labels_seed": 3})
     train_lam(cfg, data, run, progress=False)
@@ -571,7 +597,7 @@ def test_labels_in_stage1_lift_the_probe_above_the_same_run_without(tmp_path):
 
 
 def test_head_report_scores_the_action_head_by_hand():
-    from lapo.stages.lam import head_report, probe_windows
+    from lapo.evaluation.probe import head_report, probe_windows
 
     cfg = LAMConfig(**{**TOY, "labels": 16})
     model = LatentActionModel(cfg)

@@ -25,6 +25,7 @@ from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
 from lapo.envs import ACTION_NAMES
 from lapo.evaluation.clusters import exact_codes, kmeans, nearest_points
+from lapo.models.lam import LatentActionModel
 from lapo.models.quantizers import make_quantizer
 from lapo.play.server import make_server
 from lapo.play.session import (
@@ -37,7 +38,7 @@ from lapo.play.session import (
 )
 from lapo.report.latents import latent_sample
 from lapo.runkinds import lam_config_from_dict
-from lapo.stages.lam import LatentActionModel, train_lam
+from lapo.stages.lam import train_lam
 
 TOY = dict(
     idm_width=1,

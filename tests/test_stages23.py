@@ -33,8 +33,9 @@ from lapo.evaluation.episodes import run_episodes
 from lapo.evaluation.policies import load_policy
 from lapo.models.policy import ActionDecoder, OnlineAgent
 from lapo.rl.ppo import compute_gae
-from lapo.runkinds import load_stage2
-from lapo.stages.bc import lr_scale, train_latent_bc
+from lapo.runkinds import load_lam, load_stage2
+from lapo.schedules import lr_scale
+from lapo.stages.bc import train_latent_bc
 from lapo.stages.decode import fit_decoder
 from lapo.stages.decode.offline import decode_offline
 from lapo.stages.decode.online import (
@@ -45,7 +46,7 @@ from lapo.stages.decode.online import (
     make_optimizer,
     ppo_update,
 )
-from lapo.stages.lam import load_lam, train_lam
+from lapo.stages.lam import train_lam
 
 GAME = "coinrun"
 LABELS = 1000  # K labelled train windows for offline decoding

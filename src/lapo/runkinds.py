@@ -2,7 +2,7 @@
 
 Every run folder holds ``config.json`` with a ``kind``:
 
-- ``lam`` (stage 1, :mod:`lapo.stages.lam`): ``lam.safetensors``.
+- ``lam`` (stage 1, :mod:`lapo.stages.lam`): ``lam.safetensors`` (:func:`load_lam`).
 - ``latent-policy`` (stage 2, :mod:`lapo.stages.bc`): ``policy.safetensors`` + ``idm.safetensors``
   (+ ``action_head.safetensors`` when stage 1 was trained with labels).
 - ``action-policy`` (baselines (a) and (b), :mod:`lapo.stages.baselines`), ``decoded-policy``
@@ -26,6 +26,7 @@ from torch import nn
 from lapo.checkpoint import CheckpointError, load_tensors, read_json
 from lapo.config import LAMConfig, config_from_dict
 from lapo.models.idm import IDM, build_idm
+from lapo.models.lam import LatentActionModel
 from lapo.models.policy import LatentPolicy, build_network
 
 LAM = "lam"
@@ -119,6 +120,16 @@ def lam_config_from_dict(d: dict, where: str = "") -> LAMConfig:
     """The :class:`LAMConfig` that ``dataclasses.asdict`` turned into ``d`` (a run's ``lam``
     section; :func:`lapo.config.config_from_dict`, which fills the defaults of later fields)."""
     return config_from_dict(LAMConfig, d, where)
+
+
+def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
+    """Load a trained stage-1 model (eval mode) and its run config from ``run``."""
+    run = Path(run)
+    config = read_run_config(run, (LAM,), "a stage-1 run")
+    model = LatentActionModel(lam_config_from_dict(config["lam"]))
+    tensors, _ = load_tensors(run / "lam.safetensors")
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), config
 
 
 def load_stage2(run: Path) -> tuple[LatentPolicy, IDM, dict]:

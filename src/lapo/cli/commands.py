@@ -169,7 +169,7 @@ def lam_train(args: argparse.Namespace) -> None:
 
 
 def lam_probe(args: argparse.Namespace) -> None:
-    from lapo.stages.lam import probe_lam
+    from lapo.stages.lam_probe import probe_lam
 
     if args.threads > 0:
         import torch

@@ -4,6 +4,8 @@ An MLP (128 -> 128 -> 15 by default, as in LAPO's probe) is fit from latent acti
 actions on labelled train windows and scored on test windows. Accuracy alone flatters a
 model on games where one action dominates, so we also report balanced accuracy (mean
 per-class recall), the majority-class accuracy and chance (1/15), and the confusion matrix.
+:func:`probe_windows` probes a stage-1 model's IDM on windows and, where stage 1 was trained
+with labels, scores its action head beside the probe (:func:`head_report`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lapo.envs import NUM_ACTIONS
+from lapo.models.idm import idm_latents
+from lapo.models.lam import LatentActionModel
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
@@ -83,3 +87,54 @@ def fit_probe(
     report = classification_report(test_y.numpy(), pred.numpy(), num_classes)
     report["n_train"] = int(n)
     return report
+
+
+@torch.no_grad()
+def encode_windows(
+    model: LatentActionModel, obs: np.ndarray, device: torch.device, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IDM latents of uint8 windows ``(N, 3, 64, 64, 3)``: ``(z (N, A), z_q (N, A))`` on CPU."""
+    return idm_latents(model.idm, (obs[i : i + batch] for i in range(0, len(obs), batch)), device)
+
+
+def probe_windows(
+    model: LatentActionModel,
+    train: dict,
+    test: dict,
+    device: torch.device,
+    seed: int = 0,
+    epochs: int = 30,
+    target: int = 1,
+) -> dict:
+    """Fit the probe on the IDM latents of ``train`` windows and score it on ``test`` windows.
+
+    ``train``/``test`` are loader batches (``obs`` ``(N, 3, 64, 64, 3)``, ``actions`` ``(N, 3)``).
+    The latent of window ``o[t-1], o[t], o[t+1]`` is labelled with the action taken at ``o[t]``
+    (the one that led to ``o[t+1]``): the middle frame's action, ``target=1``; ``target=0``
+    labels it with ``a[t-1]`` (a latent that carries the agent's velocity predicts that one
+    too), ``2`` with ``a[t+1]`` (not in the window: chance).
+    """
+    ztr, _ = encode_windows(model, train["obs"], device)
+    zte, _ = encode_windows(model, test["obs"], device)
+    report = fit_probe(
+        ztr,
+        torch.from_numpy(train["actions"][:, target]),
+        zte,
+        torch.from_numpy(test["actions"][:, target]),
+        seed=seed,
+        epochs=epochs,
+    )
+    if model.action_head is not None and target == 1:
+        report.update(head_report(model, zte, test["actions"][:, 1]))
+    return report
+
+
+def head_report(model: LatentActionModel, z: torch.Tensor, actions: np.ndarray) -> dict:
+    """How well stage 1's action head, fit on its K labelled windows only, names the true
+    action of held-out windows from their IDM latents ``z (N, A)``: the figure to set beside
+    baseline (b)'s supervised IDM on the same K (the probe is fit on more labels than K)."""
+    head = model.action_head
+    with torch.no_grad():
+        pred = head(z.to(head.weight.device)).argmax(-1).cpu().numpy()  # (N,)
+    rep = classification_report(actions, pred, NUM_ACTIONS)
+    return {"head_accuracy": rep["accuracy"], "head_balanced_accuracy": rep["balanced_accuracy"]}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lapo.models.impala import make_encoder, obs_to_float
+from lapo.models.frames import frames_to_float
+from lapo.models.impala import make_encoder
 
 
 class ActorCritic(nn.Module):
@@ -34,7 +35,7 @@ class ActorCritic(nn.Module):
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 64, 64, 3)`` -> (float, channels-last ``(B, 3, 64, 64)``) -> ``(B, F)``."""
-        return self.encoder(obs_to_float(obs).contiguous(memory_format=torch.channels_last))
+        return self.encoder(frames_to_float(obs).contiguous(memory_format=torch.channels_last))
 
     def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features ``(B, F)`` -> ``(logits (B, num_actions), value (B,))``."""

@@ -10,14 +10,9 @@ from einops import rearrange
 from torch import nn
 
 from lapo.config import LAMConfig, QuantizerConfig
+from lapo.models.frames import frames_to_float
 from lapo.models.impala import ImpalaCNN
 from lapo.models.quantizers import QuantizerOutput, make_quantizer
-
-
-def frames_to_float(obs: torch.Tensor) -> torch.Tensor:
-    """uint8 windows ``(B, T, 64, 64, 3)`` -> float ``(B, T, 3, 64, 64)`` in [-0.5, 0.5] (the
-    paper's scale; :func:`lapo.models.impala.obs_to_float` does the same for single frames)."""
-    return obs.permute(0, 1, 4, 2, 3).float().div_(255.0).sub_(0.5)
 
 
 def stack_frames(

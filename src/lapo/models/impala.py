@@ -8,11 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def obs_to_float(obs: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, H, W, C)`` frames -> float ``(B, C, H, W)`` in [-0.5, 0.5] (the paper's scale)."""
-    return obs.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
-
-
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lapo.models.impala import ImpalaCNN, obs_to_float
+from lapo.models.frames import frames_to_float
+from lapo.models.impala import ImpalaCNN
 
 DECODER_HIDDEN = (192, 128, 64)  # ../shared/LAPO_NOTES.md: 128 -> 192 -> 128 -> 64 -> 15
 PROCGEN_ACTIONS = 15  # the default num_actions (lapo.envs.NUM_ACTIONS)
@@ -29,7 +30,7 @@ PROCGEN_ACTIONS = 15  # the default num_actions (lapo.envs.NUM_ACTIONS)
 
 def _features(encoder: ImpalaCNN, obs: torch.Tensor) -> torch.Tensor:
     """uint8 ``(B, 64, 64, 3)`` -> ``(B, 256)`` after the encoder's linear layer and ReLU."""
-    return encoder(obs_to_float(obs).contiguous(memory_format=torch.channels_last))
+    return encoder(frames_to_float(obs).contiguous(memory_format=torch.channels_last))
 
 
 class LatentPolicy(nn.Module):
@@ -158,7 +159,7 @@ class OnlineAgent(nn.Module):
     @torch.no_grad()
     def trunk_features(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 64, 64, 3)`` -> frozen trunk features ``(B, 32w * 8 * 8)``."""
-        x = obs_to_float(obs).contiguous(memory_format=torch.channels_last)
+        x = frames_to_float(obs).contiguous(memory_format=torch.channels_last)
         return F.relu(self.trunk(x)).flatten(1)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 from lapo.envs import ACTION_NAMES
 from lapo.errors import UserError
 from lapo.evaluation.clusters import kmeans, nearest_points
-from lapo.models.idm import frames_to_float
+from lapo.models.frames import frames_to_float
 from lapo.report.latents import latent_sample
 
 SAME_LEVELS = 8
@@ -261,7 +261,7 @@ def open_session(
     ``windows`` windows of its test split (train where it has no test frames) give the start
     frames and the buttons' latents (``clusters`` k-means clusters on data without actions)."""
     from lapo.data.checks import dataset_for
-    from lapo.stages.lam import load_lam
+    from lapo.runkinds import load_lam
 
     if windows < 1 or clusters < 1:
         raise UserError("--windows and --clusters must be at least 1")

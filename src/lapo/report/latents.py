@@ -263,7 +263,7 @@ def latent_pictures(
 
 def prediction_picture(model, batch: dict, out: Path, title: str) -> str:
     """World-model predictions on 6 windows spread over ``batch``: ``predictions.png``."""
-    from lapo.models.idm import frames_to_float
+    from lapo.models.frames import frames_to_float
 
     sel = batch["obs"][np.linspace(0, len(batch["obs"]) - 1, 6).astype(int)]
     x = frames_to_float(torch.from_numpy(sel))
@@ -277,7 +277,7 @@ def prediction_picture(model, batch: dict, out: Path, title: str) -> str:
 def rollout_picture(model, data: Path, out: Path, rollout_frames: int = 48) -> str:
     """The open-loop rollout of the first stretch of ``rollout_frames`` frames (fewer if no
     test episode is as long) of ``data``'s test split: ``rollout.gif``."""
-    from lapo.models.idm import frames_to_float
+    from lapo.models.frames import frames_to_float
 
     long = None
     for k in (rollout_frames, rollout_frames // 2, rollout_frames // 4):
@@ -310,7 +310,7 @@ def plot_lam(
     latents grouped into ``clusters`` k-means clusters (0: no cluster picture, on data with
     actions only)."""
     from lapo.data.checks import dataset_for
-    from lapo.stages.lam import load_lam
+    from lapo.runkinds import load_lam
 
     out = Path(out)
     model, config = load_lam(run)

@@ -27,7 +27,8 @@ from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts, write_labelled
 from lapo.envs import NUM_ACTIONS
 from lapo.evaluation.probe import classification_report
-from lapo.models.idm import frames_to_float, map_windows, stack_frames
+from lapo.models.frames import frames_to_float
+from lapo.models.idm import map_windows, stack_frames
 from lapo.models.impala import ImpalaCNN
 from lapo.rl.expert import train_expert
 from lapo.runs import start_run

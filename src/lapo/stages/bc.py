@@ -1,9 +1,10 @@
 """Stage 2 and the behaviour-cloning baselines: a policy regressed from ``o[t]`` onto a target.
 
 - Stage 2 (:func:`train_latent_bc`): the target is the frozen stage-1 IDM's continuous latent
-  ``z[t]`` of the window ``o[t-1], o[t], o[t+1]``; loss MSE; no action labels are read.
+  ``z[t]`` of the window ``o[t-1], o[t], o[t+1]``; loss MSE (:func:`latent_bc_loss`); no action
+  labels are read.
 - Baselines (:func:`train_action_bc`): the target is an action (a true label on a few
-  windows, or labels written by a supervised IDM); loss cross-entropy.
+  windows, or labels written by a supervised IDM); loss cross-entropy (:func:`action_bc_loss`).
 
 Both share one loop, :func:`train_bc`, data-parallel under torchrun (:mod:`lapo.runs`). A run folder holds ``config.json`` (kind, network,
 game, the data it came from, full config), ``policy.safetensors``, ``checkpoint.safetensors``
@@ -16,7 +17,6 @@ action head (``action_head.safetensors``), which offline decoding may start from
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from lapo import distributed
 from lapo.config import BCConfig
 from lapo.data.checks import dataset_for
 from lapo.data.dataset import DeviceWindows, WindowDataset
-from lapo.models.idm import IDM, frames_to_float
+from lapo.models.frames import frames_to_float
+from lapo.models.idm import IDM
 from lapo.models.policy import build_network
 from lapo.runkinds import (
     ACTION_HEAD_FILE,
@@ -36,26 +37,32 @@ from lapo.runkinds import (
     action_policy_spec,
     data_fields,
     latent_policy_spec,
+    load_lam,
 )
 from lapo.runs import Run, StepClock, resolve_device
-from lapo.stages.lam import load_lam
+from lapo.schedules import lr_scale, set_lr
 
 
-def lr_scale(step: int, cfg: BCConfig) -> float:
-    """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear decay to 0."""
-    if step < cfg.warmup_steps:
-        return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
-    return max(0.0, 1.0 - (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1))
+def latent_bc_loss(pred: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Stage 2's loss: MSE between the policy's latents ``(B, A)`` and the IDM's ``z (B, A)``."""
+    return F.mse_loss(pred, z)
+
+
+def action_bc_loss(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The baselines' loss: cross-entropy of action logits ``(B, 15)`` against ``actions (B,)``."""
+    return F.cross_entropy(logits, actions)
 
 
 class LatentTargets:
-    """Stage 2's target: the frozen IDM's continuous latent of each window (MSE)."""
+    """Stage 2's target: the frozen IDM's continuous latent of each window
+    (:func:`latent_bc_loss`)."""
 
     kind = "latent"
 
     def __init__(self, idm: IDM, device: torch.device) -> None:
         self.idm = idm.to(device, memory_format=torch.channels_last).eval()
         self.device = device
+        self.loss = latent_bc_loss
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
@@ -65,13 +72,9 @@ class LatentTargets:
     def test_targets(self, batch: dict) -> torch.Tensor:
         return self(batch)
 
-    @staticmethod
-    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(pred, target)
-
 
 class ActionTargets:
-    """The baselines' target: the middle frame's action (cross-entropy).
+    """The baselines' target: the middle frame's action (:func:`action_bc_loss`).
 
     ``labels`` ``(frames,)`` int64, indexed by window start, replaces the dataset's true
     actions in training (a supervised IDM's labels); test windows are always scored against
@@ -83,6 +86,7 @@ class ActionTargets:
     def __init__(self, device: torch.device, labels: np.ndarray | None = None) -> None:
         self.device = device
         self.labels = labels
+        self.loss = action_bc_loss
 
     def __call__(self, batch: dict) -> torch.Tensor:
         y = batch["actions"][:, 1] if self.labels is None else self.labels[batch["index"]]
@@ -92,10 +96,8 @@ class ActionTargets:
         y = np.ascontiguousarray(batch["actions"][:, 1])
         return torch.from_numpy(y).to(self.device, non_blocking=True)
 
-    @staticmethod
-    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(pred, target)
 
+Targets = LatentTargets | ActionTargets
 
 BC_COLUMNS = ["step", "train_loss", "test_loss", "test_accuracy", "lr", "train_seconds"]
 
@@ -105,7 +107,12 @@ class BCTest:
     them: the loss against the targets, and for actions the accuracy."""
 
     def __init__(
-        self, test: WindowDataset, targets_fn: Any, seed: int, device: torch.device, n: int = 1024
+        self,
+        test: WindowDataset,
+        targets_fn: Targets,
+        seed: int,
+        device: torch.device,
+        n: int = 1024,
     ):
         starts = test.draw(min(n, len(test)), np.random.default_rng(seed + 1))
         batch = DeviceWindows(test, device)(starts)
@@ -144,7 +151,7 @@ def bc_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: dict,
-    targets_fn: Any,
+    targets_fn: Targets,
     cfg: BCConfig,
     run: Run,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +172,7 @@ def train_bc(
     data: Path,
     out: Path,
     network: dict,
-    targets_fn: Any,
+    targets_fn: Targets,
     train_starts: np.ndarray | None = None,
     run_config: dict | None = None,
     extra_files: dict[str, dict[str, torch.Tensor]] | None = None,
@@ -209,8 +216,7 @@ def train_bc(
         for step in range(start, cfg.steps):
             with clock:
                 lr = cfg.learning_rate * lr_scale(step, cfg)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
+                set_lr(optimizer, lr)
                 batch = windows(run.local(starts[rng.integers(0, len(starts), cfg.batch_size)]))
                 loss, grad_norm = bc_step(model, optimizer, batch, targets_fn, cfg, run)
                 done = step + 1

@@ -1,10 +1,16 @@
-"""Stage 1: the latent action model (LAM) = latent IDM + world model + bottleneck.
+"""Stage 1 (``lapo lam train``): the latent action model (LAM) = latent IDM + world model +
+bottleneck, its loss and its training loop.
 
 From windows ``o[t-1], o[t], o[t+1]`` alone, the IDM infers a latent action ``z[t]``; the world
-model predicts ``o[t+1]`` from ``o[t-1], o[t]`` and the quantised latent. The only losses are
-next-frame MSE and the quantiser's commitment term. The probe (latent -> true action, on
-labelled windows) is tracked during training because a low world-model loss alone does not
-mean useful latents (../shared/LAPO_NOTES.md).
+model predicts ``o[t+1]`` from ``o[t-1], o[t]`` and the quantised latent. LAPO's losses are
+next-frame MSE and the quantiser's commitment term (:func:`plain_lam_loss`); :func:`lam_loss`
+adds the options of :class:`~lapo.config.LAMConfig` as named terms. The probe (latent -> true
+action, on labelled windows) is tracked during training because a low world-model loss alone
+does not mean useful latents (../shared/LAPO_NOTES.md).
+
+The model is :mod:`lapo.models.lam`'s, the windows :mod:`lapo.stages.lam_data`'s, the probe
+:mod:`lapo.evaluation.probe`'s; a finished run is read by :func:`lapo.runkinds.load_lam` and
+probed by ``lapo lam probe`` (:mod:`lapo.stages.lam_probe`).
 
 A run folder holds ``config.json`` (the full config), ``lam.safetensors`` (IDM + world model
 weights, for later stages), ``checkpoint.safetensors`` (+ optimiser, step, RNG: resume),
@@ -13,7 +19,6 @@ weights, for later stages), ``checkpoint.safetensors`` (+ optimiser, step, RNG: 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,369 +27,93 @@ import torch.nn.functional as F
 from torch import nn
 
 from lapo import distributed
-from lapo.checkpoint import load_tensors
 from lapo.config import LAMConfig
-from lapo.data.checks import dataset_for
-from lapo.data.dataset import DeviceWindows, WindowDataset
-from lapo.data.format import DatasetError, open_dataset
-from lapo.data.labels import labelled_starts, write_labelled
-from lapo.envs import NUM_ACTIONS
-from lapo.evaluation.probe import classification_report, fit_probe
+from lapo.evaluation.probe import probe_windows
 from lapo.models.augment import random_shift
-from lapo.models.idm import build_idm, frames_to_float, idm_latents
-from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
-from lapo.runkinds import LAM, lam_config_from_dict, read_run_config
+from lapo.models.frames import frames_to_float
+from lapo.models.lam import LatentActionModel, idm_input, wm_context
 from lapo.runs import Run, StepClock
+from lapo.schedules import lr_scale, set_lr
+from lapo.stages.lam_data import Stage1Batches, Stage1Data, stage1_data
 
 
-class LatentActionModel(nn.Module):
-    """The IDM and the world model, trained together."""
-
-    def __init__(self, cfg: LAMConfig) -> None:
-        super().__init__()
-        self.idm = build_idm(cfg)
-        # with labels in stage 1: latent -> true action logits, trained on the K labelled windows
-        self.action_head = (
-            nn.Linear(cfg.quantizer.latent_dim, NUM_ACTIONS) if cfg.uses_labels else None
-        )
-        if cfg.wm_target not in ("pixels", "embedding"):
-            raise ValueError(f"wm_target must be pixels or embedding, not {cfg.wm_target!r}")
-        self.world_model: WorldModel | EmbeddingWorldModel
-        # with wm_differences the context gains a third image, the amplified o[t] - o[t-1]
-        self.wm_difference_scale = cfg.idm_difference_scale if cfg.wm_differences else 0.0
-        context = 3 if cfg.wm_differences else 2
-        if cfg.wm_target == "embedding":
-            self.world_model = EmbeddingWorldModel(cfg.quantizer.latent_dim, context, cfg.idm_width)
-        else:
-            self.world_model = WorldModel(
-                cfg.quantizer.latent_dim,
-                context,
-                base=cfg.wm_base,
-                residual=cfg.wm_residual,
-                action_everywhere=cfg.wm_action_everywhere,
-            )
-
-    @property
-    def predicts_pixels(self) -> bool:
-        return isinstance(self.world_model, WorldModel)
-
-    def predict(self, context: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-        """The world model's prediction from ``o[t-1], o[t]`` ``(B, 2, 3, 64, 64)`` and the
-        latent ``(B, A)``: ``o[t+1]`` ``(B, 3, 64, 64)``, or its embedding ``(B, F)``."""
-        if self.wm_difference_scale:
-            diff = (context[:, 1] - context[:, 0]) * self.wm_difference_scale
-            context = torch.cat([diff[:, None], context], 1)  # (B, 3, 3, 64, 64), o[t] last
-        return self.world_model(context, z_q)
-
-    def prediction_error(
-        self, context: torch.Tensor, target: torch.Tensor, z_q: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-pixel squared error ``(B, 3, 64, 64)`` of the predicted ``o[t+1]``, or per-sample
-        ``(B,)`` embedding error, for context ``(B, 2, 3, 64, 64)``, target ``(B, 3, 64, 64)``."""
-        pred = self.predict(context, z_q)
-        if self.predicts_pixels:
-            return (pred - target) ** 2
-        return embedding_error(pred, self.world_model.target(target))
+# -- the loss: a sum of named terms ----------------------------------------------------------
+def changed_pixel_weights(frames: torch.Tensor, cfg: LAMConfig) -> torch.Tensor:
+    """Per-pixel weights ``(B, 1, 64, 64)`` of the prediction error for windows
+    ``(B, K+2, 3, 64, 64)``: ``1 + changed_pixel_weight`` where some channel moved by more than
+    ``changed_pixel_threshold`` from ``o[t]`` to ``o[t+1]``, else 1. The agent's small sprite
+    then counts for more against the static background."""
+    change = (frames[:, 2] - frames[:, 1]).abs().amax(1, keepdim=True)  # (B, 1, 64, 64)
+    changed = (change > cfg.changed_pixel_threshold).float()
+    return 1 + cfg.changed_pixel_weight * changed
 
 
-def idm_input(frames: torch.Tensor, cfg: LAMConfig | None = None) -> torch.Tensor:
-    """The IDM's frames ``(B, 3, 3, 64, 64)`` from a training window ``(B, K+2, 3, 64, 64)``:
-    ``o[t-1], o[t], o[t+k]`` with k drawn per window from 1..K (``idm_lookahead``), each frame
-    shifted by up to ``aug_shift`` pixels. Without ``cfg`` (evaluation): ``o[t-1], o[t], o[t+1]``.
-    Per-window draws are made for the global batch and sliced (:func:`distributed.draw_local`):
-    N processes draw what one process does."""
-    if cfg is None or (cfg.idm_lookahead <= 1 and cfg.aug_shift <= 0):
-        return frames[:, :3]
-    x = frames[:, :3]
-    if cfg.idm_lookahead > 1:
-        B = frames.shape[0]
-        K, dev = cfg.idm_lookahead, frames.device
-        k = distributed.draw_local(lambda n: torch.randint(1, K + 1, (n,), device=dev), B)
-        far = frames[torch.arange(B, device=frames.device), 1 + k]  # (B, 3, 64, 64)
-        x = torch.cat([frames[:, :2], far[:, None]], 1)
-    return random_shift(x, cfg.aug_shift)
+def variance_hinge(z: torch.Tensor, floor: float) -> torch.Tensor:
+    """Mean over the latent's dimensions of ``relu(floor - batch variance)`` for ``z (B, A)``
+    (the global batch's variance under torchrun): no dimension may collapse to a constant."""
+    return F.relu(floor - distributed.batch_var(z.float())).mean()
+
+
+def action_head_loss(
+    model: LatentActionModel, x: torch.Tensor, actions: torch.Tensor, aug_shift: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the action head on the latents of labelled windows
+    ``x (L, 3, 3, 64, 64)`` (shifted as the IDM's training frames are) against the middle
+    frames' ``actions (L,)``, and its accuracy (detached)."""
+    z, _ = model.idm(random_shift(x, aug_shift))  # (L, A)
+    logits = model.action_head(z)  # (L, 15)
+    return F.cross_entropy(logits.float(), actions), (logits.argmax(-1) == actions).float().mean()
 
 
 def lam_loss(
     model: LatentActionModel,
     frames: torch.Tensor,
-    cfg: LAMConfig | None = None,
+    cfg: LAMConfig,
     labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Next-frame prediction loss + commitment for float frames ``(B, K+2, 3, 64, 64)``
-    (``K = cfg.idm_lookahead``; 3 frames without ``cfg``, which evaluates plain LAPO's loss).
+    """Stage 1's training loss on float windows ``(B, K+2, 3, 64, 64)``
+    (``K = cfg.idm_lookahead``), the sum of:
 
-    The world model predicts ``o[t+1]`` from ``o[t-1], o[t]`` (``o[t-1]`` hidden with probability
-    ``wm_mask_past``) and the quantised latent of :func:`idm_input`. With
-    ``changed_pixel_weight`` w, a pixel that differs between ``o[t]`` and ``o[t+1]`` (by more
-    than ``changed_pixel_threshold`` in some channel) weighs ``1 + w`` in the MSE: the agent's
-    small sprite counts for more against the static background. ``latent_var_floor`` adds a hinge on each latent dimension's batch variance.
-    ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``) adds
-    ``label_weight`` x the cross-entropy of the model's action head on their latents.
-    Returns ``(loss, logs)``; ``logs`` holds the plain prediction error and codebook statistics
-    as detached tensors (reading them waits for the device: log steps only).
+    1. prediction: the world model's error on ``o[t+1]`` from :func:`wm_context` and the
+       quantised latent of :func:`idm_input`, each pixel weighted by
+       :func:`changed_pixel_weights` when ``changed_pixel_weight`` > 0 (pixel targets only);
+    2. the quantiser's commitment term;
+    3. with ``latent_var_floor`` > 0, :func:`variance_hinge` on the continuous latents;
+    4. with ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``)
+       and an action head, ``label_weight`` x :func:`action_head_loss`.
+
+    Returns ``(loss, logs)``; ``logs`` holds the plain (unweighted) prediction error, the
+    commitment, codebook statistics and each added term as detached tensors (reading them waits
+    for the device: log steps only). :func:`plain_lam_loss` is LAPO's loss alone.
     """
     z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
-    context, target = frames[:, :2], frames[:, 2]
-    if cfg is not None and cfg.wm_mask_past > 0:
-        draw = lambda n: torch.rand(n, device=frames.device)  # noqa: E731
-        keep = distributed.draw_local(draw, len(frames)) >= cfg.wm_mask_past  # (B,)
-        context = torch.stack([context[:, 0] * keep[:, None, None, None], context[:, 1]], 1)
-    err = model.prediction_error(context, target, q.z_q)  # (B, 3, 64, 64) or (B,)
+    # the per-pixel squared error (B, 3, 64, 64), or per-sample embedding error (B,), once
+    err = model.prediction_error(wm_context(frames, cfg), frames[:, 2], q.z_q)
     wm_loss = err.mean()
     logs = {"wm_loss": wm_loss.detach(), "vq_loss": q.loss.detach(), **q.stats}
-    loss = wm_loss + q.loss
-    if cfg is None:
-        return loss, logs
+    prediction = wm_loss
     if cfg.changed_pixel_weight > 0 and model.predicts_pixels:
-        # (B, 1, 64, 64): 1 where some channel moved by more than the threshold
-        change = (target - frames[:, 1]).abs().amax(1, keepdim=True)
-        changed = (change > cfg.changed_pixel_threshold).float()
-        loss = (err * (1 + cfg.changed_pixel_weight * changed)).mean() + q.loss
+        prediction = (err * changed_pixel_weights(frames, cfg)).mean()
+    loss = prediction + q.loss
     if cfg.latent_var_floor > 0:
-        var_loss = F.relu(cfg.latent_var_floor - distributed.batch_var(z.float())).mean()
-        logs["latent_var_loss"] = var_loss.detach()
-        loss = loss + var_loss
+        hinge = variance_hinge(z, cfg.latent_var_floor)
+        logs["latent_var_loss"] = hinge.detach()
+        loss = loss + hinge
     if labelled is not None and model.action_head is not None:
-        x, actions = labelled
-        z_l, _ = model.idm(random_shift(x, cfg.aug_shift))  # (L, A)
-        logits = model.action_head(z_l)  # (L, 15)
-        label_loss = F.cross_entropy(logits.float(), actions)
-        logs["label_loss"] = label_loss.detach()
-        logs["label_accuracy"] = (logits.argmax(-1) == actions).float().mean()
+        label_loss, accuracy = action_head_loss(model, *labelled, cfg.aug_shift)
+        logs["label_loss"], logs["label_accuracy"] = label_loss.detach(), accuracy
         loss = loss + cfg.label_weight * label_loss
     return loss, logs
 
 
-@torch.no_grad()
-def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> float:
-    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames when each window gets *another*
-    window's latent (a fixed cyclic shift of the batch).
-
-    Its gap to the MSE with the window's own latent says how much the world model relies on
-    the latent at all; a latent can be relied on and still not encode the action, which is
-    what the probe measures.
-    """
-    return test_wm_losses(model, frames)[1]
-
-
-@torch.no_grad()
-def test_wm_losses(model: LatentActionModel, frames: torch.Tensor) -> tuple[float, float]:
-    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames with each window's own latent and with
-    another window's (:func:`shuffled_latent_loss`), from one IDM pass."""
-    _, q = model.idm(frames[:, :3])
-    context, target = frames[:, :2], frames[:, 2]
-    own = model.prediction_error(context, target, q.z_q).mean().item()
-    shuffled = model.prediction_error(context, target, q.z_q.roll(1, dims=0)).mean().item()
-    return own, shuffled
-
-
-def lr_scale(step: int, cfg: LAMConfig, time_fraction: float = 0.0) -> float:
-    """Warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then linear to ``final_lr_scale``
-    at ``steps`` or, if further along, at the fraction ``time_fraction`` of ``max_minutes``."""
-    if step < cfg.warmup_steps:
-        return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    frac = max(frac, time_fraction)
-    return 1.0 + (cfg.final_lr_scale - 1.0) * min(frac, 1.0)
-
-
-@torch.no_grad()
-def encode_windows(
-    model: LatentActionModel, obs: np.ndarray, device: torch.device, batch: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """IDM latents of uint8 windows ``(N, 3, 64, 64, 3)``: ``(z (N, A), z_q (N, A))`` on CPU."""
-    return idm_latents(model.idm, (obs[i : i + batch] for i in range(0, len(obs), batch)), device)
-
-
-def probe_windows(
-    model: LatentActionModel,
-    train: dict,
-    test: dict,
-    device: torch.device,
-    seed: int = 0,
-    epochs: int = 30,
-    target: int = 1,
-) -> dict:
-    """Fit the probe on the IDM latents of ``train`` windows and score it on ``test`` windows.
-
-    ``train``/``test`` are loader batches (``obs`` ``(N, 3, 64, 64, 3)``, ``actions`` ``(N, 3)``).
-    The latent of window ``o[t-1], o[t], o[t+1]`` is labelled with the action taken at ``o[t]``
-    (the one that led to ``o[t+1]``): the middle frame's action, ``target=1``; ``target=0``
-    labels it with ``a[t-1]`` (a latent that carries the agent's velocity predicts that one
-    too), ``2`` with ``a[t+1]`` (not in the window: chance).
-    """
-    ztr, _ = encode_windows(model, train["obs"], device)
-    zte, _ = encode_windows(model, test["obs"], device)
-    report = fit_probe(
-        ztr,
-        torch.from_numpy(train["actions"][:, target]),
-        zte,
-        torch.from_numpy(test["actions"][:, target]),
-        seed=seed,
-        epochs=epochs,
-    )
-    if model.action_head is not None and target == 1:
-        report.update(head_report(model, zte, test["actions"][:, 1]))
-    return report
-
-
-def head_report(model: LatentActionModel, z: torch.Tensor, actions: np.ndarray) -> dict:
-    """How well stage 1's action head, fit on its K labelled windows only, names the true
-    action of held-out windows from their IDM latents ``z (N, A)``: the figure to set beside
-    baseline (b)'s supervised IDM on the same K (the probe is fit on more labels than K)."""
-    head = model.action_head
-    with torch.no_grad():
-        pred = head(z.to(head.weight.device)).argmax(-1).cpu().numpy()  # (N,)
-    rep = classification_report(actions, pred, NUM_ACTIONS)
-    return {"head_accuracy": rep["accuracy"], "head_balanced_accuracy": rep["balanced_accuracy"]}
-
-
-def labelled_batch(
-    ds: DeviceWindows, starts: np.ndarray, cfg: LAMConfig, rng: np.random.Generator, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's slice of a mini-batch of the K labelled windows: float frames
-    ``(L, 3, 3, 64, 64)`` and the middle frame's actions ``(L,)``, ``L = label_batch`` (a
-    quarter of the batch if 0) over all ranks."""
-    n = cfg.label_batch or max(cfg.batch_size // 4, 1)
-    batch = ds(distributed.local(np.sort(rng.choice(starts, n, replace=len(starts) < n))))
-    y = torch.from_numpy(batch["actions"][:, 1]).to(device, non_blocking=True)
-    return frames_to_float(batch["obs"]), y
-
-
-LAM_COLUMNS = [
-    "step",
-    "train_wm_loss",
-    "test_wm_loss",
-    "test_wm_loss_shuffled",
-    "perplexity",
-    "probe_acc",
-    "probe_balanced_acc",
-    "train_seconds",
-    "head_acc",
-    "head_balanced_acc",
-]
-
-
-@dataclass
-class Stage1Data:
-    """The windows one stage-1 run reads: training windows (``o[t-1] .. o[t+K]`` for the
-    IDM's lookahead), fixed test windows, the probe's fixed labelled windows and, with labels
-    in stage 1, the K labelled windows."""
-
-    train: WindowDataset
-    test_batch: dict
-    probe_train: dict | None
-    probe_test: dict | None
-    labelled: tuple[WindowDataset, np.ndarray] | None
-    manifest: dict
-
-
-def stage1_data(cfg: LAMConfig, data: Path, out: Path) -> Stage1Data:
-    """Open ``data`` for stage 1; with labels, choose the K windows and record them in ``out``."""
-    manifest = open_dataset(data).manifest
-    # training windows reach o[t+K] for the IDM's lookahead; test windows are LAPO's three frames
-    train = WindowDataset(data, "train", k=cfg.idm_lookahead + 2)
-    test = WindowDataset(data, "test", k=3)
-    three = WindowDataset(data, "train", k=3) if cfg.idm_lookahead > 1 else train
-    labelled = None
-    if cfg.uses_labels:
-        labels_from = Path(cfg.labels_from) if cfg.labels_from else None
-        starts = labelled_starts(
-            data, cfg.labels, cfg.labels_seed, labels_from, purpose="stage 1 with --labels"
-        )
-        write_labelled(out, data, starts, cfg.labels_seed)
-        labelled = three, starts  # three-frame windows, like the probe's
-    # fixed windows for the test loss and the probe, drawn once from their own generator
-    fixed = np.random.default_rng(cfg.seed + 1)
-    test_batch = test.sample(min(cfg.test_windows, len(test)), fixed)
-    probe_tr = probe_te = None
-    if manifest.get("has_actions") and cfg.probe_every > 0:
-        probe_tr = three.sample(cfg.probe_train, fixed)
-        probe_te = test.sample(cfg.probe_test, fixed)
-    return Stage1Data(train, test_batch, probe_tr, probe_te, labelled, manifest)
-
-
-def evaluate_lam(
-    model: LatentActionModel,
-    d: Stage1Data,
-    cfg: LAMConfig,
-    device: torch.device,
-    losses: bool = True,
-    probe: bool = True,
-) -> dict:
-    """With ``losses``, the test world-model MSE with each window's own latent and with
-    shuffled latents; with ``probe`` (and actions in the data), the probe's accuracies.
-    Returns scalars by TensorBoard name."""
-    out = {}
-    if losses:
-        model.eval()
-        with torch.no_grad():
-            x = frames_to_float(torch.from_numpy(d.test_batch["obs"]).to(device))
-            own, shuffled = test_wm_losses(model, x)
-            out["test/wm_loss"], out["test/wm_loss_shuffled_latent"] = own, shuffled
-        model.train()
-    if probe and d.probe_train is not None:
-        rep = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
-        out["probe/accuracy"] = rep["accuracy"]
-        out["probe/balanced_accuracy"] = rep["balanced_accuracy"]
-        if "head_accuracy" in rep:
-            out["head/accuracy"] = rep["head_accuracy"]
-            out["head/balanced_accuracy"] = rep["head_balanced_accuracy"]
-    return out
-
-
-def csv_row(step: int, m: dict, train_seconds: float, logs: dict | None = None) -> dict:
-    """A ``metrics.csv`` row from :func:`evaluate_lam`'s scalars and the step's ``logs``."""
-    logs = logs or {}
-    return {
-        "step": step,
-        "train_wm_loss": logs.get("wm_loss"),
-        "test_wm_loss": m.get("test/wm_loss"),
-        "test_wm_loss_shuffled": m.get("test/wm_loss_shuffled_latent"),
-        "perplexity": logs.get("perplexity"),
-        "probe_acc": m.get("probe/accuracy"),
-        "probe_balanced_acc": m.get("probe/balanced_accuracy"),
-        "train_seconds": round(train_seconds, 2),
-        "head_acc": m.get("head/accuracy"),
-        "head_balanced_acc": m.get("head/balanced_accuracy"),
-    }
-
-
-def untrained_baseline(
-    model: LatentActionModel, d: Stage1Data, cfg: LAMConfig, device: torch.device
-) -> dict:
-    """The untrained model's test losses and probe report: random features of three frames
-    already carry some action information, so training must beat this, not only chance."""
-    m = evaluate_lam(model, d, cfg, device, probe=False)
-    probe = None
-    if d.probe_train is not None:
-        probe = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
-    return {
-        "test_wm_loss": m["test/wm_loss"],
-        "test_wm_loss_shuffled_latent": m["test/wm_loss_shuffled_latent"],
-        "probe": probe,
-    }
-
-
-class Stage1Batches:
-    """Each step's batch on the run's device: every rank draws the global batch of training
-    windows (and, with labels, of labelled windows) from ``rng`` and keeps its slice."""
-
-    def __init__(self, d: Stage1Data, cfg: LAMConfig, run: Run) -> None:
-        self.d, self.cfg, self.run = d, cfg, run
-        self.train = run.windows(d.train)
-        self.labelled = None
-        if d.labelled is not None:  # the train split's frames again: shared when held
-            self.labelled = run.windows(d.labelled[0], frames=self.train.frames), d.labelled[1]
-
-    def __call__(self, rng: np.random.Generator) -> tuple[torch.Tensor, tuple | None]:
-        """Float frames ``(B, K+2, 3, 64, 64)`` and the labelled batch (or None)."""
-        obs = self.train(self.run.local(self.d.train.draw(self.cfg.batch_size, rng)))["obs"]
-        labelled = None
-        if self.labelled is not None:
-            labelled = labelled_batch(*self.labelled, self.cfg, rng, self.run.device)
-        return frames_to_float(obs), labelled
+def plain_lam_loss(model: LatentActionModel, frames: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """LAPO's own loss on windows ``(B, 3, 3, 64, 64)``, nothing drawn: the world model's MSE
+    on ``o[t+1]`` from ``o[t-1], o[t]`` and the latent of ``o[t-1], o[t], o[t+1]``, plus the
+    commitment term. Returns ``(loss, logs)`` as :func:`lam_loss` does."""
+    _, q = model.idm(frames[:, :3])  # z_q (B, A)
+    wm_loss = model.prediction_error(frames[:, :2], frames[:, 2], q.z_q).mean()
+    logs = {"wm_loss": wm_loss.detach(), "vq_loss": q.loss.detach(), **q.stats}
+    return wm_loss + q.loss, logs
 
 
 def lam_step(
@@ -431,15 +160,14 @@ def train_lam(
             log_untrained(run, baseline)
         last: dict = {}
         budget, done = cfg.max_minutes * 60, start
+        out_of_time = lambda: bool(budget and clock.seconds >= budget)  # noqa: E731
         for step in range(start, cfg.steps):
-            if budget and clock.seconds >= budget:
+            if out_of_time():
                 break
             with clock:
-                lr = cfg.learning_rate * lr_scale(
-                    step, cfg, clock.seconds / budget if budget else 0
-                )
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
+                time_fraction = clock.seconds / budget if budget else 0
+                lr = cfg.learning_rate * lr_scale(step, cfg, cfg.final_lr_scale, time_fraction)
+                set_lr(optimizer, lr)
                 logs, grad_norm = lam_step(model, optimizer, *batches(rng), cfg, run)
                 done = step + 1
                 log, evaluate = done % 50 == 0, done % cfg.eval_every == 0
@@ -448,7 +176,7 @@ def train_lam(
             if budget:  # every rank stops at the same step
                 clock.seconds = run.agree(clock.seconds)
             # the last step: the step budget, or the time budget about to run out
-            final = done == cfg.steps or bool(budget and clock.seconds >= budget)
+            final = done == cfg.steps or out_of_time()
             evaluate = evaluate or final
             probe = cfg.probe_every > 0 and (done % cfg.probe_every == 0 or final)
             probe = probe and d.probe_train is not None
@@ -456,9 +184,7 @@ def train_lam(
             if log or evaluate or probe:  # the step's one read of the device: log steps only
                 logs = run.floats({**logs, "grad_norm": grad_norm})
             if log or final:
-                ppl = {"ppl": f"{logs['perplexity']:.1f}"} if "perplexity" in logs else {}
-                run.advance(0, wm=f"{logs['wm_loss']:.4f}", **ppl)
-                run.scalars(done, {**{f"train/{k}": v for k, v in logs.items()}, "train/lr": lr})
+                log_train(run, done, logs, lr)
             if evaluate or probe:
                 m = evaluate_lam(model, d, cfg, run.device, evaluate, probe)
                 run.scalars(done, m)
@@ -468,6 +194,114 @@ def train_lam(
                 run.checkpoint(done, model, optimizer, rng, train_seconds=clock.seconds)
                 run.save("lam.safetensors", model.state_dict(), {"step": done})
     return lam_summary(done, start, clock.seconds, run.wall_seconds(), cfg, baseline, last)
+
+
+# -- evaluation on test windows --------------------------------------------------------------
+@torch.no_grad()
+def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> float:
+    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames when each window gets *another*
+    window's latent (a fixed cyclic shift of the batch).
+
+    Its gap to the MSE with the window's own latent says how much the world model relies on
+    the latent at all; a latent can be relied on and still not encode the action, which is
+    what the probe measures.
+    """
+    return test_wm_losses(model, frames)[1]
+
+
+@torch.no_grad()
+def test_wm_losses(model: LatentActionModel, frames: torch.Tensor) -> tuple[float, float]:
+    """World-model MSE on ``(B, 3, 3, 64, 64)`` frames with each window's own latent and with
+    another window's (:func:`shuffled_latent_loss`), from one IDM pass."""
+    _, q = model.idm(frames[:, :3])
+    context, target = frames[:, :2], frames[:, 2]
+    own = model.prediction_error(context, target, q.z_q).mean().item()
+    shuffled = model.prediction_error(context, target, q.z_q.roll(1, dims=0)).mean().item()
+    return own, shuffled
+
+
+def evaluate_lam(
+    model: LatentActionModel,
+    d: Stage1Data,
+    cfg: LAMConfig,
+    device: torch.device,
+    losses: bool = True,
+    probe: bool = True,
+) -> dict:
+    """With ``losses``, the test world-model MSE with each window's own latent and with
+    shuffled latents; with ``probe`` (and actions in the data), the probe's accuracies.
+    Returns scalars by TensorBoard name."""
+    out = {}
+    if losses:
+        model.eval()
+        with torch.no_grad():
+            x = frames_to_float(torch.from_numpy(d.test_batch["obs"]).to(device))
+            own, shuffled = test_wm_losses(model, x)
+            out["test/wm_loss"], out["test/wm_loss_shuffled_latent"] = own, shuffled
+        model.train()
+    if probe and d.probe_train is not None:
+        rep = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
+        out["probe/accuracy"] = rep["accuracy"]
+        out["probe/balanced_accuracy"] = rep["balanced_accuracy"]
+        if "head_accuracy" in rep:
+            out["head/accuracy"] = rep["head_accuracy"]
+            out["head/balanced_accuracy"] = rep["head_balanced_accuracy"]
+    return out
+
+
+def untrained_baseline(
+    model: LatentActionModel, d: Stage1Data, cfg: LAMConfig, device: torch.device
+) -> dict:
+    """The untrained model's test losses and probe report: random features of three frames
+    already carry some action information, so training must beat this, not only chance."""
+    m = evaluate_lam(model, d, cfg, device, probe=False)
+    probe = None
+    if d.probe_train is not None:
+        probe = probe_windows(model, d.probe_train, d.probe_test, device, seed=cfg.seed)
+    return {
+        "test_wm_loss": m["test/wm_loss"],
+        "test_wm_loss_shuffled_latent": m["test/wm_loss_shuffled_latent"],
+        "probe": probe,
+    }
+
+
+# -- logging --------------------------------------------------------------------------------
+LAM_COLUMNS = [
+    "step",
+    "train_wm_loss",
+    "test_wm_loss",
+    "test_wm_loss_shuffled",
+    "perplexity",
+    "probe_acc",
+    "probe_balanced_acc",
+    "train_seconds",
+    "head_acc",
+    "head_balanced_acc",
+]
+
+
+def csv_row(step: int, m: dict, train_seconds: float, logs: dict | None = None) -> dict:
+    """A ``metrics.csv`` row from :func:`evaluate_lam`'s scalars and the step's ``logs``."""
+    logs = logs or {}
+    return {
+        "step": step,
+        "train_wm_loss": logs.get("wm_loss"),
+        "test_wm_loss": m.get("test/wm_loss"),
+        "test_wm_loss_shuffled": m.get("test/wm_loss_shuffled_latent"),
+        "perplexity": logs.get("perplexity"),
+        "probe_acc": m.get("probe/accuracy"),
+        "probe_balanced_acc": m.get("probe/balanced_accuracy"),
+        "train_seconds": round(train_seconds, 2),
+        "head_acc": m.get("head/accuracy"),
+        "head_balanced_acc": m.get("head/balanced_accuracy"),
+    }
+
+
+def log_train(run: Run, step: int, logs: dict, lr: float) -> None:
+    """The progress bar's losses and the step's ``train/`` TensorBoard scalars."""
+    ppl = {"ppl": f"{logs['perplexity']:.1f}"} if "perplexity" in logs else {}
+    run.advance(0, wm=f"{logs['wm_loss']:.4f}", **ppl)
+    run.scalars(step, {**{f"train/{k}": v for k, v in logs.items()}, "train/lr": lr})
 
 
 def log_untrained(run: Run, baseline: dict) -> None:
@@ -512,64 +346,3 @@ def lam_summary(
         if baseline.get("probe"):
             summary["probe_untrained_accuracy"] = baseline["probe"]["accuracy"]
     return summary
-
-
-def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
-    """Load a trained stage-1 model (eval mode) and its run config from ``run``."""
-    run = Path(run)
-    config = read_run_config(run, (LAM,), "a stage-1 run")
-    model = LatentActionModel(lam_config_from_dict(config["lam"]))
-    tensors, _ = load_tensors(run / "lam.safetensors")
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), config
-
-
-def probe_lam(
-    run: Path,
-    data: Path,
-    labels: int = 4_096,
-    test_windows: int = 8_192,
-    seed: int = 0,
-    epochs: int | None = None,
-    untrained: bool = False,
-    target: int = 1,
-) -> dict:
-    """Fit the latent probe on ``labels`` labelled train windows of ``data``; score on test.
-
-    ``epochs=None`` (the quick protocol, 30 epochs) refuses more labels than the data holds;
-    with ``epochs`` given (the paper's protocol: 65,536 windows, 3 epochs) ``labels`` is capped
-    at the train windows there are, and the report says how many were used. ``untrained``
-    probes the run's architecture at its initialisation (seeded by ``seed``) instead: the
-    baseline a trained IDM must beat, measured the same way. ``target``: which action of the
-    window the probe predicts (see :func:`probe_windows`).
-
-    Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
-    matrix (rows: true action, columns: predicted) of the continuous IDM latent.
-    """
-    model, config = load_lam(run)
-    if untrained:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LatentActionModel(lam_config_from_dict(config["lam"])).eval()
-    dataset_for(data, f"stage-1 run {run}", config.get("game"), actions_for="the probe")
-    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
-    if epochs is not None:
-        labels = min(labels, len(train))
-    if labels > len(train):
-        raise DatasetError(
-            f"--labels {labels} is more than the {len(train)} train windows in {data}"
-        )
-    rng = np.random.default_rng(seed)
-    tr = train.read(np.sort(rng.choice(train.starts, labels, replace=False)))
-    n_test = min(test_windows, len(test))
-    te = test.read(np.sort(rng.choice(test.starts, n_test, replace=False)))
-    report = probe_windows(model, tr, te, torch.device("cpu"), seed, epochs or 30, target)
-    return {
-        "run": str(run),
-        "data": str(data),
-        "labels": labels,
-        "target": ("a[t-1]", "a[t]", "a[t+1]")[target],
-        "epochs": epochs or 30,
-        "seed": seed,
-        **report,
-    }

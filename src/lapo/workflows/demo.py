@@ -60,7 +60,8 @@ from lapo.stages.baselines import (
 )
 from lapo.stages.bc import train_latent_bc
 from lapo.stages.decode.offline import decode_offline
-from lapo.stages.lam import probe_lam, train_lam
+from lapo.stages.lam import train_lam
+from lapo.stages.lam_probe import probe_lam
 
 # rough seconds per stage on 2 CPU cores at the default sizes; they weight the progress bar
 STAGES = {

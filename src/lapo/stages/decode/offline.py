@@ -27,7 +27,8 @@ from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts, write_labelled
 from lapo.envs import NUM_ACTIONS
 from lapo.evaluation.probe import classification_report
-from lapo.models.idm import IDM, frames_to_float
+from lapo.models.frames import frames_to_float
+from lapo.models.idm import IDM
 from lapo.models.policy import ActionDecoder, DecodedPolicy, LatentPolicy, build_network
 from lapo.runkinds import (
     DECODED_POLICY,

@@ -35,7 +35,7 @@ from lapo import distributed
 from lapo.checkpoint import CheckpointError, load_tensors
 from lapo.config import OnlineConfig
 from lapo.envs import NUM_ACTIONS, check_game
-from lapo.models.idm import frames_to_float
+from lapo.models.frames import frames_to_float
 from lapo.models.policy import OnlineAgent
 from lapo.rl.ppo import (
     PPO_COLUMNS,
@@ -53,6 +53,7 @@ from lapo.rl.ppo import (
 )
 from lapo.runkinds import ONLINE_AGENT, load_stage2, online_agent_spec
 from lapo.runs import Run
+from lapo.schedules import linear_ramp
 from lapo.stages.decode import fit_decoder
 
 # parameter group -> (frames where its rate leaves 0, frames where it reaches its peak,
@@ -68,8 +69,8 @@ def group_lr(group: str, frames: int, cfg: OnlineConfig) -> float:
     """Learning rate of ``group`` after ``frames`` env frames: 0, a linear ramp to its peak,
     all times a linear decay to 0 at ``lr_decay_frames``."""
     begin, end, peak = GROUP_SCHEDULES[group]
-    ramp = min(max((frames - begin) / (end - begin), 0.0), 1.0)
-    decay = max(0.0, 1.0 - frames / cfg.lr_decay_frames)
+    ramp = linear_ramp(frames, begin, end)
+    decay = 1.0 - linear_ramp(frames, 0, cfg.lr_decay_frames)
     return cfg.learning_rate * peak * ramp * decay
 
 

@@ -1,0 +1,97 @@
+"""The latent action model (LAM) of stage 1: the latent IDM and the world model, trained together.
+
+From a window ``o[t-1], o[t], o[t+1]`` the IDM infers a latent action ``z[t]``; the world
+model predicts ``o[t+1]`` (or its embedding) from ``o[t-1], o[t]`` and the quantised latent.
+:func:`idm_input` and :func:`wm_context` are what each network sees in training, with stage
+1's augmentations; evaluation shows them the plain window.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lapo import distributed
+from lapo.config import LAMConfig
+from lapo.models.augment import random_shift
+from lapo.models.idm import build_idm
+from lapo.models.policy import PROCGEN_ACTIONS
+from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
+
+
+class LatentActionModel(nn.Module):
+    """The IDM and the world model, and with labels in stage 1 an action head: latent ``(B, A)``
+    -> logits ``(B, num_actions)``, trained on the K labelled windows."""
+
+    def __init__(self, cfg: LAMConfig, num_actions: int = PROCGEN_ACTIONS) -> None:
+        super().__init__()
+        self.idm = build_idm(cfg)
+        self.action_head = (
+            nn.Linear(cfg.quantizer.latent_dim, num_actions) if cfg.uses_labels else None
+        )
+        if cfg.wm_target not in ("pixels", "embedding"):
+            raise ValueError(f"wm_target must be pixels or embedding, not {cfg.wm_target!r}")
+        self.world_model: WorldModel | EmbeddingWorldModel
+        # with wm_differences the context gains a third image, the amplified o[t] - o[t-1]
+        self.wm_difference_scale = cfg.idm_difference_scale if cfg.wm_differences else 0.0
+        context = 3 if cfg.wm_differences else 2
+        if cfg.wm_target == "embedding":
+            self.world_model = EmbeddingWorldModel(cfg.quantizer.latent_dim, context, cfg.idm_width)
+        else:
+            self.world_model = WorldModel(
+                cfg.quantizer.latent_dim,
+                context,
+                base=cfg.wm_base,
+                residual=cfg.wm_residual,
+                action_everywhere=cfg.wm_action_everywhere,
+            )
+
+    @property
+    def predicts_pixels(self) -> bool:
+        return isinstance(self.world_model, WorldModel)
+
+    def predict(self, context: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+        """The world model's prediction from ``o[t-1], o[t]`` ``(B, 2, 3, 64, 64)`` and the
+        latent ``(B, A)``: ``o[t+1]`` ``(B, 3, 64, 64)``, or its embedding ``(B, F)``."""
+        if self.wm_difference_scale:
+            diff = (context[:, 1] - context[:, 0]) * self.wm_difference_scale
+            context = torch.cat([diff[:, None], context], 1)  # (B, 3, 3, 64, 64), o[t] last
+        return self.world_model(context, z_q)
+
+    def prediction_error(
+        self, context: torch.Tensor, target: torch.Tensor, z_q: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-pixel squared error ``(B, 3, 64, 64)`` of the predicted ``o[t+1]``, or per-sample
+        ``(B,)`` embedding error, for context ``(B, 2, 3, 64, 64)``, target ``(B, 3, 64, 64)``."""
+        pred = self.predict(context, z_q)
+        if self.predicts_pixels:
+            return (pred - target) ** 2
+        return embedding_error(pred, self.world_model.target(target))
+
+
+def idm_input(frames: torch.Tensor, cfg: LAMConfig) -> torch.Tensor:
+    """The IDM's training frames ``(B, 3, 3, 64, 64)`` from a window ``(B, K+2, 3, 64, 64)``:
+    ``o[t-1], o[t], o[t+k]`` with k drawn per window from 1..K (``idm_lookahead``), each frame
+    shifted by up to ``aug_shift`` pixels; ``o[t-1], o[t], o[t+1]`` when both are off (as in
+    evaluation). Per-window draws are made for the global batch and sliced
+    (:func:`distributed.draw_local`): N processes draw what one process does."""
+    x = frames[:, :3]
+    if cfg.idm_lookahead > 1:
+        B = frames.shape[0]
+        K, dev = cfg.idm_lookahead, frames.device
+        k = distributed.draw_local(lambda n: torch.randint(1, K + 1, (n,), device=dev), B)
+        far = frames[torch.arange(B, device=frames.device), 1 + k]  # (B, 3, 64, 64)
+        x = torch.cat([frames[:, :2], far[:, None]], 1)
+    return random_shift(x, cfg.aug_shift)
+
+
+def wm_context(frames: torch.Tensor, cfg: LAMConfig) -> torch.Tensor:
+    """The world model's training context ``o[t-1], o[t]`` ``(B, 2, 3, 64, 64)`` from a window
+    ``(B, K+2, 3, 64, 64)``, ``o[t-1]`` zeroed with probability ``wm_mask_past`` per window
+    (drawn for the global batch and sliced, like :func:`idm_input`'s)."""
+    context = frames[:, :2]
+    if cfg.wm_mask_past <= 0:
+        return context
+    draw = lambda n: torch.rand(n, device=frames.device)  # noqa: E731
+    keep = distributed.draw_local(draw, len(frames)) >= cfg.wm_mask_past  # (B,)
+    return torch.stack([context[:, 0] * keep[:, None, None, None], context[:, 1]], 1)
