@@ -283,3 +283,9 @@ def test_baseline_ppo_runs_the_whole_config_it_is_given(tmp_path, monkeypatch):
     path = saved_run(tmp_path, "train", saved)
     assert main([*argv, "--config", str(path), "--seed", "3"]) == 0
     assert ran[-1][0] == dataclasses.replace(saved, seed=3)
+
+
+@pytest.mark.parametrize("extra", [["--port", "-1"], ["--port", "70000"], ["--threads", "-2"]])
+def test_play_numbers_out_of_range_are_one_line(tmp_path, capsys, extra):
+    assert main(["play", "--run", str(tmp_path), "--no-browser", *extra]) == 2
+    one_line_error(capsys, extra[0])

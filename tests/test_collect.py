@@ -121,6 +121,7 @@ def test_episode_ids_unique_across_envs(small):
     assert not train & test
 
 
+@pytest.mark.slow
 def test_resume_after_kill(tmp_path, capsys):
     out = tmp_path / "ds"
     args = ["collect", "--env", GAME, "--policy", "random", "--frames", "2000"]

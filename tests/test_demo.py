@@ -187,6 +187,7 @@ def test_reproduce_refuses_the_paper_preset_on_cpu(capsys):
     assert "GPU job" in err and "hours" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_reproduce_toy_grid_writes_csv_and_figures(tmp_path, capsys):
     out = tmp_path / "grid"
     argv = [

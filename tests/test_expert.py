@@ -1,6 +1,7 @@
 import csv
 import sys
 
+import pytest
 import torch
 
 from lapo.checkpoint import load_tensors
@@ -56,6 +57,7 @@ def test_resume_continues_from_checkpoint_with_identical_state(tmp_path):
     assert meta["update"] == 3 and meta["frames"] == 192
 
 
+@pytest.mark.slow
 def test_resume_after_kill(tmp_path, kill_after_checkpoint):
     run = tmp_path / "run"
     cmd = [

@@ -288,6 +288,7 @@ def test_cpu_preset_beats_its_untrained_idm_on_real_frames(random_bigfish, tmp_p
     assert summary["probe_accuracy"] > summary["probe_untrained_accuracy"] + 3 * se
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_uninterrupted_result(data, tmp_path, kill_after_checkpoint):
     cmd = [sys.executable, "-m", "lapo.cli", "lam", "train", "--data", str(data), "--quiet"]
     toy = [

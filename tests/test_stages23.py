@@ -317,6 +317,7 @@ def test_one_ppo_update_moves_only_the_scheduled_groups(stage2, frames, moved):
     assert changed == {k for k in before if k.split(".")[0] in moved}
 
 
+@pytest.mark.slow
 def test_decode_online_end_to_end(stage2, tmp_path):
     out = tmp_path / "online"
     cfg = OnlineConfig(
@@ -495,6 +496,7 @@ def test_decoder_started_from_the_stage1_head_predicts_what_the_head_does():
     assert not torch.allclose(fitted(z), z @ w.T + b)  # and the fit moves it from there
 
 
+@pytest.mark.slow
 def test_decode_offline_from_the_stage1_head(data, tmp_path, capsys):
     """Stage 1 with labels -> stage 2 keeps its action head -> offline decoding starts there;
     a stage-2 run whose stage 1 had no labels is refused in one line."""

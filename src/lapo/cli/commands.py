@@ -203,6 +203,10 @@ def play(args: argparse.Namespace) -> None:
     from lapo.play.server import serve
     from lapo.play.session import open_session
 
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (all cores) or more, got {args.threads}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     data = Path(args.data) if args.data else None
