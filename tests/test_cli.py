@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from lapo.cli import main
-from lapo.cli.flags import to_flags
 from lapo.cli.options import command_config
 from lapo.cli.parser import COMMANDS, build_parser
 from lapo.config import (
@@ -22,6 +21,7 @@ from lapo.config import (
     ReproduceConfig,
     preset,
 )
+from lapo.flags import to_flags
 from lapo.progress import EstimatedProgress
 from lapo.workflows.reproduce import (
     CPU_STEP_SECONDS,

@@ -15,10 +15,10 @@ import pytest
 
 from lapo import config
 from lapo.cli import main
-from lapo.cli.flags import field_flag
 from lapo.cli.parser import COMMANDS
 from lapo.config import Config, Range, numeric_kind
 from lapo.errors import FieldError
+from lapo.flags import field_flag
 
 CONFIGS = [
     c

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from lapo.checkpoint import load_tensors
-from lapo.cli.flags import to_flags
 from lapo.config import BCConfig, LAMConfig, QuantizerConfig, preset
 from lapo.data.collect import collect
+from lapo.flags import to_flags
 from lapo.models.lam import LatentActionModel
 from lapo.runs import resolve_precision
 from lapo.stages.bc import train_latent_bc

@@ -6,8 +6,8 @@ comma-separated; a nested dataclass field ``quantizer`` gives ``--quantizer.kind
 the parsed namespace, so :func:`apply_overrides` changes only what the command line names, on top
 of a base: the class's defaults, a named preset or a saved run's config (:func:`config_from_file`).
 Building the config checks every value (:mod:`lapo.config`), before any data is read; a value out
-of range is one line naming its option. Flags are spelled by :func:`lapo.cli.flags.field_flag`,
-as are the commands that :func:`lapo.cli.flags.to_flags` builds for ``lapo reproduce``.
+of range is one line naming its option. Flags are spelled by :func:`lapo.flags.field_flag`,
+as are the commands that :func:`lapo.flags.to_flags` builds for ``lapo reproduce``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from lapo.cli.flags import field_flag
 from lapo.config import PRESETS, config_from_dict, preset
 from lapo.errors import ConfigError, FieldError, UserError
+from lapo.flags import field_flag
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ For each (game, seed): stage 1, stage 2, offline decoding at each label count wi
 from scratch for the same frames, and an evaluation of every policy.
 
 Every step is a ``lapo`` command run as a subprocess, its options built from the step's config
-dataclass (:func:`lapo.cli.flags.to_flags` spells each flag as the CLI generated from the same
+dataclass (:func:`lapo.flags.to_flags` spells each flag as the CLI generated from the same
 fields reads it). A step is skipped when its marker (``<step>.done.json`` beside its folder)
 exists, so a killed grid resumes where it stopped. Independent steps run ``jobs`` at a time. The grid writes ``results.csv`` (every
 evaluation), ``summary.md``, ``offline_vs_labels.png`` and ``online_curves.png``.
@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lapo.cli.flags import flag, option, to_flags
 from lapo.config import (
     BCConfig,
     EvalConfig,
@@ -37,6 +36,7 @@ from lapo.config import (
     ReproduceConfig,
     preset,
 )
+from lapo.flags import flag, option, to_flags
 from lapo.progress import EstimatedProgress
 from lapo.report.grid import summarise
 

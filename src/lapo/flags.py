@@ -1,4 +1,5 @@
-"""How a config field is spelled on the command line: the one owner of ``--option`` names.
+"""How a config field is spelled on the command line: the one owner of ``--option`` names (a
+module of its own, below both the CLI and the ``reproduce`` pipeline that builds commands).
 
 The parser generated from the config dataclasses (:mod:`lapo.cli.options`) and the commands that
 ``lapo reproduce`` builds from configs (:func:`to_flags`) both spell flags here, so a command
