@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from cores import TORCH_THREADS
-from margins import accuracy_se, assert_margin
+from margins import accuracy_se, assert_margin, paired_se
 
 from lapo.checkpoint import load_tensors
 from lapo.cli import main
@@ -18,9 +18,17 @@ from lapo.config import LAMConfig, QuantizerConfig
 from lapo.config import preset as config_preset
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
+from lapo.models.frames import frames_to_float
 from lapo.models.lam import LatentActionModel
+from lapo.runkinds import load_lam
 from lapo.schedules import lr_scale
-from lapo.stages.lam import lam_loss, plain_lam_loss, shuffled_latent_loss, train_lam
+from lapo.stages.lam import (
+    lam_loss,
+    plain_lam_loss,
+    shuffled_latent_loss,
+    train_lam,
+    variance_hinge,
+)
 
 preset = functools.partial(config_preset, LAMConfig)
 TOY = dict(
@@ -61,13 +69,13 @@ def test_paper_preset_matches_the_notes():
     assert (q.num_codebooks, q.latents_per_codebook, q.code_dim, q.num_entries) == (2, 4, 16, 64)
     assert (q.commitment_cost, q.decay, q.latent_dim) == (0.05, 0.999, 128)
     # the reference's quantiser: counts from zero, stored smoothed, no restarts
-    assert q.reference_counts and q.restart_unused_steps == 0 and q.dead_code_threshold == 0
+    assert q.reference_counts and q.restart_unused_steps == 0
     assert (cfg.idm_lookahead, cfg.aug_shift, cfg.wm_target) == (1, 0, "pixels")
 
 
 def test_cpu_preset_restarts_codes_amplifies_differences_and_weighs_changed_pixels():
     cfg = preset("cpu")
-    assert cfg.quantizer.restart_unused_steps == 100 and cfg.quantizer.dead_code_threshold == 0
+    assert cfg.quantizer.restart_unused_steps == 100
     assert cfg.idm_differences and cfg.idm_difference_scale == 10.0
     assert cfg.changed_pixel_weight == 30.0 and cfg.changed_pixel_threshold == 0.0
     assert cfg.precision == "auto" and preset("paper").precision == "fp32"
@@ -259,33 +267,54 @@ def test_plot_writes_every_promised_file(data, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def random_bigfish(tmp_path_factory):
     out = tmp_path_factory.mktemp("learn") / "bigfish"
-    collect("bigfish", "random", 16384, out, test_frames=4096, num_envs=16, progress=False)
+    collect("bigfish", "random", 16384, out, test_frames=8192, num_envs=16, progress=False)
     return out
 
 
-def test_cpu_preset_beats_its_untrained_idm_on_real_frames(random_bigfish, tmp_path):
-    # the `cpu` preset (changed pixels weigh 31x) on real random-policy bigfish frames, in
-    # float32 on one thread so that every machine computes the same run (with bf16 autocast,
-    # or at two threads, the early steps differ and so does the step where the probe lifts:
-    # 800 steps read 0.059 in float32 at two threads, 0.119-0.169 under bf16 at 750-1,000).
-    # The latent must carry more of the action than the same IDM untrained. Measured (float32,
-    # one thread, a CPU without bf16): probe 0.073 untrained, 0.082 at step 200, 0.092 at 400,
-    # 0.101 at 600; the pass mark is about 0.087. Only the last step is probed: the probe has
-    # its own RNG, so probing less often leaves the run unchanged, and each probe costs ~15 s
+def own_and_shuffled_errors(model: LatentActionModel, data, n: int) -> tuple[np.ndarray, ...]:
+    """Per test window, the world model's MSE with the window's own latent and with another
+    window's (the batch rolled by one), on ``n`` test windows drawn by seed 0."""
+    ds = WindowDataset(data, "test", k=3)
+    starts = np.sort(np.random.default_rng(0).choice(ds.starts, n, replace=False))
+    own, shuffled = [], []
+    with torch.no_grad():
+        for i in range(0, n, 256):
+            f = frames_to_float(torch.from_numpy(ds.read(starts[i : i + 256])["obs"]))
+            _, q = model.idm(f[:, :3])  # (B, A)
+            for z, out in ((q.z_q, own), (q.z_q.roll(1, dims=0), shuffled)):
+                out.append(model.prediction_error(f[:, :2], f[:, 2], z).flatten(1).mean(1))
+    return torch.cat(own).numpy(), torch.cat(shuffled).numpy()
+
+
+@pytest.mark.slow
+def test_cpu_preset_learns_a_latent_its_world_model_relies_on(random_bigfish, tmp_path):
+    # The `cpu` preset on real random-policy bigfish frames, float32 on one thread, 500 steps.
+    # What stage 1 learns robustly at this budget: a world model far better than untrained, and
+    # a latent it relies on (each window's own latent predicts o[t+1] better than another
+    # window's; an untrained model shows no gap, a model that ignores its latent none either).
+    # Whether the latent carries the *action* is not asserted here: on bigfish the probe lifts
+    # only after ~1,000-3,000 steps, at a step that moves with the CPU's rounding (measured on
+    # an AVX512 EPYC, seed 0: probe 0.077 untrained, 0.073 at 600 steps); the ablation measures
+    # it (docs/results/stage1.md), and test_labels_in_stage1_lift... checks it with labels.
+    # Measured here (AMD EPYC with AVX512, float32, one thread, 4,096 windows): the gap was 8.7
+    # s.e. (seed 1) and 18.8 (seed 2) at 500 steps, 16.8 (seed 0) at 600; the test reads 8,192
+    # windows, so about 1.4x those. World-model MSE 0.0046-0.0049 against 0.119-0.159 untrained.
     cfg = dataclasses.replace(
-        preset("cpu"),
-        steps=600,
-        eval_every=600,
-        probe_every=600,
-        probe_test=4096,
+        config_preset(LAMConfig, "cpu"),
+        steps=500,
+        eval_every=500,
+        probe_every=0,
         precision="fp32",
         threads=1,
     )
     summary = train_lam(cfg, random_bigfish, tmp_path / "run", progress=False)
-    # the world model learns: test MSE well below the untrained model's
-    assert summary["test_wm_loss"] < 0.5 * summary["test_wm_loss_untrained"]
-    se = (0.1 * 0.9 / 4096) ** 0.5  # one standard error of an accuracy near 0.1 on 4,096
-    assert summary["probe_accuracy"] > summary["probe_untrained_accuracy"] + 3 * se
+    # the world model learns: its test MSE falls below a tenth of the untrained model's (~1/30)
+    assert summary["test_wm_loss"] < 0.1 * summary["test_wm_loss_untrained"], summary
+    model, _ = load_lam(tmp_path / "run")
+    own, shuffled = own_and_shuffled_errors(model.eval(), random_bigfish, 8192)
+    gap = shuffled - own  # (n,) paired per window
+    assert_margin("world model's error, another window's latent over its own", gap.mean(), 0.0,
+                  paired_se(gap))  # fmt: skip
 
 
 @pytest.mark.slow
@@ -356,6 +385,7 @@ REMEDIES = {
     "wm_differences": dict(idm_differences=True, idm_difference_scale=10.0, wm_differences=True),
     "wide_continuous": dict(quantizer=QuantizerConfig(kind="none", continuous_dim=512)),
     "action_everywhere": dict(wm_action_everywhere=True),
+    "residual": dict(wm_residual=True),
 }
 
 
@@ -640,3 +670,29 @@ def test_a_metrics_csv_with_fewer_columns_gets_the_new_header_on_resume(tmp_path
     rows = list(csv.DictReader(path.open()))
     assert [r["step"] for r in rows] == ["10", "20"]  # the row after the resume point redone
     assert rows[0]["head_acc"] is None and rows[1]["head_acc"] == "0.2"
+
+
+def test_variance_hinge_by_hand():
+    # columns (0, 2) and (1, 1): unbiased variances 2 and 0; floor 1.5 -> relu(-0.5) = 0 and
+    # relu(1.5) = 1.5, mean 0.75; the gradient pushes only the collapsed column apart
+    z = torch.tensor([[0.0, 1.0], [2.0, 1.0]], requires_grad=True)
+    loss = variance_hinge(z, 1.5)
+    assert loss.item() == pytest.approx(0.75)
+    loss.backward()
+    assert z.grad[:, 0].abs().sum() == 0  # above the floor: no push
+    assert variance_hinge(z, 0.0).item() == 0.0
+
+
+def test_embedding_target_follows_the_encoder_at_rate_tau():
+    # wm_target embedding: the target encoder moves tau of the way to the online one per step
+    cfg = LAMConfig(**{**TOY, "wm_target": "embedding", "wm_target_tau": 0.25})
+    wm = LatentActionModel(cfg).world_model
+    with torch.no_grad():
+        for p in wm.encoder.parameters():
+            p.add_(1.0)
+    before = [t.clone() for t in wm.target_encoder.parameters()]
+    wm.update_target(cfg.wm_target_tau)
+    for b, t, o in zip(
+        before, wm.target_encoder.parameters(), wm.encoder.parameters(), strict=True
+    ):
+        torch.testing.assert_close(t, b + 0.25 * (o - b))

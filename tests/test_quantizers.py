@@ -58,11 +58,11 @@ def test_eval_mode_freezes_codebook_and_codes_round_trip():
 
 
 def test_dead_code_restart_moves_unused_code_onto_batch_latent():
-    vq = tiny_vq(decay=0.5, dead_code_threshold=0.6)
+    vq = tiny_vq(decay=0.5, restart_unused_steps=1)
     vq.train()
-    z = torch.tensor([[0.1], [0.2], [0.3]])  # all nearest to code 0; code 1 decays to 0.5
+    z = torch.tensor([[0.1], [0.2], [0.3]])  # all nearest to code 0: code 1 unused for a step
     vq(z)
-    assert vq.ema_count[0, 1].item() == pytest.approx(0.6)
+    assert vq.steps_unused.tolist() == [[0, 0]]  # code 1 restarted, its count of idle steps too
     assert min(abs(vq.embedding[0, 1].item() - v) for v in (0.1, 0.2, 0.3)) < 1e-6
     # without restarts the unused code stays where it was
     plain = tiny_vq(decay=0.5)
@@ -75,6 +75,18 @@ def test_perplexity_by_hand():
     assert perplexity(torch.tensor([[0, 0, 0, 0]]), 4).item() == pytest.approx(1.0)
     assert perplexity(torch.tensor([[0, 1, 2, 3]]), 4).item() == pytest.approx(4.0)
     assert perplexity(torch.tensor([[0, 0, 1, 1]]), 4).item() == pytest.approx(2.0)
+
+
+def test_fsq_values_and_indices_by_hand():
+    # levels (3, 4), one group. 3 levels: tanh(x) rounded, so 0 -> 0, 2 -> 1, -0.3 -> 0, digit
+    # = value + 1. 4 levels (even): tanh(x + atanh(1/3)) * 1.5 - 0.5 rounded to {-2..1}, then
+    # (r + 0.5) / 1.5: 0 -> r 0 -> 1/3 (digit 2), 3 -> r 1 -> 1 (digit 3), -3 -> r -2 -> -1
+    # (digit 0). Index = digit0 + 3 * digit1.
+    fsq = make_quantizer(QuantizerConfig(kind="fsq", fsq_levels="3,4", fsq_groups=1))
+    out = fsq(torch.tensor([[0.0, 0.0], [2.0, 3.0], [-0.3, -3.0]]))
+    torch.testing.assert_close(out.z_q, torch.tensor([[0.0, 1 / 3], [1.0, 1.0], [0.0, -1.0]]))
+    assert out.indices.flatten().tolist() == [1 + 3 * 2, 2 + 3 * 3, 1 + 3 * 0]
+    assert out.stats["usage"].item() == pytest.approx(3 / 12)
 
 
 def test_fsq_levels_range_and_gradient():
@@ -134,17 +146,6 @@ def test_restart_fires_for_a_code_that_stops_being_used_at_decay_0999():
     assert moved_at == 200
 
 
-def test_legacy_threshold_restart_does_not_fire_within_a_cpu_run_at_decay_0999():
-    # the bug that restart_unused_steps fixes: a count near 16 uses per batch takes about
-    # ln(0.01 / 16) / ln(0.999) = 7,400 steps to decay below 0.01
-    vq, corners = four_code_vq(decay=0.999, dead_code_threshold=0.01)
-    for s in range(100):
-        vq(batch_near(corners, [0, 1, 2, 3], seed=s))
-    for s in range(3_000):
-        vq(batch_near(corners, [0, 1, 2], n=48, seed=1000 + s))
-    torch.testing.assert_close(vq.embedding[0, 3], corners[3], atol=0.1, rtol=0)
-
-
 def test_usage_reads_what_was_used_recently():
     vq, corners = four_code_vq(decay=0.999)  # no restarts: usage horizon 100 steps
     for s in range(50):
@@ -175,4 +176,17 @@ def test_reference_counts_start_at_zero_and_store_the_smoothed_counts():
 def test_state_dicts_from_before_steps_unused_still_load():
     vq = make_quantizer(QuantizerConfig())
     old = {k: v for k, v in vq.state_dict().items() if k != "steps_unused"}
-    make_quantizer(QuantizerConfig()).load_state_dict(old)
+    fresh = make_quantizer(QuantizerConfig())
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.embedding, vq.embedding)  # the codebook came over
+    assert int(fresh.steps_unused.sum()) == 0  # and the new counter starts at zero
+
+
+def test_a_saved_config_with_the_retired_threshold_off_loads_and_on_is_refused():
+    from lapo.config import config_from_dict
+    from lapo.errors import ConfigError
+
+    q = config_from_dict(QuantizerConfig, {"decay": 0.99, "dead_code_threshold": 0.0})
+    assert q.decay == 0.99
+    with pytest.raises(ConfigError, match="dead_code_threshold = 0.01 was removed"):
+        config_from_dict(QuantizerConfig, {"dead_code_threshold": 0.01}, "run/config.json")

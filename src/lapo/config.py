@@ -219,9 +219,6 @@ class QuantizerConfig(Config):
     reference_counts: bool = False
     """VQ: the reference code's counts: start at 0 and store the Laplace-smoothed counts each step
     (the paper's quantiser); otherwise counts start at 1 and are smoothed only when used."""
-    dead_code_threshold: float = setting(0.0, Range(0, 1_000_000))
-    """VQ (legacy): also restart codes whose EMA count is below this; with decay 0.999 a code
-    counted at 1 takes ~4,600 steps to fall below 0.01, so prefer restart_unused_steps."""
     fsq_levels: str = "8,5,5,5"
     """FSQ: levels per dimension of one group; the latent is split into groups of these."""
     fsq_groups: int = setting(4, Range(1, 4_096))
@@ -861,10 +858,31 @@ def config_from_dict(cls: type[T], values: dict, where: str = "") -> T:
         raise ConfigError(f"{where}: {e}") from None
 
 
+RETIRED: dict[str, dict[str, object]] = {
+    # the legacy restart on a low EMA count (restart_unused_steps replaced it): runs saved with
+    # it off still load
+    "QuantizerConfig": {"dead_code_threshold": 0.0},
+}
+"""Settings removed from a config class, with the value that made them inert: a saved config
+holding that value loads without them; any other value is refused (it shaped the run)."""
+
+
+def _drop_retired(cls: type, values: dict, where: str) -> dict:
+    retired = RETIRED.get(cls.__name__, {})
+    for k in set(values) & set(retired):
+        if values[k] != retired[k]:
+            raise ConfigError(
+                f"{where}: {cls.__name__} setting {k} = {values[k]!r} was removed from lapo (only "
+                f"{retired[k]!r} is accepted); use the lapo version that wrote this run"
+            )
+    return {k: v for k, v in values.items() if k not in retired}
+
+
 def _from_dict(cls: type[T], values: dict, where: str) -> T:
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a {cls.__name__} section, got {values!r:.60}")
+    values = _drop_retired(cls, values, where)
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigError(f"{where}: unknown {cls.__name__} setting(s) {', '.join(unknown)}")

@@ -277,7 +277,8 @@ def baseline_ppo(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     from lapo.envs import check_game
     from lapo.evaluation.episodes import evaluate_seeds
-    from lapo.evaluation.policies import demonstrator_return_of, load_policy
+    from lapo.evaluation.policies import load_policy
+    from lapo.runkinds import demonstrator_return_of
 
     cfg = command_config(args, config.EvalConfig)
     if args.env is None and str(args.policy) == "random":

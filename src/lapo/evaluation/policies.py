@@ -137,15 +137,6 @@ class NetworkPolicy:
         }
 
 
-def demonstrator_return_of(spec: str | Path) -> float | None:
-    """The mean return of the demonstrator whose data trained the policy folder ``spec``."""
-    path = Path(spec)
-    if not (path / "config.json").is_file():
-        return None
-    ret = read_json(path / "config.json").get("demonstrator_return")
-    return float(ret) if ret is not None else None
-
-
 def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Policy:
     """``"random"``, ``"demonstrator"`` or a policy folder; raises :class:`CheckpointError`."""
     if str(spec) == "random":

@@ -24,7 +24,6 @@ host synchronisation, at log steps only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -139,14 +138,10 @@ class EMAVectorQuantizer(nn.Module):
         self.ema_weight.mul_(cfg.decay).add_(dw, alpha=1 - cfg.decay)
         self.embedding.copy_(self.ema_weight / count.unsqueeze(-1))
         self.steps_unused.add_(1).masked_fill_(uses > 0, 0)
-        if cfg.restart_unused_steps <= 0 and cfg.dead_code_threshold <= 0:
+        if cfg.restart_unused_steps <= 0:
             return  # no restarts (the paper's quantiser): nothing to read back
 
-        dead = torch.zeros_like(uses, dtype=torch.bool)
-        if cfg.restart_unused_steps > 0:
-            dead |= self.steps_unused >= cfg.restart_unused_steps
-        if cfg.dead_code_threshold > 0:
-            dead |= self.ema_count < cfg.dead_code_threshold
+        dead = self.steps_unused >= cfg.restart_unused_steps
         if dead.any():  # the same answer on every rank: the statistics are global
             self._restart(distributed.gather(x, dim=1), dead)
 
@@ -155,7 +150,7 @@ class EMAVectorQuantizer(nn.Module):
         """Move each dead code ``dead`` ``(N, M)`` onto a random latent of ``x`` ``(N, n, D)``
         (the global batch's), its EMA statistics reset to one use of that latent per batch."""
         cfg = self.cfg
-        one = max(cfg.dead_code_threshold, 1.0 / cfg.num_entries)
+        one = 1.0 / cfg.num_entries
         for c in range(cfg.num_codebooks):
             d = dead[c].nonzero().squeeze(-1)
             if d.numel() == 0:
@@ -228,8 +223,3 @@ def make_quantizer(cfg: QuantizerConfig) -> nn.Module:
     """Build the bottleneck that ``cfg.kind`` names."""
     _ = cfg.latent_dim  # validates kind
     return {"ema_vq": EMAVectorQuantizer, "fsq": FSQ, "none": NoQuantizer}[cfg.kind](cfg)
-
-
-def entropy_bits(num_codebooks: int, latents: int, entries: int) -> float:
-    """Information capacity of one VQ latent action in bits."""
-    return num_codebooks * latents * math.log2(entries)
