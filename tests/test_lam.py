@@ -273,8 +273,9 @@ def random_bigfish(tmp_path_factory):
 
 def own_and_shuffled_errors(model: LatentActionModel, data, n: int) -> tuple[np.ndarray, ...]:
     """Per test window, the world model's MSE with the window's own latent and with another
-    window's (the batch rolled by one), on ``n`` test windows drawn by seed 0."""
+    window's (the batch rolled by one), on ``n`` test windows drawn by seed 0 (or all)."""
     ds = WindowDataset(data, "test", k=3)
+    n = min(n, len(ds.starts))
     starts = np.sort(np.random.default_rng(0).choice(ds.starts, n, replace=False))
     own, shuffled = [], []
     with torch.no_grad():

@@ -1,21 +1,30 @@
-"""The run harness: what every training loop does around its steps, done once.
+"""The run harness: what every iterative training loop does around its steps, done once.
 
 A run is a folder. :class:`Run` creates it (clearing temporaries a killed run left), sets
 torch's threads and device, saves the run's config as ``config.json``, resumes from
 ``checkpoint.safetensors`` (refusing settings a resumed run may not change), logs scalars to
 TensorBoard (``tb/``) and rows to ``metrics.csv``, shows a progress bar with rate and ETA,
-writes checkpoints atomically and closes everything on the way out, killed or not::
+writes checkpoints atomically and closes everything on the way out, killed or not. Stage 1
+(:func:`lapo.stages.lam.train_lam`) reads::
 
-    with Run(out, "lam", cfg, total=cfg.steps, columns=[...], resumable=cfg.resumable()) as run:
+    run = Run(out, "lam", cfg, columns=LAM_COLUMNS, total=cfg.steps, resumable=cfg.resumable())
+    with run:
+        model = run.prepare(LatentActionModel(cfg), "idm.encoder", "world_model")
+        optimizer = run.optimizer(torch.optim.Adam, model.parameters(), lr=cfg.learning_rate)
         start = run.resume(model, optimizer, rng)
+        run.write_config("lam", ...)
         for step in range(start, cfg.steps):
             ...
-            run.log(done, {"train/loss": loss})
+            run.scalars(done, {"train/wm_loss": ...})   # TensorBoard
+            run.row({"step": done, ...})                  # metrics.csv
             run.checkpoint(done, model, optimizer, rng)
+            run.advance()                                 # the progress bar
 
-Every run kind (stage 1, stage 2, decoders, baselines, PPO) uses this, so a run folder
-always holds ``config.json`` (with ``kind``), ``metrics.csv``, ``tb/`` and
-``checkpoint.safetensors``.
+The step-based loops use it: stage 1, stage 2 and baseline (a)'s and (b)'s BC
+(:mod:`lapo.stages.bc`), and every PPO run (:mod:`lapo.rl.ppo`: demonstrators, online decoding,
+baseline (c)); their folders hold ``config.json`` (with ``kind``), ``metrics.csv``, ``tb/`` and
+``checkpoint.safetensors``. Offline decoding and baseline (b)'s supervised IDM are short fits
+that write their results once (``decode.json``, the IDM's safetensors and JSON) without it.
 
 Started by ``torchrun`` (:mod:`lapo.distributed`), a run is data-parallel: the config's
 ``batch_size`` is the global batch, each rank trains on its slice (:meth:`Run.local`) and

@@ -12,13 +12,24 @@ from lapo.envs import normalized_return
 from lapo.report.charts import bc_curves, confusion_chart, fig_uri, returns_chart, stage1_curves
 from lapo.report.html import data_uri, img, machine, table, write_html
 
-# where each policy the demo evaluates used the K labels (the summary says so)
-LABELS_USED = {
-    "LAPO (decoded)": "the decoder only (stages 1 and 2 saw frames alone)",
-    "BC on the same labels": "the whole policy, trained on the K labelled windows alone",
-    "LAPO, labels in stage 1": "stage 1 (an action head beside the video loss) and the decoder",
-    "supervised IDM labels, then BC": "an IDM trained on them labels every frame for BC",
+# the policies the demo evaluates, in report order (the first two always, the others with
+# --compare-labels): name -> (the Demo attribute naming its folder, where it used the K labels)
+DEMO_POLICIES = {
+    "LAPO (decoded)": ("decoded", "the decoder only (stages 1 and 2 saw frames alone)"),
+    "BC on the same labels": (
+        "baseline",
+        "the whole policy, trained on the K labelled windows alone",
+    ),
+    "LAPO, labels in stage 1": (
+        "decoded_labels",
+        "stage 1 (an action head beside the video loss) and the decoder",
+    ),
+    "supervised IDM labels, then BC": (
+        "idm_bc",
+        "an IDM trained on them labels every frame for BC",
+    ),
 }
+LABELS_USED = {name: where for name, (_, where) in DEMO_POLICIES.items()}
 
 
 def _pair(r: dict) -> str:

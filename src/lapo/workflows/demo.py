@@ -49,7 +49,7 @@ from lapo.envs import check_game, normalized_return
 from lapo.evaluation.episodes import evaluate
 from lapo.evaluation.policies import load_policy
 from lapo.progress import EstimatedProgress
-from lapo.report.demo import write_demo_report
+from lapo.report.demo import DEMO_POLICIES, write_demo_report
 from lapo.report.latents import plot_lam
 from lapo.runkinds import lam_config_from_dict
 from lapo.stages.baselines import (
@@ -232,23 +232,14 @@ def stage_idm_bc(d: Demo) -> dict:
                          labels_from=d.decoded, progress=False)  # fmt: skip
 
 
-# evaluated policies: report name -> the Demo attribute of its folder; the first two always
-POLICIES = {
-    "LAPO (decoded)": "decoded",
-    "BC on the same labels": "baseline",
-    "LAPO, labels in stage 1": "decoded_labels",
-    "supervised IDM labels, then BC": "idm_bc",
-}
-
-
 def stage_evaluate(d: Demo) -> dict:
     # the demonstrator is evaluated first, on the same levels as the others: its return
     # there is the 1 of the random->demonstrator normalisation
     c = d.cfg
-    n = len(POLICIES) if c.compare_labels else 2
+    n = len(DEMO_POLICIES) if c.compare_labels else 2
     results: dict[str, dict] = {}
     demo_return = None
-    runs = [(name, str(getattr(d, attr))) for name, attr in POLICIES.items()]
+    runs = [(name, str(getattr(d, attr))) for name, (attr, _) in DEMO_POLICIES.items()]
     for name, spec in [("demonstrator", "demonstrator"), ("random", "random"), *runs[:n]]:
         policy = load_policy(spec, c.game, seed=c.seed)
         r = evaluate(
