@@ -746,3 +746,24 @@ def test_motion_options_that_would_do_nothing_are_refused():
     with pytest.raises(ConfigError, match="idm-differences"):
         LAMConfig(motion_compensate_idm=True)
 
+
+def test_probe_pair_reports_both_probes_on_the_same_windows(data, tmp_path, capsys):
+    from lapo.data.dataset import WindowDataset
+
+    run = tmp_path / "run"
+    train_lam(LAMConfig(steps=2, **TOY), data, run, progress=False)
+    args = ["lam", "probe", "--run", str(run), "--data", str(data), "--labels", "200",
+            "--test", "100", "--pair"]  # fmt: skip
+    assert main(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    pair = rep["pair"]
+    assert rep["n_test"] == pair["n_test"] == 100 and rep["n_train"] == pair["n_train"] == 200
+    # both label the four-frame window o[t-2..t+1] with a[t], the action at o[t]
+    train, test = WindowDataset(data, "train", k=4), WindowDataset(data, "test", k=4)
+    rng = np.random.default_rng(0)
+    rng.choice(train.starts, 200, replace=False)
+    actions = test.read(np.sort(rng.choice(test.starts, 100, replace=False)))["actions"]
+    rows = np.bincount(actions[:, 2], minlength=15)
+    assert np.array_equal(np.array(rep["confusion"]).sum(1), rows)
+    assert np.array_equal(np.array(pair["confusion"]).sum(1), rows)
+    assert 0 <= pair["accuracy"] <= 1 and "pair" not in pair
