@@ -212,3 +212,36 @@ def test_existing_out_needs_resume(small, capsys):
     assert "already exists and is not empty: pass --resume" in err and "another --out" in err
     assert err.count("\n") == 1
     assert snapshot(out) == snap
+
+
+def test_procgen_diagnostics_are_recorded_and_change_the_frames(tmp_path, capsys):
+    # coinrun: the velocity is painted in a corner and the level has background images
+    base = ["collect", "--env", "coinrun", "--policy", "random", "--frames", "96",
+            "--test-frames", "0", "--num-envs", "2", "--seed", "3", "--quiet"]  # fmt: skip
+    plain, both = tmp_path / "plain", tmp_path / "both"
+    assert main([*base, "--out", str(plain)]) == 0
+    assert main([*base, "--out", str(both), "--paint-velocity", "--no-background"]) == 0
+    capsys.readouterr()
+    m = json.loads((both / "manifest.json").read_text())
+    assert m["env"]["procgen_options"] == {"paint_vel_info": True, "use_backgrounds": False}
+    assert "procgen_options" not in json.loads((plain / "manifest.json").read_text())["env"]
+    a, b = chunk_arrays(plain, "train"), chunk_arrays(both, "train")
+    # the same levels and the same random actions, drawn differently
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x["actions"], y["actions"])
+        assert np.array_equal(x["level_seeds"], y["level_seeds"])
+    frames_a = np.concatenate([c["obs"] for c in a])
+    frames_b = np.concatenate([c["obs"] for c in b])
+    assert (frames_a != frames_b).any(axis=(1, 2, 3)).mean() > 0.9  # nearly every frame
+    # each option alone changes the frames too
+    for option in ("--paint-velocity", "--no-background"):
+        one = tmp_path / option.strip("-")
+        assert main([*base, "--out", str(one), option]) == 0
+        frames = np.concatenate([c["obs"] for c in chunk_arrays(one, "train")])
+        assert (frames != frames_a).any()
+    # a resume must ask for the same options: one line, exit 2, nothing written
+    snap = snapshot(both)
+    assert main([*base[:6], "192", *base[7:], "--out", str(both), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--paint-velocity / --no-background" in err
+    assert snapshot(both) == snap

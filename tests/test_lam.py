@@ -387,6 +387,16 @@ REMEDIES = {
     "wide_continuous": dict(quantizer=QuantizerConfig(kind="none", continuous_dim=512)),
     "action_everywhere": dict(wm_action_everywhere=True),
     "residual": dict(wm_residual=True),
+    "prev_latent": dict(wm_prev_latent=True),
+    "decorrelation": dict(latent_decorrelation=1.0),
+    "motion_compensation": dict(
+        changed_pixel_weight=30.0,
+        motion_compensation=True,
+        idm_differences=True,
+        idm_difference_scale=10.0,
+        motion_compensate_idm=True,
+    ),
+    "prev_latent_embedding": dict(wm_prev_latent=True, wm_target="embedding"),
 }
 
 
@@ -394,7 +404,8 @@ REMEDIES = {
 def test_each_remedy_trains_with_the_stated_shapes(name, data, tmp_path):
     cfg = LAMConfig(**{**TOY, "steps": 3, "probe_every": 0, "eval_every": 3, **REMEDIES[name]})
     model = LatentActionModel(cfg)
-    T = cfg.idm_lookahead + 2
+    P = cfg.previous_frames  # windows from o[t-2] where the previous latent is needed
+    T = P + cfg.idm_lookahead + 2
     frames = torch.rand(4, T, 3, 64, 64) - 0.5
     torch.manual_seed(0)
     loss, logs = lam_loss(model, frames, cfg)
@@ -402,10 +413,10 @@ def test_each_remedy_trains_with_the_stated_shapes(name, data, tmp_path):
     loss.backward()
     assert model.idm.encoder.fc.weight.grad.abs().sum() > 0
     with torch.no_grad():  # later stages see LAPO's three frames: (B, 3, 3, 64, 64) -> (B, A)
-        z, q = model.idm(frames[:, :3])
+        z, q = model.idm(frames[:, P : P + 3])
     assert z.shape == q.z_q.shape == (4, cfg.quantizer.latent_dim)
-    pred = model.predict(frames[:, :2], q.z_q)
-    assert pred.shape == ((4, 256) if name == "embedding" else (4, 3, 64, 64))
+    pred = model.predict(frames[:, P : P + 2], q.z_q)  # z[t-1] (wm_prev_latent): zeros
+    assert pred.shape == ((4, 256) if "embedding" in name else (4, 3, 64, 64))
     summary = train_lam(cfg, data, tmp_path / name, progress=False)
     assert summary["steps"] == 3 and np.isfinite(summary["test_wm_loss"])
 
@@ -697,3 +708,119 @@ def test_embedding_target_follows_the_encoder_at_rate_tau():
         before, wm.target_encoder.parameters(), wm.encoder.parameters(), strict=True
     ):
         torch.testing.assert_close(t, b + 0.25 * (o - b))
+
+
+def test_the_previous_latent_reaches_the_world_model_without_gradient_into_the_idm():
+    cfg = LAMConfig(**{**TOY, "wm_prev_latent": True})
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg)
+    A = cfg.quantizer.latent_dim
+    frames = torch.rand(4, 4, 3, 64, 64) - 0.5  # o[t-2], o[t-1], o[t], o[t+1]
+    seen = []
+    real_forward = model.world_model.forward
+
+    def spy(context, latents):  # the world model's latent input (B, 2A): (z[t], z[t-1])
+        seen.append(latents)
+        return real_forward(context, latents)
+
+    model.world_model.forward = spy
+    lam_loss(model, frames, cfg)
+    latents = seen[-1]
+    assert latents.shape == (4, 2 * A)
+    with torch.no_grad():  # the second half is z[t-1], the IDM's latent of o[t-2], o[t-1], o[t]
+        _, q_prev = model.idm(frames[:, :3])
+    torch.testing.assert_close(latents[:, A:], q_prev.z_q)
+
+    def idm_gradient(half: slice) -> torch.Tensor:
+        """The IDM's gradient of a loss that reads only one half of the world model's input."""
+        model.zero_grad()
+        lam_loss(model, frames, cfg)
+        seen[-1][:, half].pow(2).sum().backward()
+        grad = model.idm.encoder.fc.weight.grad
+        return torch.zeros(()) if grad is None else grad.abs().sum()
+
+    assert idm_gradient(slice(0, A)) > 0  # z[t]: the IDM learns through it
+    assert idm_gradient(slice(A, 2 * A)) == 0  # z[t-1]: stop-gradient
+
+
+def test_the_previous_latent_leaves_the_codebook_as_it_is():
+    cfg = LAMConfig(**{**TOY, "wm_prev_latent": True})
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg)  # training mode: the codebook's EMA moves with each z[t]
+    frames = torch.rand(4, 4, 3, 64, 64) - 0.5
+    before = {k: v.clone() for k, v in model.idm.quantizer.state_dict().items()}
+    model.previous_latent(frames[:, :3])
+    after = model.idm.quantizer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.idm.quantizer.training  # its mode is restored
+
+
+def test_latent_decorrelation_is_the_mean_squared_cross_correlation_by_hand():
+    from lapo.stages.lam import latent_decorrelation_loss
+
+    torch.manual_seed(0)
+    z, other = torch.randn(256, 6), torch.randn(256, 6)
+    corr = torch.corrcoef(torch.cat([z, other], 1).T)[:6, 6:]  # (6, 6): z_i against other_j
+    expected = corr.pow(2).mean()
+    assert latent_decorrelation_loss(z, other).item() == pytest.approx(expected.item(), rel=1e-4)
+    # a latent that repeats the previous one, dimension by dimension: each of the A diagonal
+    # pairs correlates fully, so at least 1/A
+    assert latent_decorrelation_loss(z, 3 * z + 1).item() >= 1 / 6 - 1e-4
+
+
+def test_loss_with_the_previous_latent_and_motion_options_is_the_sum_of_its_named_terms():
+    from lapo.models.motion import compensated_difference
+    from lapo.stages.lam import latent_decorrelation_loss
+
+    cfg = LAMConfig(**TOY, changed_pixel_weight=4.0, motion_compensation=True,
+                    wm_prev_latent=True, latent_decorrelation=0.5)  # fmt: skip
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).eval()  # eval: the codebook stays put between the calls
+    frames = torch.rand(4, 4, 3, 64, 64) - 0.5
+    frames[:, 3] = torch.roll(frames[:, 2], (2, -3), dims=(-2, -1))  # the camera moves
+    frames[:, 3, :, 10:14, 20:24] = 0.4  # and a sprite appears
+    loss, logs = lam_loss(model, frames, cfg)
+    with torch.no_grad():
+        z_prev, q_prev = model.idm(frames[:, :3])
+        z, q = model.idm(frames[:, 1:])
+        err = model.prediction_error(frames[:, 1:3], frames[:, 3], q.z_q, q_prev.z_q)
+        changed = compensated_difference(frames[:, 2], frames[:, 3]).abs().amax(1, keepdim=True)
+        # against the shift only the sprite's 4x4 pixels changed
+        assert ((changed > 0).sum((1, 2, 3)) == 16).all()
+        prediction = (err * (1 + 4.0 * (changed > 0).float())).mean()
+        shared = latent_decorrelation_loss(z, z_prev)
+    assert shared > 0 and logs["latent_decorrelation_loss"] == shared
+    expected = prediction + q.loss + 0.5 * shared
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert logs["wm_loss"].item() == pytest.approx(err.mean().item(), rel=1e-6)
+
+
+def test_motion_options_that_would_do_nothing_are_refused():
+    from lapo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="changed-pixel-weight"):
+        LAMConfig(motion_compensation=True)
+    with pytest.raises(ConfigError, match="idm-differences"):
+        LAMConfig(motion_compensate_idm=True)
+
+
+def test_probe_pair_reports_both_probes_on_the_same_windows(data, tmp_path, capsys):
+    from lapo.data.dataset import WindowDataset
+
+    run = tmp_path / "run"
+    train_lam(LAMConfig(steps=2, **TOY), data, run, progress=False)
+    args = ["lam", "probe", "--run", str(run), "--data", str(data), "--labels", "200",
+            "--test", "100", "--pair"]  # fmt: skip
+    assert main(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    pair = rep["pair"]
+    assert rep["n_test"] == pair["n_test"] == 100 and rep["n_train"] == pair["n_train"] == 200
+    # both label the four-frame window o[t-2..t+1] with a[t], the action at o[t]
+    train, test = WindowDataset(data, "train", k=4), WindowDataset(data, "test", k=4)
+    rng = np.random.default_rng(0)
+    rng.choice(train.starts, 200, replace=False)
+    actions = test.read(np.sort(rng.choice(test.starts, 100, replace=False)))["actions"]
+    rows = np.bincount(actions[:, 2], minlength=15)
+    assert np.array_equal(np.array(rep["confusion"]).sum(1), rows)
+    assert np.array_equal(np.array(pair["confusion"]).sum(1), rows)
+    assert 0 <= pair["accuracy"] <= 1 and "pair" not in pair

@@ -70,3 +70,45 @@ def test_action_everywhere_reaches_every_up_block_and_the_head():
     # without the option the parameters are LAPO's, so older checkpoints still load
     plain = WorldModel(action_dim=8, context_frames=2, base=4).state_dict()
     assert "head.0.weight" in plain and not any(k.startswith("up_shift") for k in plain)
+
+
+def test_idm_differences_against_the_global_shift_vanish_for_a_rolled_frame():
+    from lapo.models.idm import stack_frames
+
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 64, 64) - 0.5
+    b = torch.roll(a, (3, -5), dims=(-2, -1))
+    c = torch.roll(b, (0, 2), dims=(-2, -1))
+    frames = torch.stack([a, b, c], 1)  # (2, 3, 3, 64, 64): the camera moves, nothing else
+    plain = stack_frames(frames, differences=True, difference_scale=10.0)
+    moved = stack_frames(frames, differences=True, difference_scale=10.0, compensate=True)
+    assert plain.shape == moved.shape == (2, 15, 64, 64)
+    assert torch.equal(moved[:, :9], plain[:, :9])  # the frames themselves
+    assert plain[:, 9:].abs().amax() > 1 and torch.equal(moved[:, 9:], torch.zeros(2, 6, 64, 64))
+    # the IDM built with motion_compensate_idm sees the compensated differences
+    from lapo.config import LAMConfig
+    from lapo.models.idm import build_idm
+
+    cfg = LAMConfig(idm_width=1, idm_differences=True, motion_compensate_idm=True)
+    assert build_idm(cfg).compensate and not build_idm(LAMConfig(idm_width=1)).compensate
+
+
+def test_a_world_model_with_the_previous_latent_takes_both_and_zeros_for_none():
+    from lapo.config import LAMConfig
+    from lapo.models.lam import LatentActionModel
+
+    q = QuantizerConfig(num_codebooks=1, latents_per_codebook=2, code_dim=4, num_entries=8)
+    torch.manual_seed(0)
+    model = LatentActionModel(LAMConfig(idm_width=1, wm_base=4, quantizer=q, wm_prev_latent=True))
+    assert model.world_model.down[0].conv.weight.shape[1] == 6 + 2 * 8  # frames + (z[t], z[t-1])
+    model.eval()
+    context, z, z_prev = torch.rand(2, 2, 3, 64, 64) - 0.5, torch.randn(2, 8), torch.randn(2, 8)
+    with torch.no_grad():
+        pred = model.predict(context, z, z_prev)
+        assert pred.shape == (2, 3, 64, 64)
+        assert not torch.allclose(pred, model.predict(context, z, z_prev + 1.0))
+        assert torch.equal(model.predict(context, z), model.predict(context, z, 0 * z_prev))
+    # a world model without the option ignores a previous latent
+    plain = LatentActionModel(LAMConfig(idm_width=1, wm_base=4, quantizer=q)).eval()
+    with torch.no_grad():
+        assert torch.equal(plain.predict(context, z, z_prev), plain.predict(context, z))

@@ -292,3 +292,29 @@ def test_plot_on_action_free_data_draws_clusters(run, plain, tmp_path, capsys):
     # without actions the latent map's colours are the clusters: --clusters 0 cannot be
     assert main(args + ["--clusters", "0"]) == 2
     assert "has no actions" in one_line(capsys)
+
+
+def test_a_world_model_with_the_previous_latent_gets_the_last_move_played(data):
+    cfg = LAMConfig(**{**TOY, "wm_prev_latent": True})
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).eval()
+    starts = WindowDataset(data, "test", k=2).sample(4, np.random.default_rng(0))["obs"]
+    buttons = [Button(f"e{i}", 4 * torch.eye(8)[i], [], 1, 0.0) for i in range(8)]
+    session = PlaySession(model, starts, buttons, {})
+
+    def expected(previous: torch.Tensor) -> torch.Tensor:  # (A,) -> (8, 3, 64, 64)
+        context = torch.stack(session.frames[-2:])[None].expand(8, -1, -1, -1, -1)
+        with torch.no_grad():
+            return model.predict(context, session.latents, previous.expand(8, -1))
+
+    # the start is a real frame pair: no move played, so zeros for z[t-1]
+    torch.testing.assert_close(session.preview, expected(torch.zeros(8)).clamp(-0.5, 0.5))
+    session.step(3)
+    torch.testing.assert_close(session.preview, expected(buttons[3].latent).clamp(-0.5, 0.5))
+    assert not torch.allclose(expected(buttons[3].latent), expected(torch.zeros(8)))
+    session.step(5)
+    torch.testing.assert_close(session.preview, expected(buttons[5].latent).clamp(-0.5, 0.5))
+    session.undo()
+    torch.testing.assert_close(session.preview, expected(buttons[3].latent).clamp(-0.5, 0.5))
+    session.reset()
+    assert session.played == []

@@ -323,6 +323,23 @@ class LAMConfig(FastPath):
     latent_var_floor: float = setting(0.0, Range(0, 1_000))
     """Hinge that keeps each latent dimension's batch variance above this floor (before the
     bottleneck), so the latent cannot collapse to a constant; 0 = off (LAPO)."""
+    wm_prev_latent: bool = False
+    """The world model also gets the previous step's quantised latent z[t-1] (the IDM on o[t-2],
+    o[t-1], o[t], without gradient) beside z[t], so z[t] need only carry what changed: the agent
+    keeps most of its velocity from step to step. Windows grow by o[t-2]; later stages and the
+    probe use z[t] alone. Not yet measured."""
+    latent_decorrelation: float = setting(0.0, WEIGHT)
+    """Weight of a penalty on what z[t] shares with z[t-1] (the IDM on o[t-2], o[t-1], o[t],
+    without gradient): the mean squared cross-correlation of their batch-standardised dimensions.
+    Random-play actions are independent from step to step, velocities are not. Windows grow by
+    o[t-2]; 0 = off. Not yet measured."""
+    motion_compensation: bool = False
+    """Changed pixels (changed_pixel_weight) are measured against the global shift between o[t]
+    and o[t+1] (phase correlation): |o[t+1] - shift(o[t])|, so a camera that follows the agent
+    does not mark the whole frame as changed. Not yet measured."""
+    motion_compensate_idm: bool = False
+    """The IDM's frame differences (idm_differences) are taken against the global shift between
+    each pair of frames too, in every stage that uses the IDM. Not yet measured."""
     quantizer: QuantizerConfig = setting(factory=QuantizerConfig)
     learning_rate: float = setting(3e-4, LEARNING_RATE)
     """Peak Adam learning rate."""
@@ -375,10 +392,25 @@ class LAMConfig(FastPath):
     device: str = setting("auto", resumable=True)
     """cpu, cuda or auto (under torchrun: each process's own GPU)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.motion_compensation and self.changed_pixel_weight == 0:
+            raise FieldError("motion_compensation", "needs --changed-pixel-weight above 0: it "
+                             "changes which pixels that weight counts as changed")  # fmt: skip
+        if self.motion_compensate_idm and not self.idm_differences:
+            raise FieldError("motion_compensate_idm", "needs --idm-differences: it changes the "
+                             "frame differences the IDM sees")  # fmt: skip
+
     @property
     def uses_labels(self) -> bool:
         """Stage 1 with a few action labels (``labels`` or ``labels_from`` given)."""
         return bool(self.labels or self.labels_from)
+
+    @property
+    def previous_frames(self) -> int:
+        """1 when training windows also hold o[t-2] for the previous latent z[t-1]
+        (``wm_prev_latent``, ``latent_decorrelation``), else 0."""
+        return int(self.wm_prev_latent or self.latent_decorrelation > 0)
 
     def resumable(self) -> tuple[str, ...]:
         """The fields marked ``resumable``, and the label settings when stage 1 uses no labels,

@@ -50,6 +50,8 @@ def collect(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.quiet,
         created_by=_invocation(args, "collect"),
+        paint_velocity=args.paint_velocity,
+        backgrounds=not args.no_background,
         **opts,
     )
     if summary["already_complete"]:
@@ -185,7 +187,9 @@ def lam_probe(args: argparse.Namespace) -> None:
             raise UserError(f"--labels must be at least 1, got {args.labels}")
         labels, test, epochs = args.labels, args.test, None
     run, data = Path(args.run), Path(args.data)
-    report = probe_lam(run, data, labels, test, args.seed, epochs=epochs, target=target)
+    report = probe_lam(
+        run, data, labels, test, args.seed, epochs=epochs, target=target, pair=args.pair
+    )
     print(json.dumps(report))
 
 

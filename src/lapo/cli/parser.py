@@ -79,7 +79,12 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
       _opt("--num-envs", "environments stepped together", type=int, default=16),
       _opt("--seed", "seed of environments and policy", type=int, default=0),
       _opt("--chunk-frames", "frames per chunk (one env's stretch)", type=int, default=4096),
-      _opt("--resume", "continue the dataset in --out", action="store_true"), QUIET], []),
+      _opt("--resume", "continue the dataset in --out", action="store_true"),
+      _opt("--paint-velocity", "diagnostic: Procgen paints the agent's velocity as grey squares "
+           "in a corner (paint_vel_info; not in chaser, heist, maze, miner, plunder); recorded in "
+           "the manifest", action="store_true"),
+      _opt("--no-background", "diagnostic: Procgen draws no background images "
+           "(use_backgrounds=False); recorded in the manifest", action="store_true"), QUIET], []),
     ("data import-lapo", "convert the reference LAPO .npz data to a dataset", cmd.data_import_lapo,
      [("src", {"metavar": "SRC", "help": "SRC/GAME/{train,test}/N.npz or GAME/{train,test}"}),
       ("dst", {"metavar": "DST", "help": "new dataset folder"}),
@@ -127,6 +132,9 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
            "previous (a[t-1]: a latent that carries velocity predicts it too) or next (a[t+1]: "
            "not visible in the window, so chance)", default="current",
            choices=["previous", "current", "next"]),
+      _opt("--pair", "windows of four frames o[t-2]..o[t+1]: beside the probe of z[t], a probe "
+           "of the pair (z[t-1], z[t]) for the same action ('pair' in the JSON)",
+           action="store_true"),
       _opt("--threads", "torch CPU threads; 0 = all cores", type=int, default=0)], []),
     ("lam plot", "UMAP of latents, what each cluster of latents does, world-model predictions, "
      "rollout GIF", cmd.lam_plot,

@@ -5,6 +5,12 @@ reaches ``chunk_frames`` frames, and the remainders when the frame budget is spe
 dataset holds exactly the requested number of frames. Train and test come from disjoint
 level ranges (``SPLIT_START_LEVEL``). A killed collection leaves a valid dataset of the
 chunks committed so far; ``resume=True`` continues it to the target.
+
+Two of Procgen's rendering options serve as diagnostics of stage 1, for measurement only
+(../shared/LATENT_ACTION_RESEARCH.md): ``paint_velocity`` (Procgen's ``paint_vel_info``: the
+agent's velocity painted as grey squares in a corner) and ``backgrounds=False``
+(``use_backgrounds=False``: no background images). Either one is recorded in the manifest's
+``env.procgen_options``, and a resume must ask for the same.
 """
 
 from __future__ import annotations
@@ -168,9 +174,23 @@ def _check_sizes(frames: int, test_frames: int | None, num_envs: int, chunk_fram
     return test_frames
 
 
-def _resumed_manifest(out: Path, game: str, policy: dict) -> tuple[dict, list[str]]:
+def procgen_options(paint_velocity: bool, backgrounds: bool) -> dict[str, bool]:
+    """The Procgen options that differ from its defaults, by Procgen's names: what a dataset's
+    manifest records as ``env.procgen_options`` (none for plain collection)."""
+    options = {}
+    if paint_velocity:
+        options["paint_vel_info"] = True
+    if not backgrounds:
+        options["use_backgrounds"] = False
+    return options
+
+
+def _resumed_manifest(
+    out: Path, game: str, policy: dict, options: dict[str, bool]
+) -> tuple[dict, list[str]]:
     """The manifest of the dataset ``out`` to resume, brought in line with its chunks, and
-    what that changed; refuses another game or policy (``policy``: its description)."""
+    what that changed; refuses another game, policy (``policy``: its description) or Procgen
+    options (``options``: :func:`procgen_options`)."""
     if not (out / MANIFEST).is_file():
         raise DatasetError(
             f"{out} has no {MANIFEST}, so it is not a dataset collect can resume; "
@@ -187,20 +207,37 @@ def _resumed_manifest(out: Path, game: str, policy: dict) -> tuple[dict, list[st
             f"{out} was collected with policy {manifest.get('policy')}, not "
             f"{policy}: resume with the same --policy, or choose another --out"
         )
+    recorded = manifest["env"].get("procgen_options", {})
+    if recorded != options:
+        raise DatasetError(
+            f"{out} was collected with Procgen options {recorded or 'none'}, not "
+            f"{options or 'none'}: resume with the same --paint-velocity / --no-background, or "
+            "choose another --out"
+        )
     return manifest, _rescan(out, manifest)
 
 
 def _fresh_manifest(
-    game: str, policy: dict, num_envs: int, chunk_frames: int, seed: int, mode: str, by: dict
+    game: str,
+    policy: dict,
+    num_envs: int,
+    chunk_frames: int,
+    seed: int,
+    mode: str,
+    by: dict,
+    options: dict[str, bool],
 ) -> dict:
-    """A new dataset's manifest: the env settings of both splits, no chunks yet."""
-    env_desc = {
+    """A new dataset's manifest: the env settings of both splits (and any Procgen
+    ``options``), no chunks yet."""
+    env_desc: dict[str, Any] = {
         "distribution_mode": mode,
         "num_envs": num_envs,
         "splits": {
             s: {"start_level": SPLIT_START_LEVEL[s], "num_levels": LEVELS_PER_SPLIT} for s in SPLITS
         },
     }
+    if options:
+        env_desc["procgen_options"] = options
     return new_manifest(game, env_desc, policy, True, chunk_frames, seed, by)
 
 
@@ -214,8 +251,10 @@ def _record(
     mode: str,
     chunk_frames: int,
     progress: bool,
+    options: dict[str, bool],
 ) -> None:
-    """Record ``todo[split]`` more frames of each split, each with its own seed."""
+    """Record ``todo[split]`` more frames of each split, each with its own seed (``options``:
+    Procgen's own, :func:`procgen_options`)."""
     from tqdm import tqdm
 
     from lapo.evaluation.policies import load_policy
@@ -242,6 +281,7 @@ def _record(
                 num_levels=LEVELS_PER_SPLIT,
                 start_level=SPLIT_START_LEVEL[split],
                 seed=split_seed,
+                **options,
             )
             _collect_split(writer, split, todo[split], env, pol, chunk_frames, bar)
     finally:
@@ -261,18 +301,23 @@ def collect(
     progress: bool = True,
     distribution_mode: str = "easy",
     created_by: dict | None = None,
+    paint_velocity: bool = False,
+    backgrounds: bool = True,
 ) -> dict[str, Any]:
     """Record ``policy`` (``"random"`` or a demonstrator folder) playing ``game`` into ``out``.
 
     Collects ``frames`` train frames and ``test_frames`` test frames (default 10% of
     ``frames``). Refuses a non-empty ``out`` unless ``resume``, which continues a dataset to
-    the targets. Returns a JSON-able summary (frames, mean return, bytes per frame, seconds).
-    Raises :class:`DatasetError` / ``EnvError`` / ``CheckpointError`` with what to do.
+    the targets. ``paint_velocity`` and ``backgrounds=False``: Procgen's diagnostics (see the
+    module doc), for measurement only. Returns a JSON-able summary (frames, mean return, bytes
+    per frame, seconds). Raises :class:`DatasetError` / ``EnvError`` / ``CheckpointError`` with
+    what to do.
     """
     from lapo.evaluation.policies import load_policy
 
     check_game(game)
     test_frames = _check_sizes(frames, test_frames, num_envs, chunk_frames)
+    options = procgen_options(paint_velocity, backgrounds)
     out = Path(out)
     t0 = time.time()
     created_by = created_by or {
@@ -286,6 +331,8 @@ def collect(
             "seed": seed,
             "chunk_frames": chunk_frames,
             "distribution_mode": distribution_mode,
+            "paint_velocity": paint_velocity,
+            "backgrounds": backgrounds,
         },
     }
     exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
@@ -298,11 +345,11 @@ def collect(
     described = load_policy(policy, game, seed).describe()
     changes: list[str] = []
     if exists:
-        manifest, changes = _resumed_manifest(out, game, described)
+        manifest, changes = _resumed_manifest(out, game, described, options)
         manifest.setdefault("resumed_by", []).append(created_by)
     else:
         manifest = _fresh_manifest(
-            game, described, num_envs, chunk_frames, seed, distribution_mode, created_by
+            game, described, num_envs, chunk_frames, seed, distribution_mode, created_by, options
         )
     target = {"train": frames, "test": test_frames}
     todo = {s: max(0, target[s] - manifest["splits"][s]["frames"]) for s in SPLITS}
@@ -310,7 +357,7 @@ def collect(
     if sum(todo.values()):
         out.mkdir(parents=True, exist_ok=True)
         writer.write_manifest()
-        args = (game, policy, seed, num_envs, distribution_mode, chunk_frames, progress)
+        args = (game, policy, seed, num_envs, distribution_mode, chunk_frames, progress, options)
         _record(writer, todo, *args)
     elif changes:
         writer.write_manifest()

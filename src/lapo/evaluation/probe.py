@@ -5,7 +5,8 @@ actions on labelled train windows and scored on test windows. Accuracy alone fla
 model on games where one action dominates, so we also report balanced accuracy (mean
 per-class recall), the majority-class accuracy and chance (1/15), and the confusion matrix.
 :func:`probe_windows` probes a stage-1 model's IDM on windows and, where stage 1 was trained
-with labels, scores its action head beside the probe (:func:`head_report`).
+with labels, scores its action head beside the probe (:func:`head_report`); with ``pair`` it
+also probes the pair ``(z[t-1], z[t])`` of consecutive latents.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def probe_windows(
     seed: int = 0,
     epochs: int = 30,
     target: int = 1,
+    pair: bool = False,
 ) -> dict:
     """Fit the probe on the IDM latents of ``train`` windows and score it on ``test`` windows.
 
@@ -113,19 +115,27 @@ def probe_windows(
     (the one that led to ``o[t+1]``): the middle frame's action, ``target=1``; ``target=0``
     labels it with ``a[t-1]`` (a latent that carries the agent's velocity predicts that one
     too), ``2`` with ``a[t+1]`` (not in the window: chance).
+
+    With ``pair`` the windows are ``o[t-2] .. o[t+1]`` (``obs`` ``(N, 4, 64, 64, 3)``,
+    ``actions`` ``(N, 4)``): the report is the probe of ``z[t]`` (of the last three frames) as
+    above, and under ``"pair"`` that of a second probe fit on ``(z[t-1], z[t])`` concatenated
+    ``(N, 2A)``, ``z[t-1]`` from the first three frames, for the same action. Where ``z[t]``
+    carries the displacement (about ``a[t-1]``) the pair can tell the change.
     """
-    ztr, _ = encode_windows(model, train["obs"], device)
-    zte, _ = encode_windows(model, test["obs"], device)
-    report = fit_probe(
-        ztr,
-        torch.from_numpy(train["actions"][:, target]),
-        zte,
-        torch.from_numpy(test["actions"][:, target]),
-        seed=seed,
-        epochs=epochs,
-    )
+    first = int(pair)  # the window's o[t-1]
+    ztr, _ = encode_windows(model, train["obs"][:, first:], device)
+    zte, _ = encode_windows(model, test["obs"][:, first:], device)
+    ytr = torch.from_numpy(train["actions"][:, first + target])
+    yte = torch.from_numpy(test["actions"][:, first + target])
+    report = fit_probe(ztr, ytr, zte, yte, seed=seed, epochs=epochs)
     if model.action_head is not None and target == 1:
-        report.update(head_report(model, zte, test["actions"][:, 1]))
+        report.update(head_report(model, zte, test["actions"][:, first + 1]))
+    if pair:
+        ptr, _ = encode_windows(model, train["obs"][:, :3], device)  # z[t-1]
+        pte, _ = encode_windows(model, test["obs"][:, :3], device)
+        both = fit_probe(torch.cat([ptr, ztr], 1), ytr, torch.cat([pte, zte], 1), yte, seed=seed,
+                         epochs=epochs)  # fmt: skip
+        report["pair"] = both
     return report
 
 

@@ -12,17 +12,30 @@ from torch import nn
 from lapo.config import LAMConfig, QuantizerConfig
 from lapo.models.frames import frames_to_float
 from lapo.models.impala import ImpalaCNN
+from lapo.models.motion import compensated_difference
 from lapo.models.quantizers import QuantizerOutput, make_quantizer
 
 
 def stack_frames(
-    frames: torch.Tensor, differences: bool = False, difference_scale: float = 1.0
+    frames: torch.Tensor,
+    differences: bool = False,
+    difference_scale: float = 1.0,
+    compensate: bool = False,
 ) -> torch.Tensor:
     """``(B, T, 3, H, W)`` -> ``(B, 3T, H, W)``, or with ``differences``
     ``(B, 3(2T - 1), H, W)``: the frames, then ``difference_scale x (o[i+1] - o[i])`` for each
-    consecutive pair."""
+    consecutive pair; with ``compensate``, ``o[i+1] - shift(o[i])`` against the pair's global
+    shift (:func:`lapo.models.motion.compensated_difference`)."""
     if differences:
-        diffs = frames[:, 1:] - frames[:, :-1]
+        if compensate:
+            B, T = frames.shape[:2]
+            pairs = compensated_difference(
+                rearrange(frames[:, :-1], "b t c h w -> (b t) c h w"),
+                rearrange(frames[:, 1:], "b t c h w -> (b t) c h w"),
+            )  # (B(T-1), 3, H, W)
+            diffs = rearrange(pairs, "(b t) c h w -> b t c h w", b=B, t=T - 1)
+        else:
+            diffs = frames[:, 1:] - frames[:, :-1]
         if difference_scale != 1.0:
             diffs = diffs * difference_scale
         frames = torch.cat([frames, diffs], 1)
@@ -38,7 +51,8 @@ class IDM(nn.Module):
 
     With ``differences`` the encoder also sees the T - 1 frame differences
     ``o[i+1] - o[i]`` stacked after the frames: moving sprites stand out from the first layer.
-    They are sparse and small next to the frames; ``difference_scale`` amplifies them.
+    They are sparse and small next to the frames; ``difference_scale`` amplifies them. With
+    ``compensate`` they are taken against each pair's global shift (the camera's move).
     """
 
     def __init__(
@@ -49,10 +63,12 @@ class IDM(nn.Module):
         features: int = 256,
         differences: bool = False,
         difference_scale: float = 1.0,
+        compensate: bool = False,
     ) -> None:
         super().__init__()
         self.differences = differences
         self.difference_scale = difference_scale
+        self.compensate = compensate
         images = 2 * frames - 1 if differences else frames
         self.encoder = ImpalaCNN(in_channels=3 * images, width=width, out_features=features)
         self.head = nn.Linear(features, quantizer.latent_dim)
@@ -61,7 +77,7 @@ class IDM(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         x = stack_frames(
-            frames, self.differences, self.difference_scale
+            frames, self.differences, self.difference_scale, self.compensate
         )  # (B, 3T or 3(2T-1), 64, 64)
         z = self.head(self.encoder(x))  # (B, A)
         return z, self.quantizer(z)
@@ -75,6 +91,7 @@ def build_idm(cfg: LAMConfig) -> IDM:
         width=cfg.idm_width,
         differences=cfg.idm_differences,
         difference_scale=cfg.idm_difference_scale,
+        compensate=cfg.motion_compensate_idm,
     )
 
 

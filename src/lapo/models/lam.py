@@ -1,7 +1,8 @@
 """The latent action model (LAM) of stage 1: the latent IDM and the world model, trained together.
 
 From a window ``o[t-1], o[t], o[t+1]`` the IDM infers a latent action ``z[t]``; the world
-model predicts ``o[t+1]`` (or its embedding) from ``o[t-1], o[t]`` and the quantised latent.
+model predicts ``o[t+1]`` (or its embedding) from ``o[t-1], o[t]`` and the quantised latent
+(with ``wm_prev_latent``, also the previous step's, ``z[t-1]``).
 :func:`idm_input` and :func:`wm_context` are what each network sees in training, with stage
 1's augmentations; evaluation shows them the plain window.
 """
@@ -35,11 +36,14 @@ class LatentActionModel(nn.Module):
         # with wm_differences the context gains a third image, the amplified o[t] - o[t-1]
         self.wm_difference_scale = cfg.idm_difference_scale if cfg.wm_differences else 0.0
         context = 3 if cfg.wm_differences else 2
+        # with wm_prev_latent the world model's latent input is (z[t], z[t-1]) concatenated
+        self.wm_prev_latent = cfg.wm_prev_latent
+        latents = cfg.quantizer.latent_dim * (2 if cfg.wm_prev_latent else 1)
         if cfg.wm_target == "embedding":
-            self.world_model = EmbeddingWorldModel(cfg.quantizer.latent_dim, context, cfg.idm_width)
+            self.world_model = EmbeddingWorldModel(latents, context, cfg.idm_width)
         else:
             self.world_model = WorldModel(
-                cfg.quantizer.latent_dim,
+                latents,
                 context,
                 base=cfg.wm_base,
                 residual=cfg.wm_residual,
@@ -50,23 +54,61 @@ class LatentActionModel(nn.Module):
     def predicts_pixels(self) -> bool:
         return isinstance(self.world_model, WorldModel)
 
-    def predict(self, context: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+    def predict(
+        self, context: torch.Tensor, z_q: torch.Tensor, z_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The world model's prediction from ``o[t-1], o[t]`` ``(B, 2, 3, 64, 64)`` and the
-        latent ``(B, A)``: ``o[t+1]`` ``(B, 3, 64, 64)``, or its embedding ``(B, F)``."""
+        latent ``(B, A)``: ``o[t+1]`` ``(B, 3, 64, 64)``, or its embedding ``(B, F)``.
+
+        ``z_prev`` ``(B, A)``: the previous step's quantised latent, which a world model built
+        with ``wm_prev_latent`` receives beside ``z_q`` (zeros where there is none: the first
+        step of a rollout or of play); ignored by one built without."""
         if self.wm_difference_scale:
             diff = (context[:, 1] - context[:, 0]) * self.wm_difference_scale
             context = torch.cat([diff[:, None], context], 1)  # (B, 3, 3, 64, 64), o[t] last
+        if self.wm_prev_latent:
+            z_prev = torch.zeros_like(z_q) if z_prev is None else z_prev.to(z_q.dtype)
+            z_q = torch.cat([z_q, z_prev], 1)  # (B, 2A)
         return self.world_model(context, z_q)
 
     def prediction_error(
-        self, context: torch.Tensor, target: torch.Tensor, z_q: torch.Tensor
+        self,
+        context: torch.Tensor,
+        target: torch.Tensor,
+        z_q: torch.Tensor,
+        z_prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-pixel squared error ``(B, 3, 64, 64)`` of the predicted ``o[t+1]``, or per-sample
-        ``(B,)`` embedding error, for context ``(B, 2, 3, 64, 64)``, target ``(B, 3, 64, 64)``."""
-        pred = self.predict(context, z_q)
+        ``(B,)`` embedding error, for context ``(B, 2, 3, 64, 64)``, target ``(B, 3, 64, 64)``
+        (``z_prev``: as :meth:`predict`)."""
+        pred = self.predict(context, z_q, z_prev)
         if self.predicts_pixels:
             return (pred - target) ** 2
         return embedding_error(pred, self.world_model.target(target))
+
+    @torch.no_grad()
+    def previous_latent(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The previous step's latent ``z[t-1]`` of ``o[t-2], o[t-1], o[t]``
+        ``(B, 3, 3, 64, 64)``: ``(z (B, A), z_q (B, A))``, without gradient (stop-gradient: the
+        IDM learns only through ``z[t]``) and without touching the codebook (its EMA statistics
+        and restarts count each step's ``z[t]`` alone, as without the option)."""
+        quantizer = self.idm.quantizer
+        was_training = quantizer.training
+        quantizer.eval()
+        try:
+            z, q = self.idm(window)
+        finally:
+            quantizer.train(was_training)
+        return z, q.z_q
+
+
+def split_window(frames: torch.Tensor, cfg: LAMConfig) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A training window ``(B, P+K+2, 3, 64, 64)`` -> ``(o[t-2] (B, 3, 64, 64) or None,
+    o[t-1] .. o[t+K] (B, K+2, 3, 64, 64))``: ``P = cfg.previous_frames`` is 1 where the window
+    starts at ``o[t-2]`` for the previous latent ``z[t-1]``."""
+    if cfg.previous_frames:
+        return frames[:, 0], frames[:, 1:]
+    return None, frames
 
 
 def idm_input(frames: torch.Tensor, cfg: LAMConfig) -> torch.Tensor:

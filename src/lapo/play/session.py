@@ -170,6 +170,8 @@ class PlaySession:
     frames: list[torch.Tensor] = field(default_factory=list)
     moves: list[str] = field(default_factory=list)
     """The label of the move that produced each frame ("real" for the start)."""
+    played: list[torch.Tensor] = field(default_factory=list)
+    """The latent ``(A,)`` of each move played since the start."""
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -180,10 +182,16 @@ class PlaySession:
 
     @torch.no_grad()
     def predict_all(self) -> torch.Tensor:
-        """Every button's next frame from the last two frames: ``(B, 3, 64, 64)``."""
+        """Every button's next frame from the last two frames: ``(B, 3, 64, 64)``.
+
+        A world model trained with ``wm_prev_latent`` also gets the previous step's latent:
+        the latent of the move played last, or zeros at the start (a real frame pair, whose
+        own latent the session does not know); any other world model ignores it."""
         context = torch.stack(self.frames[-2:])[None]  # (1, 2, 3, 64, 64)
         context = context.expand(len(self.buttons), -1, -1, -1, -1)
-        return self.model.predict(context, self.latents).clamp(-0.5, 0.5)
+        last = self.played[-1] if self.played else torch.zeros_like(self.latents[0])
+        previous = last[None].expand_as(self.latents)  # (B, A)
+        return self.model.predict(context, self.latents, previous).clamp(-0.5, 0.5)
 
     def _update(self) -> None:
         self.preview = self.predict_all()
@@ -197,6 +205,7 @@ class PlaySession:
         pair = self.starts[self.rng.integers(len(self.starts))]  # (2, 64, 64, 3)
         self.frames = list(frames_to_float(torch.from_numpy(pair[None]))[0])
         self.moves = ["real", "real"]
+        self.played = []
         self._update()
 
     def step(self, button: int) -> None:
@@ -205,6 +214,7 @@ class PlaySession:
             raise UserError(f"no button {button}: there are {len(self.buttons)}")
         self.frames.append(self.preview[button])
         self.moves.append(self.buttons[button].label)
+        self.played.append(self.buttons[button].latent)
         self._update()
 
     def undo(self) -> None:
@@ -212,6 +222,7 @@ class PlaySession:
         if len(self.frames) > 2:
             self.frames.pop()
             self.moves.pop()
+            self.played.pop()
             self._update()
 
     def state(self) -> dict:

@@ -150,15 +150,17 @@ def open_loop_rollout(model, frames: torch.Tensor) -> torch.Tensor:
     """Roll the world model out from ``frames[:2]`` using the IDM's latents of the real frames.
 
     ``frames``: float ``(T, 3, 64, 64)`` of one episode. Returns predictions ``(T, 3, 64, 64)``
-    whose first two frames are the real ones and the rest are the model's own.
+    whose first two frames are the real ones and the rest are the model's own. A world model
+    trained with ``wm_prev_latent`` also gets the previous window's latent (zeros at the first).
     """
     T = len(frames)
     windows = torch.stack([frames[t : t + 3] for t in range(T - 2)])  # (T-2, 3, 3, 64, 64)
     _, q = model.idm(windows)
+    previous = torch.cat([torch.zeros_like(q.z_q[:1]), q.z_q[:-1]])  # (T-2, A): z[t-1]
     out = [frames[0], frames[1]]
     for t in range(T - 2):
         context = torch.stack([out[-2], out[-1]])[None]  # (1, 2, 3, 64, 64)
-        out.append(model.predict(context, q.z_q[t : t + 1])[0])
+        out.append(model.predict(context, q.z_q[t : t + 1], previous[t : t + 1])[0])
     return torch.stack(out)
 
 
@@ -267,7 +269,7 @@ def prediction_picture(model, batch: dict, out: Path, title: str) -> str:
 
     sel = batch["obs"][np.linspace(0, len(batch["obs"]) - 1, 6).astype(int)]
     x = frames_to_float(torch.from_numpy(sel))
-    with torch.no_grad():
+    with torch.no_grad():  # three-frame windows: a world model that takes z[t-1] gets zeros
         _, q = model.idm(x)
         pred = model.predict(x[:, :2], q.z_q)
     plot_predictions(sel[:, 1], sel[:, 2], _to_uint8(pred), out / "predictions.png", title)

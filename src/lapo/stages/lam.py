@@ -31,7 +31,8 @@ from lapo.config import LAMConfig
 from lapo.evaluation.probe import probe_windows
 from lapo.models.augment import random_shift
 from lapo.models.frames import frames_to_float
-from lapo.models.lam import LatentActionModel, idm_input, wm_context
+from lapo.models.lam import LatentActionModel, idm_input, split_window, wm_context
+from lapo.models.motion import compensated_difference
 from lapo.runs import Run, StepClock
 from lapo.schedules import lr_scale, set_lr
 from lapo.stages.lam_data import Stage1Batches, Stage1Data, stage1_data
@@ -42,8 +43,14 @@ def changed_pixel_weights(frames: torch.Tensor, cfg: LAMConfig) -> torch.Tensor:
     """Per-pixel weights ``(B, 1, 64, 64)`` of the prediction error for windows
     ``(B, K+2, 3, 64, 64)``: ``1 + changed_pixel_weight`` where some channel moved by more than
     ``changed_pixel_threshold`` from ``o[t]`` to ``o[t+1]``, else 1. The agent's small sprite
-    then counts for more against the static background."""
-    change = (frames[:, 2] - frames[:, 1]).abs().amax(1, keepdim=True)  # (B, 1, 64, 64)
+    then counts for more against the static background. With ``motion_compensation`` the
+    change is ``o[t+1] - shift(o[t])`` against the frames' global shift, so the background
+    that a following camera moves does not count as changed."""
+    if cfg.motion_compensation:
+        diff = compensated_difference(frames[:, 1], frames[:, 2])  # (B, 3, 64, 64)
+    else:
+        diff = frames[:, 2] - frames[:, 1]
+    change = diff.abs().amax(1, keepdim=True)  # (B, 1, 64, 64)
     changed = (change > cfg.changed_pixel_threshold).float()
     return 1 + cfg.changed_pixel_weight * changed
 
@@ -52,6 +59,22 @@ def variance_hinge(z: torch.Tensor, floor: float) -> torch.Tensor:
     """Mean over the latent's dimensions of ``relu(floor - batch variance)`` for ``z (B, A)``
     (the global batch's variance under torchrun): no dimension may collapse to a constant."""
     return F.relu(floor - distributed.batch_var(z.float())).mean()
+
+
+def latent_decorrelation_loss(z: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
+    """What ``z[t]`` shares with ``z[t-1]``, both ``(B, A)``: the mean over dimension pairs
+    ``(i, j)`` of the squared correlation of ``z[t]_i`` with ``z[t-1]_j`` over the (global)
+    batch, ``()`` in [0, 1]. A random policy's actions are independent from step to step, the
+    agent's velocity is not: a latent that tracks the velocity pays for it."""
+
+    def standardise(x: torch.Tensor) -> torch.Tensor:  # (B, A) -> (B, A), per dimension
+        x = x.float()
+        mean = distributed.global_sum(x.sum(0)) / (len(x) * distributed.world_size())
+        return (x - mean) * torch.rsqrt(distributed.batch_var(x) + 1e-6)
+
+    n = len(z) * distributed.world_size()
+    cross = distributed.global_sum(standardise(z).T @ standardise(z_prev)) / (n - 1)  # (A, A)
+    return cross.pow(2).mean()
 
 
 def action_head_loss(
@@ -71,24 +94,32 @@ def lam_loss(
     cfg: LAMConfig,
     labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Stage 1's training loss on float windows ``(B, K+2, 3, 64, 64)``
-    (``K = cfg.idm_lookahead``), the sum of:
+    """Stage 1's training loss on float windows ``(B, P+K+2, 3, 64, 64)``
+    (``K = cfg.idm_lookahead``, ``P = cfg.previous_frames``), the sum of:
 
     1. prediction: the world model's error on ``o[t+1]`` from :func:`wm_context` and the
-       quantised latent of :func:`idm_input`, each pixel weighted by
+       quantised latent of :func:`idm_input` (with ``wm_prev_latent``, and the previous
+       step's, :meth:`~LatentActionModel.previous_latent`), each pixel weighted by
        :func:`changed_pixel_weights` when ``changed_pixel_weight`` > 0 (pixel targets only);
     2. the quantiser's commitment term;
     3. with ``latent_var_floor`` > 0, :func:`variance_hinge` on the continuous latents;
-    4. with ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``)
+    4. with ``latent_decorrelation`` > 0, that weight x :func:`latent_decorrelation_loss`;
+    5. with ``labelled`` (frames ``(L, 3, 3, 64, 64)``, the middle frame's actions ``(L,)``)
        and an action head, ``label_weight`` x :func:`action_head_loss`.
+
+    With ``P = 1`` the windows start one frame earlier, at ``o[t-2]`` (:func:`split_window`).
 
     Returns ``(loss, logs)``; ``logs`` holds the plain (unweighted) prediction error, the
     commitment, codebook statistics and each added term as detached tensors (reading them waits
     for the device: log steps only). :func:`plain_lam_loss` is LAPO's loss alone.
     """
+    before, frames = split_window(frames, cfg)  # o[t-2] (B, 3, 64, 64) or None
     z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
+    z_prev = zq_prev = None
+    if before is not None:  # z[t-1] of o[t-2], o[t-1], o[t], under stop-gradient
+        z_prev, zq_prev = model.previous_latent(torch.cat([before[:, None], frames[:, :2]], 1))
     # the per-pixel squared error (B, 3, 64, 64), or per-sample embedding error (B,), once
-    err = model.prediction_error(wm_context(frames, cfg), frames[:, 2], q.z_q)
+    err = model.prediction_error(wm_context(frames, cfg), frames[:, 2], q.z_q, zq_prev)
     wm_loss = err.mean()
     logs = {"wm_loss": wm_loss.detach(), "vq_loss": q.loss.detach(), **q.stats}
     prediction = wm_loss
@@ -99,6 +130,10 @@ def lam_loss(
         hinge = variance_hinge(z, cfg.latent_var_floor)
         logs["latent_var_loss"] = hinge.detach()
         loss = loss + hinge
+    if cfg.latent_decorrelation > 0:
+        shared = latent_decorrelation_loss(z, z_prev)
+        logs["latent_decorrelation_loss"] = shared.detach()
+        loss = loss + cfg.latent_decorrelation * shared
     if labelled is not None and model.action_head is not None:
         label_loss, accuracy = action_head_loss(model, *labelled, cfg.aug_shift)
         logs["label_loss"], logs["label_accuracy"] = label_loss.detach(), accuracy
@@ -124,7 +159,7 @@ def lam_step(
     cfg: LAMConfig,
     run: Run,
 ) -> tuple[dict, torch.Tensor]:
-    """One gradient step on this rank's slice of the batch, frames ``(B, K+2, 3, 64, 64)``
+    """One gradient step on this rank's slice of the batch, frames ``(B, P+K+2, 3, 64, 64)``
     (and a labelled batch): ``(logs, grad_norm)``, tensors read only at log steps."""
     with run.autocast():
         loss, logs = lam_loss(model, frames, cfg, labelled)
@@ -212,11 +247,18 @@ def shuffled_latent_loss(model: LatentActionModel, frames: torch.Tensor) -> floa
 @torch.no_grad()
 def test_wm_losses(model: LatentActionModel, frames: torch.Tensor) -> tuple[float, float]:
     """World-model MSE on ``(B, 3, 3, 64, 64)`` frames with each window's own latent and with
-    another window's (:func:`shuffled_latent_loss`), from one IDM pass."""
+    another window's (:func:`shuffled_latent_loss`), from one IDM pass. Windows of 4 frames
+    start at ``o[t-2]``: the previous latent ``z[t-1]`` then reaches a world model that takes
+    it (``wm_prev_latent``; only ``z[t]`` is shuffled)."""
+    z_prev = None
+    if frames.shape[1] == 4:
+        _, z_prev = model.previous_latent(frames[:, :3])
+        frames = frames[:, 1:]
     _, q = model.idm(frames[:, :3])
     context, target = frames[:, :2], frames[:, 2]
-    own = model.prediction_error(context, target, q.z_q).mean().item()
-    shuffled = model.prediction_error(context, target, q.z_q.roll(1, dims=0)).mean().item()
+    own = model.prediction_error(context, target, q.z_q, z_prev).mean().item()
+    other = q.z_q.roll(1, dims=0)
+    shuffled = model.prediction_error(context, target, other, z_prev).mean().item()
     return own, shuffled
 
 

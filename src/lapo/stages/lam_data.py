@@ -26,8 +26,8 @@ from lapo.runs import Run
 @dataclass
 class Stage1Data:
     """The windows one stage-1 run reads: training windows (``o[t-1] .. o[t+K]`` for the
-    IDM's lookahead), fixed test windows, the probe's fixed labelled windows and, with labels
-    in stage 1, the K labelled windows."""
+    IDM's lookahead, from ``o[t-2]`` with ``cfg.previous_frames``), fixed test windows, the
+    probe's fixed labelled windows and, with labels in stage 1, the K labelled windows."""
 
     train: WindowDataset
     test_batch: dict
@@ -40,10 +40,13 @@ class Stage1Data:
 def stage1_data(cfg: LAMConfig, data: Path, out: Path) -> Stage1Data:
     """Open ``data`` for stage 1; with labels, choose the K windows and record them in ``out``."""
     manifest = open_dataset(data).manifest
-    # training windows reach o[t+K] for the IDM's lookahead; test windows are LAPO's three frames
-    train = WindowDataset(data, "train", k=cfg.idm_lookahead + 2)
-    test = WindowDataset(data, "test", k=3)
-    three = WindowDataset(data, "train", k=3) if cfg.idm_lookahead > 1 else train
+    # training windows reach o[t+K] for the IDM's lookahead (and start at o[t-2] for the
+    # previous latent z[t-1]); test windows are LAPO's three frames (from o[t-2] for a world
+    # model that takes z[t-1]); the probe's and the labelled windows are three frames
+    train = WindowDataset(data, "train", k=cfg.previous_frames + cfg.idm_lookahead + 2)
+    test_loss = WindowDataset(data, "test", k=3 + int(cfg.wm_prev_latent))
+    test = WindowDataset(data, "test", k=3) if cfg.wm_prev_latent else test_loss
+    three = WindowDataset(data, "train", k=3) if train.k != 3 else train
     labelled = None
     if cfg.uses_labels:
         labels_from = Path(cfg.labels_from) if cfg.labels_from else None
@@ -54,7 +57,7 @@ def stage1_data(cfg: LAMConfig, data: Path, out: Path) -> Stage1Data:
         labelled = three, starts  # three-frame windows, like the probe's
     # fixed windows for the test loss and the probe, drawn once from their own generator
     fixed = np.random.default_rng(cfg.seed + 1)
-    test_batch = test.sample(min(cfg.test_windows, len(test)), fixed)
+    test_batch = test_loss.sample(min(cfg.test_windows, len(test_loss)), fixed)
     probe_tr = probe_te = None
     if manifest.get("has_actions") and cfg.probe_every > 0:
         probe_tr = three.sample(cfg.probe_train, fixed)
@@ -86,7 +89,8 @@ class Stage1Batches:
             self.labelled = run.windows(d.labelled[0], frames=self.train.frames), d.labelled[1]
 
     def __call__(self, rng: np.random.Generator) -> tuple[torch.Tensor, tuple | None]:
-        """Float frames ``(B, K+2, 3, 64, 64)`` and the labelled batch (or None)."""
+        """Float frames ``(B, P+K+2, 3, 64, 64)`` (``P = cfg.previous_frames``) and the
+        labelled batch (or None)."""
         obs = self.train(self.run.local(self.d.train.draw(self.cfg.batch_size, rng)))["obs"]
         labelled = None
         if self.labelled is not None:

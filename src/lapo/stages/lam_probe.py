@@ -25,6 +25,7 @@ def probe_lam(
     epochs: int | None = None,
     untrained: bool = False,
     target: int = 1,
+    pair: bool = False,
 ) -> dict:
     """Fit the latent probe on ``labels`` labelled train windows of ``data``; score on test.
 
@@ -33,7 +34,9 @@ def probe_lam(
     at the train windows there are, and the report says how many were used. ``untrained``
     probes the run's architecture at its initialisation (seeded by ``seed``) instead: the
     baseline a trained IDM must beat, measured the same way. ``target``: which action of the
-    window the probe predicts (see :func:`probe_windows`).
+    window the probe predicts (see :func:`probe_windows`). ``pair``: windows of four frames
+    ``o[t-2] .. o[t+1]``, and beside the probe of ``z[t]`` a probe of ``(z[t-1], z[t])``
+    (``"pair"`` in the report; both on the same windows and labels).
 
     Returns accuracy, balanced accuracy, majority-class accuracy, chance and the confusion
     matrix (rows: true action, columns: predicted) of the continuous IDM latent.
@@ -44,7 +47,8 @@ def probe_lam(
             torch.manual_seed(seed)
             model = LatentActionModel(lam_config_from_dict(config["lam"])).eval()
     dataset_for(data, f"stage-1 run {run}", config.get("game"), actions_for="the probe")
-    train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
+    k = 4 if pair else 3
+    train, test = WindowDataset(data, "train", k=k), WindowDataset(data, "test", k=k)
     if epochs is not None:
         labels = min(labels, len(train))
     if labels > len(train):
@@ -55,7 +59,7 @@ def probe_lam(
     tr = train.read(np.sort(rng.choice(train.starts, labels, replace=False)))
     n_test = min(test_windows, len(test))
     te = test.read(np.sort(rng.choice(test.starts, n_test, replace=False)))
-    report = probe_windows(model, tr, te, torch.device("cpu"), seed, epochs or 30, target)
+    report = probe_windows(model, tr, te, torch.device("cpu"), seed, epochs or 30, target, pair)
     return {
         "run": str(run),
         "data": str(data),
