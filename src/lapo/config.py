@@ -194,6 +194,8 @@ def preset_names(cls: type) -> tuple[str, ...]:
 
 PRECISIONS = ("fp32", "bf16", "auto")
 QUANTIZERS = ("ema_vq", "fsq", "none")
+# the PPO demonstrators' encoders (lapo.models.impala.make_encoder)
+ENCODERS = ("impala", "nature", "nature_small")
 
 
 @dataclass
