@@ -1,14 +1,18 @@
 import csv
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from lapo.checkpoint import load_tensors
+from lapo.checkpoint import load_tensors, read_json
 from lapo.cli import main
 from lapo.config import ExpertConfig
 from lapo.envs import NUM_ACTIONS
+from lapo.errors import FieldError
+from lapo.evaluation.policies import load_policy
 from lapo.models.actor_critic import ActorCritic
+from lapo.models.frames import frames_to_input
 from lapo.rl.expert import train_expert
 
 TINY = dict(game="coinrun", arch="nature", num_envs=4, num_steps=16, num_minibatches=2, threads=1)
@@ -139,3 +143,64 @@ def test_resume_into_a_run_of_another_game_is_refused(tmp_path, capsys):
     )
     assert "was trained on coinrun, not maze" in capsys.readouterr().err
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "arch,obs_size,grey",
+    [
+        ("nature", 64, False),
+        ("nature", 64, True),
+        ("nature", 32, False),
+        ("nature_small", 64, False),
+        ("nature_small", 32, False),
+        ("nature_small", 32, True),
+        ("impala", 32, True),
+    ],
+)
+def test_each_network_takes_the_recorded_frames(arch, obs_size, grey):
+    model = ActorCritic(NUM_ACTIONS, arch, obs_size=obs_size, grey=grey)
+    first = model.encoder.convs[0] if arch != "impala" else model.encoder.stacks[0].conv
+    assert first.in_channels == (1 if grey else 3)
+    obs = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
+    logits, value = model(obs)
+    assert logits.shape == (5, NUM_ACTIONS) and value.shape == (5,)
+
+
+def test_frames_to_input_by_hand():
+    obs = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+    obs[0, 0, 0] = torch.tensor([255, 0, 0], dtype=torch.uint8)  # one red pixel in a 2x2 block
+    obs[0, 0, 1] = torch.tensor([255, 255, 255], dtype=torch.uint8)  # and one white
+    assert torch.equal(frames_to_input(obs), obs.movedim(-1, 1).float() / 255 - 0.5)
+    half = frames_to_input(obs, size=32)
+    assert half.shape == (1, 3, 32, 32)
+    # the block's mean: red (255 + 255) / 4, green and blue 255 / 4, everything else black
+    torch.testing.assert_close(half[0, :, 0, 0], torch.tensor([0.5, 0.25, 0.25]) - 0.5)
+    assert half[0, :, 1:].eq(-0.5).all() and half[0, :, :, 1:].eq(-0.5).all()
+    grey = frames_to_input(obs, size=64, grey=True)
+    assert grey.shape == (1, 1, 64, 64)
+    # luma 0.299 R + 0.587 G + 0.114 B: red 0.299, white 1
+    torch.testing.assert_close(grey[0, 0, 0, :3], torch.tensor([0.299, 1.0, 0.0]) - 0.5)
+    grey_half = frames_to_input(obs, size=32, grey=True)
+    torch.testing.assert_close(grey_half[0, 0, 0, 0], torch.tensor((0.299 + 1.0) / 4 - 0.5))
+
+
+def test_a_saved_cheap_network_loads_and_acts(tmp_path):
+    tiny = {**TINY, "arch": "nature_small"}
+    cfg = ExpertConfig(frames=64, obs_size=32, grey=True, **tiny)
+    train_expert(cfg, tmp_path, progress=False)
+    config = read_json(tmp_path / "config.json")
+    assert (config["arch"], config["obs_size"], config["grey"]) == ("nature_small", 32, True)
+    policy = load_policy(tmp_path, "coinrun")
+    assert policy.describe()["obs_size"] == 32 and policy.describe()["grey"]
+    obs = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    actions = policy.act(obs)
+    assert actions.shape == (3,) and ((actions >= 0) & (actions < NUM_ACTIONS)).all()
+
+
+def test_obs_size_and_arch_are_checked():
+    with pytest.raises(FieldError, match="obs_size must be 64 or 32, got 48"):
+        ExpertConfig(obs_size=48)
+    with pytest.raises(FieldError, match="obs_size must be at least 32"):
+        ExpertConfig(obs_size=16)
+    with pytest.raises(FieldError, match="arch must be one of impala, nature, nature_small"):
+        ExpertConfig(arch="resnet")

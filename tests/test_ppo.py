@@ -53,17 +53,24 @@ def test_ppo_loss_by_hand():
     assert loss.clip_frac.item() == pytest.approx(0.5)
 
 
-def test_reward_normalizer_tracks_return_std_and_clips():
-    norm = RewardNormalizer(num_envs=1, gamma=0.0, clip=10.0)
-    rng = np.random.default_rng(0)
-    for _ in range(2000):
-        out = norm(rng.normal(0, 3.0, size=1), np.array([False]))
-    # with gamma 0 the "return" is the reward itself: its std is ~3
-    assert np.sqrt(norm.var) == pytest.approx(3.0, rel=0.1)
-    assert abs(out[0]) <= 10.0
-    big = norm(np.array([1e6]), np.array([True]))
-    assert big[0] == 10.0
-    state = norm.state_dict()
-    other = RewardNormalizer(1, 0.0)
-    other.load_state_dict(state)
-    assert other.var == norm.var and other.count == norm.count
+def test_reward_normalizer_by_hand():
+    # two envs, gamma 0.5, clip 3; env 1's episode ends at step 1. The statistics start from
+    # a prior of weight 1e-4 (mean 0, var 1), hence rel=1e-3 below.
+    norm = RewardNormalizer(num_envs=2, gamma=0.5, clip=3.0)
+    out = norm(np.array([1.0, 2.0]), np.array([False, True]))
+    # returns [1, 2]: mean 1.5, var 0.25; rewards / sqrt(0.25) = [2, 4], clipped to [2, 3]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [2.0, 3.0], rtol=1e-3)
+    assert (norm.mean, norm.var) == (pytest.approx(1.5, rel=1e-3), pytest.approx(0.25, rel=1e-3))
+    out = norm(np.array([3.0, -1.0]), np.array([False, False]))
+    # returns: env 0 0.5 * 1 + 3 = 3.5, env 1 restarted at 0: -1. The statistics are those of
+    # every return so far, [1, 2, 3.5, -1]: mean 1.375, var 18.25 / 4 - 1.375**2 = 2.671875
+    assert norm.mean == pytest.approx(1.375, rel=1e-3)
+    assert norm.var == pytest.approx(2.671875, rel=1e-3)
+    np.testing.assert_allclose(out, np.array([3.0, -1.0]) / np.sqrt(2.671875), rtol=1e-3)
+    # a normaliser loaded from the state continues exactly as the original
+    other = RewardNormalizer(2, 0.5, clip=3.0)
+    other.load_state_dict(norm.state_dict())
+    reward, done = np.array([0.5, 2.0]), np.array([True, False])
+    np.testing.assert_array_equal(other(reward, done), norm(reward, done))
+    assert (other.mean, other.var, other.count) == (norm.mean, norm.var, norm.count)

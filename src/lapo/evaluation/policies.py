@@ -78,7 +78,10 @@ class ExpertPolicy:
         self.game = self.config["game"]
         self.device = torch.device(device)
         c = self.config
-        self.model = ActorCritic(c["num_actions"], c["arch"], c["width"]).to(self.device)
+        # configs written before obs_size and grey existed: the network saw 64x64 RGB
+        self.input = {"obs_size": c.get("obs_size", 64), "grey": c.get("grey", False)}
+        model = ActorCritic(c["num_actions"], c["arch"], c["width"], **self.input)
+        self.model = model.to(self.device)
         tensors, _ = load_tensors(self.path / "policy.safetensors")
         try:
             self.model.load_state_dict(tensors)
@@ -103,6 +106,7 @@ class ExpertPolicy:
             "game": self.game,
             "arch": self.config["arch"],
             "width": self.config["width"],
+            **self.input,
             "frames_trained": self.config.get("frames_trained"),
         }
 

@@ -1,11 +1,14 @@
 """Image encoders: the IMPALA-CNN (Espeholt et al. 2018) used by Procgen's baselines and LAPO,
-and the smaller Nature-DQN CNN (Mnih et al. 2015), about 5x cheaper on a CPU."""
+and the smaller Nature-DQN CNN (Mnih et al. 2015), about 5x cheaper on a CPU, with a half-width
+variant for cheap PPO demonstrators."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lapo.config import ENCODERS
 
 
 class ResidualBlock(nn.Module):
@@ -69,17 +72,30 @@ class ImpalaCNN(nn.Module):
 class NatureCNN(nn.Module):
     """Nature-DQN encoder: three convolutions and a linear layer.
 
-    Input ``(B, in_channels, 64, 64)`` float; output ``(B, out_features)`` after ReLU.
+    Input ``(B, in_channels, S, S)`` float with ``S`` 64 or 32; output ``(B, out_features)``
+    after ReLU. The first convolution's kernel and stride scale with the image (8 and 4 at 64,
+    4 and 2 at 32), so both sizes reach the same 15x15 map; ``channels`` are the three
+    convolutions' (Nature's 32, 64, 64).
     """
 
-    def __init__(self, in_channels: int = 3, out_features: int = 512, image_size: int = 64) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_features: int = 512,
+        image_size: int = 64,
+        channels: tuple[int, int, int] = (32, 64, 64),
+    ) -> None:
         super().__init__()
+        if image_size not in (32, 64):
+            raise ValueError(f"the Nature CNN takes 64x64 or 32x32 images, not {image_size}")
+        k = image_size // 8
+        c0, c1, c2 = channels
         self.convs = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 8, stride=4),
+            nn.Conv2d(in_channels, c0, k, stride=k // 2),
             nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2),
+            nn.Conv2d(c0, c1, 4, stride=2),
             nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1),
+            nn.Conv2d(c1, c2, 3, stride=1),
             nn.ReLU(),
         )
         with torch.no_grad():
@@ -88,14 +104,23 @@ class NatureCNN(nn.Module):
         self.out_features = out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, C, 64, 64) -> (B, 64, 4, 4) -> (B, out_features)
+        # (B, C, S, S) -> (B, c0, 15, 15) -> (B, c2, 4, 4) -> (B, out_features)
         return F.relu(self.fc(self.convs(x).flatten(1)))
 
 
-def make_encoder(arch: str, in_channels: int = 3, width: int = 1) -> nn.Module:
-    """Build an encoder by name: ``impala`` (with ``width``) or ``nature``."""
+def make_encoder(
+    arch: str, in_channels: int = 3, width: int = 1, image_size: int = 64
+) -> nn.Module:
+    """Build an encoder by name for ``(B, in_channels, image_size, image_size)`` inputs:
+    ``impala`` (with ``width``), ``nature``, or ``nature_small`` (the Nature CNN at half its
+    channels, 16, 32, 32, and a 256-wide linear layer: a third of its multiply-adds at
+    64x64, a fifth at 32x32)."""
     if arch == "impala":
-        return ImpalaCNN(in_channels=in_channels, width=width)
+        return ImpalaCNN(in_channels=in_channels, width=width, image_size=image_size)
     if arch == "nature":
-        return NatureCNN(in_channels=in_channels)
-    raise ValueError(f"unknown encoder {arch!r}: choose impala or nature")
+        return NatureCNN(in_channels=in_channels, image_size=image_size)
+    if arch == "nature_small":
+        return NatureCNN(
+            in_channels, out_features=256, image_size=image_size, channels=(16, 32, 32)
+        )
+    raise ValueError(f"unknown encoder {arch!r}: choose {', '.join(ENCODERS)}")

@@ -45,13 +45,20 @@ def train_expert(
     with run:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        model = ActorCritic(NUM_ACTIONS, cfg.arch, cfg.width).to(run.device)
-        model = model.to(memory_format=torch.channels_last)
+        model = ActorCritic(NUM_ACTIONS, cfg.arch, cfg.width, cfg.obs_size, cfg.grey)
+        model = model.to(run.device, memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
         refuse_other_game(run.ckpt, cfg.game)
         start = run.resume(model, optimizer, rng, counter="update")
-        # what load_policy reads: the network's kind, game, architecture and action count
-        spec = dict(game=cfg.game, arch=cfg.arch, width=cfg.width, num_actions=NUM_ACTIONS)
+        # what load_policy reads: the network's kind, game, architecture, input and action count
+        spec = dict(
+            game=cfg.game,
+            arch=cfg.arch,
+            width=cfg.width,
+            obs_size=cfg.obs_size,
+            grey=cfg.grey,
+            num_actions=NUM_ACTIONS,
+        )
         run.write_config("train", **spec, command=command, frames_trained=run.meta.get("frames"))
         with ppo.PPOEnvs(cfg.game, cfg, run.device, start, run.meta) as envs:
             buf = ppo.RolloutBuffer(cfg.num_steps, envs.num_envs, run.device)
