@@ -12,7 +12,7 @@
 # 3. probes it with both protocols (quick: 4,096 labelled windows, 30 epochs; paper: 65,536
 #    windows, 3 epochs) and draws its latent map and k-means clusters (UMAP where umap-learn
 #    is installed, else PCA) beside the untrained IDM's probe;
-# 4. does the same for the best recipe of README "Stage 1" (RECIPE: options added to the paper
+# 4. does the same for the best recipe of docs/results/stage1.md (RECIPE: options added to the paper
 #    preset) for the same minutes;
 # 5. prints one table and writes it to $OUT/stage1_paper.md with the runs' metrics and pictures.
 #

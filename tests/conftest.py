@@ -19,10 +19,18 @@ from lapo.checkpoint import load_tensors  # noqa: E402
 
 torch.set_num_threads(TORCH_THREADS)
 
-# The files that take longest, slowest first (measured: README, Tests and CI). Under xdist each
+# The files that take longest, slowest first (measured: docs/results/tests.md). Under xdist each
 # worker takes whole files, in this order, so the long ones start at once on different workers
 # and the short ones fill in behind them.
-SLOWEST_FILES = ("test_lam.py", "test_demo.py", "test_stages23.py")
+SLOWEST_FILES = (
+    "test_demo.py",
+    "test_lam.py",
+    "test_lam_learning.py",
+    "test_reproduce.py",
+    "test_stages23.py",
+    "test_distributed.py",
+    "test_demonstrators.py",
+)
 
 
 # Module fixtures that train models or run whole pipelines: a test that uses one is slow (it

@@ -217,7 +217,8 @@ def test_labelled_windows_are_k_distinct_starts_chosen_by_seed(decoded, data):
 def test_decoded_policy_beats_random_in_the_game(decoded):
     # both play from the same env seed: env i's j-th episode is on the same level for both,
     # so the returns pair up episode by episode (the level's difficulty cancels)
-    episodes, seed = 64, 100
+    # 160 episodes: the decoded policy led random play by 4.6 s.e. over 64 (4.53 against 2.03)
+    episodes, seed = 160, 100
     dec = run_episodes(load_policy(decoded, GAME, seed=seed), GAME, episodes, seed=seed)
     rnd = run_episodes(load_policy("random", GAME, seed=seed), GAME, episodes, seed=seed)
     assert len(dec) == len(rnd) == episodes

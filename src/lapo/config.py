@@ -8,7 +8,7 @@ prints it as one line with the field's ``--option``. Each field's docstring is i
 help (see :mod:`lapo.cli.options`).
 
 Presets (:func:`preset`): ``paper`` is the published configuration (``../shared/LAPO_NOTES.md``),
-``cpu`` the one measured best on 2 CPU cores (README), ``fast`` toy sizes for smoke runs.
+``cpu`` the one measured best on 2 CPU cores (docs/results/stage1.md), ``fast`` toy sizes for smoke runs.
 """
 
 from __future__ import annotations
@@ -377,7 +377,7 @@ class LAMConfig(FastPath):
     """Use the labelled windows of this run folder (its labelled_windows.json) instead."""
     label_weight: float = setting(3.0, WEIGHT, label_setting=True)
     """Weight of the labelled cross-entropy beside the prediction loss (3: the best of
-    0.01-10 by stage-1 probe on the coinrun demonstrator's data, README "Labels in stage 1")."""
+    0.01-10 by stage-1 probe on the coinrun demonstrator's data, docs/results/labels.md)."""
     label_batch: int = setting(
         0, Range(1, BATCH.hi, off="a quarter of batch_size"), label_setting=True
     )
@@ -422,7 +422,7 @@ class LAMConfig(FastPath):
         return super().resumable() + labels
 
 
-# chosen by measurement on 2 CPU cores: see README "Stage 1"
+# chosen by measurement on 2 CPU cores: see docs/results/stage1.md
 _LAM_CPU = LAMConfig(
     idm_width=1,
     wm_base=8,
@@ -492,7 +492,7 @@ class BCConfig(FastPath):
 PRESETS[BCConfig] = {
     # ../shared/LAPO_NOTES.md: the published configuration
     "paper": BCConfig(),
-    # chosen by measurement on 2 CPU cores: see README "Stages 2 and 3"
+    # chosen by measurement on 2 CPU cores: see docs/results/stages23.md
     "cpu": BCConfig(
         width=1,
         learning_rate=1e-3,

@@ -40,7 +40,7 @@ from lapo.flags import flag, option, to_flags
 from lapo.progress import EstimatedProgress
 from lapo.report.grid import summarise
 
-# measured rates on the 2-core CPU of README's figures (channels-last fp32): stage 1 paper
+# measured rates on the 2-core CPU of docs/results/speed.md (channels-last fp32): stage 1 paper
 # 25.7 samples/s; IMPALA x4 forward ~110 obs/s, so stage 2 (fwd+bwd) ~35 samples/s; online
 # decoding forward-only over frozen trunk ~110 frames/s; PPO from scratch x4 ~30 frames/s
 CPU_HOURS_PAPER = {
@@ -52,7 +52,7 @@ CPU_HOURS_PAPER = {
 
 
 # rough seconds per grid step of the `cpu` preset, one thread each on the 2-core CPU (the coinrun
-# grid of README); they weight the progress bar until a step of the same kind has finished
+# grid of docs/results/labels.md); they weight the progress bar until a step of the same kind has finished
 CPU_STEP_SECONDS = {
     "data": 300,
     "lam": 1_100,
@@ -65,7 +65,7 @@ CPU_STEP_SECONDS = {
     "lapo_labels_head": 50,
     "eval": 60,
 }
-PPO_FRAMES_PER_SECOND = 900  # Nature-CNN PPO on one core (README, shipped demonstrators)
+PPO_FRAMES_PER_SECOND = 900  # Nature-CNN PPO on one core (docs/results/demonstrators.md)
 
 
 @dataclass
@@ -387,7 +387,7 @@ def run_tasks(
 
 
 def cpu_hours(cfg: ReproduceConfig) -> float:
-    """Rough hours the paper preset takes on the 2-core CPU README measured on."""
+    """Rough hours the paper preset takes on the 2-core CPU of docs/results/speed.md."""
     per = sum(h for step, h in CPU_HOURS_PAPER.items() if step in cfg.steps)
     if "labels" in cfg.steps:  # a stage 1 and a stage 2 per label count
         per += (CPU_HOURS_PAPER["lam"] + CPU_HOURS_PAPER["bc"]) * len(cfg.labels)
