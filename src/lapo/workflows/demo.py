@@ -41,11 +41,13 @@ from lapo.config import (
     LAMConfig,
     OfflineConfig,
     SupervisedIDMConfig,
+    config_from_dict,
     preset,
 )
 from lapo.data.collect import collect
 from lapo.data.dataset import WindowDataset
 from lapo.envs import check_game, normalized_return
+from lapo.errors import ConfigError
 from lapo.evaluation.episodes import evaluate
 from lapo.evaluation.policies import load_policy
 from lapo.progress import EstimatedProgress
@@ -82,10 +84,14 @@ STAGES = {
 }
 
 
-def saved_settings(path: Path) -> dict:
+def saved_settings(path: Path) -> dict | None:
     """A demo's recorded settings, with the default of any setting added since it was written
-    (a demo recorded before ``--policy`` existed played the demonstrator)."""
-    return {**dataclasses.asdict(DemoConfig()), **read_json(path)}
+    (a demo recorded before ``--policy`` existed played the demonstrator); None for settings
+    this version cannot take (a removed setting, a value now out of range): not the same demo."""
+    try:
+        return dataclasses.asdict(config_from_dict(DemoConfig, read_json(path), str(path)))
+    except ConfigError:
+        return None
 
 
 def find_resumable(root: Path, cfg: DemoConfig) -> Path | None:
