@@ -218,7 +218,8 @@ def test_labelled_windows_are_k_distinct_starts_chosen_by_seed(decoded, data):
 def test_decoded_policy_beats_random_in_the_game(decoded):
     # both play from the same env seed: env i's j-th episode is on the same level for both,
     # so the returns pair up episode by episode (the level's difficulty cancels)
-    # 160 episodes: the decoded policy led random play by 4.6 s.e. over 64 (4.53 against 2.03)
+    # 160 episodes: the decoded policy led random play by 4.6 s.e. over 64 (4.53 against 2.03),
+    # by 6.9 over 160 (5.00 against 2.69; AMD EPYC with AVX512, float32)
     episodes, seed = 160, 100
     dec = run_episodes(load_policy(decoded, GAME, seed=seed), GAME, episodes, seed=seed)
     rnd = run_episodes(load_policy("random", GAME, seed=seed), GAME, episodes, seed=seed)
