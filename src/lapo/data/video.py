@@ -216,15 +216,13 @@ def _timed(
         yield t, (frame.duration * tb if frame.duration else step), frame
 
 
-def video_frames(probe: VideoProbe, opts: VideoImport) -> Iterator[tuple[np.ndarray, int]]:
-    """``(obs, count)``: the video's output frames, ``obs`` ``(64, 64, 3)`` uint8 shown
-    ``count`` times in a row; decoded one at a time. Raises :class:`VideoError` on a damaged
-    file."""
+def _decoded(probe: VideoProbe, opts: VideoImport) -> Iterator[tuple[Any, int]]:
+    """``(frame, count)``: the video's decoded ``av.VideoFrame`` s resampled to the output rate
+    between ``opts.start`` and ``opts.end``, each shown ``count`` times in a row, unconverted.
+    Raises :class:`VideoError` on a damaged file."""
     import av
-    from av.video.reformatter import VideoReformatter
 
     rate = _rate(probe, opts)
-    reformatter = VideoReformatter()
     start = Fraction(opts.start)
     end = None if opts.end is None else Fraction(opts.end)
     try:
@@ -234,11 +232,26 @@ def video_frames(probe: VideoProbe, opts: VideoImport) -> Iterator[tuple[np.ndar
             if start > 0:  # to the key frame before start; resample drops what precedes it
                 origin = stream.start_time or 0
                 c.seek(origin + int(start / stream.time_base), stream=stream)
-            for frame, n in resample(_timed(c.decode(stream), stream, rate), rate, start, end):
-                yield to_obs(frame, opts.crop, opts.size, reformatter), n
+            yield from resample(_timed(c.decode(stream), stream, rate), rate, start, end)
     except av.error.FFmpegError as e:
         reason = getattr(e, "strerror", None) or e
         raise VideoError(f"{probe.path} is damaged or truncated ({reason})") from None
+
+
+def video_frames(probe: VideoProbe, opts: VideoImport) -> Iterator[tuple[np.ndarray, int]]:
+    """``(obs, count)``: the video's output frames, ``obs`` ``(64, 64, 3)`` uint8 shown
+    ``count`` times in a row; decoded one at a time. Raises :class:`VideoError` on a damaged
+    file."""
+    from av.video.reformatter import VideoReformatter
+
+    reformatter = VideoReformatter()
+    for frame, n in _decoded(probe, opts):
+        yield to_obs(frame, opts.crop, opts.size, reformatter), n
+
+
+def count_frames(probe: VideoProbe, opts: VideoImport) -> int:
+    """The output frames a video gives, decoded but not converted (to place a held-out tail)."""
+    return sum(n for _, n in _decoded(probe, opts))
 
 
 def _rate(probe: VideoProbe, opts: VideoImport) -> Fraction:
@@ -338,7 +351,7 @@ def _write_video(
         for obs, count in frames:
             for _ in range(count):
                 if held is not None:
-                    ends_part = tail_from is not None and n == tail_from and part[0] != "test"
+                    ends_part = n == tail_from  # the held frame is the last before the tail
                     put(held, ends_part)
                     if ends_part:
                         part = ("test", episode + 1)
@@ -356,28 +369,6 @@ def _write_video(
         writer.drop_pending()
         raise
     return n
-
-
-def count_frames(probe: VideoProbe, opts: VideoImport) -> int:
-    """The output frames a video gives, decoded but not converted (to place a held-out tail)."""
-    import av
-
-    rate = _rate(probe, opts)
-    end = None if opts.end is None else Fraction(opts.end)
-    try:
-        with av.open(str(probe.path)) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
-            if opts.start > 0:
-                origin = stream.start_time or 0
-                c.seek(origin + int(Fraction(opts.start) / stream.time_base), stream=stream)
-            frames = resample(
-                _timed(c.decode(stream), stream, rate), rate, Fraction(opts.start), end
-            )
-            return sum(n for _, n in frames)
-    except av.error.FFmpegError as e:
-        reason = getattr(e, "strerror", None) or e
-        raise VideoError(f"{probe.path} is damaged or truncated ({reason})") from None
 
 
 def _tail_from(probe: VideoProbe, opts: VideoImport) -> int:
