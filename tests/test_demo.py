@@ -23,14 +23,15 @@ from lapo.workflows.demo import STAGE1_STAGES, demo_stages, find_resumable, run_
 FAST = preset(DemoConfig, "fast")
 SECTIONS = [
     "Summary",
-    "Did the latent actions learn the true actions?",
-    "What was run",
-    "Learning curves",
-    "Latent actions by true action",
-    "World-model predictions",
-    "Probe confusion matrix",
     "Returns",
+    "Did the latent actions learn the true actions?",
+    "Latent actions by true action",
+    "Probe confusion matrix",
+    "World-model predictions",
+    "Learning curves",
+    "What was run",
 ]
+PICTURES = SECTIONS[3:7]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def test_report_holds_every_section_with_a_real_image(demo):
     html = (demo / "report.html").read_text()
     images = _images(html)
     assert list(images) == SECTIONS
-    for heading in SECTIONS[3:]:
+    assert images["Returns"] and len(images["Latent actions by true action"]) == 2  # + clusters
+    for heading in ["Returns", *PICTURES]:
         assert images[heading], f"no image in {heading}"
         for im in images[heading]:
             assert im.width >= 200 and im.height >= 150
@@ -70,6 +72,14 @@ def test_report_holds_every_section_with_a_real_image(demo):
     for where in LABELS_USED.values():
         assert where in html
     assert "CPU cores" in html  # the machine is stated
+    # the policies lead the summary: LAPO first, then its paired difference from each baseline
+    # on the same labels, and only then the probe
+    summary = html[: html.index("<h2 id='returns'")]
+    first = [summary.index(s) for s in ("return: LAPO (decoded)", "return: BC on the same",
+             "LAPO (decoded) - BC on the same labels", "LAPO (decoded) - supervised IDM",
+             "probe accuracy")]  # fmt: skip
+    assert first == sorted(first)
+    assert "paired episodes" in summary
 
 
 def test_demo_numbers_beat_their_baselines(demo):
@@ -88,10 +98,10 @@ def test_demo_numbers_beat_their_baselines(demo):
         "stage2",
         "decode",
         "baseline",
+        "idm_bc",
         "stage1_labels",
         "stage2_labels",
         "decode_labels",
-        "idm_bc",
         "evaluate",
         "report",
     ]
@@ -176,6 +186,17 @@ def test_a_random_play_demo_stops_after_stage1_and_its_report_says_so(demo, tmp_
     assert list(_images(html)) == [s for s in SECTIONS if s != "Returns"]
     assert "random-play data" in html and "No policy was trained" in html
     assert "action the random policy took" in html and "return:" not in html
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_per_episode_differences():
+    from lapo.report.demo import paired_difference
+
+    # differences 1, 0, 2: mean 1, sample s.d. 1, s.e. 1/sqrt(3)
+    mean, se, n = paired_difference({"episode_returns": [1, 2, 3]}, {"episode_returns": [0, 2, 1]})
+    assert (mean, n) == (1.0, 3) and se == pytest.approx(1 / np.sqrt(3))
+    # evaluations that kept no episodes, or other episodes, are not paired
+    assert paired_difference({"episode_returns": [1, 2]}, {"mean_return": 1.0}) is None
+    assert paired_difference({"episode_returns": [1, 2]}, {"episode_returns": [1, 2, 3]}) is None
 
 
 def test_charts_name_actions_and_label_axes():

@@ -740,9 +740,8 @@ class DemoConfig(Config):
     episodes: int = setting(48, EPISODES)
     """Evaluation episodes per policy."""
     compare_labels: bool = False
-    """Also run the two methods that use the K labels beyond a decoder: LAPO with the labels
-    in stage 1 (stage 2 and decoding follow, on the same K) and baseline (b), a supervised
-    IDM on the K labels that labels every frame for BC (about 8 more minutes)."""
+    """Also run LAPO with the K labels in stage 1 too (an action head beside the video loss;
+    stage 2 and decoding follow, on the same K): another stage 1 and stage 2."""
     seed: int = setting(0, SEED)
     """Seed of everything."""
     threads: int = setting(0, THREADS)

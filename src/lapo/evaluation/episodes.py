@@ -83,6 +83,9 @@ def evaluate(
         "std_return": float(rets.std()),
         "stderr_return": float(rets.std(ddof=1) / np.sqrt(len(rets))) if len(rets) > 1 else None,
         "normalized_return": float(normalized_return(game, mean)),
+        # per episode, in a fixed order (by environment, then episode): another policy
+        # evaluated with the same seed met the same levels in the same places
+        "episode_returns": [float(r) for r in rets],
     }
     if demonstrator_return is not None:
         out["demonstrator_return"] = demonstrator_return

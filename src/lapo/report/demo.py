@@ -6,13 +6,15 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from lapo.checkpoint import read_json
 from lapo.config import DemoConfig
 from lapo.envs import normalized_return
 from lapo.report.charts import bc_curves, confusion_chart, fig_uri, returns_chart, stage1_curves
 from lapo.report.html import data_uri, img, machine, table, write_html
 
-# the policies the demo evaluates, in report order (the first two always, the others with
+# the policies the demo evaluates, in report order (the first three always, the last with
 # --compare-labels): name -> (the Demo attribute naming its folder, where it used the K labels)
 DEMO_POLICIES = {
     "LAPO (decoded)": ("decoded", "the decoder only (stages 1 and 2 saw frames alone)"),
@@ -20,13 +22,13 @@ DEMO_POLICIES = {
         "baseline",
         "the whole policy, trained on the K labelled windows alone",
     ),
-    "LAPO, labels in stage 1": (
-        "decoded_labels",
-        "stage 1 (an action head beside the video loss) and the decoder",
-    ),
     "supervised IDM labels, then BC": (
         "idm_bc",
         "an IDM trained on them labels every frame for BC",
+    ),
+    "LAPO, labels in stage 1": (
+        "decoded_labels",
+        "stage 1 (an action head beside the video loss) and the decoder",
     ),
 }
 LABELS_USED = {name: where for name, (_, where) in DEMO_POLICIES.items()}
@@ -102,7 +104,11 @@ def labelled_rows(stages: dict) -> list[list[str]]:
 
 
 def return_rows(game: str, returns: dict) -> list[list[str]]:
-    """One summary row per evaluated policy: mean ± s.e., normalised both ways."""
+    """One summary row per evaluated policy, the trained ones first: mean ± s.e., normalised
+    both ways."""
+    order = [n for n in returns if n not in ("demonstrator", "random")] + [
+        n for n in ("demonstrator", "random") if n in returns
+    ]
     return [
         [
             f"return: {name}",
@@ -110,8 +116,36 @@ def return_rows(game: str, returns: dict) -> list[list[str]]:
             f"(normalised {normalized_return(game, r['mean_return']):.2f}; "
             f"random->demonstrator {r.get('demonstrator_normalized_return', float('nan')):.2f})",
         ]
-        for name, r in returns.items()
+        for name, r in ((n, returns[n]) for n in order)
     ]
+
+
+def paired_difference(ours: dict, other: dict) -> tuple[float, float, int] | None:
+    """The mean per-episode difference in return between two evaluations of the same episodes
+    (the same levels, in the same order), its standard error and the number of pairs; None
+    for evaluations that kept no per-episode returns."""
+    a, b = ours.get("episode_returns"), other.get("episode_returns")
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return None
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d)
+
+
+def comparison_rows(returns: dict) -> list[list[str]]:
+    """LAPO's decoded policy against each other policy that used the same K labels: the
+    paired difference in return over the same evaluation episodes."""
+    ours = returns.get("LAPO (decoded)")
+    rows = []
+    for name in list(DEMO_POLICIES)[1:]:
+        pair = paired_difference(ours, returns[name]) if ours and name in returns else None
+        if pair is None:
+            continue
+        mean, se, n = pair
+        z = f"{mean / se:+.1f} s.e." if se > 0 else "no spread"
+        rows.append(
+            [f"LAPO (decoded) - {name}", f"{mean:+.2f} ± {se:.2f} ({z}; {n} paired episodes)"]
+        )
+    return rows
 
 
 def run_section(cfg: DemoConfig, stages: dict, demo_ret: float | None) -> str:
@@ -138,9 +172,9 @@ def run_section(cfg: DemoConfig, stages: dict, demo_ret: float | None) -> str:
     )
 
 
-def picture_sections(out: Path, game: str, stages: dict, returns: dict, episodes: int) -> list:
-    """Learning curves, latents by true action, world-model predictions, the probe's
-    confusion matrix and the returns, as (heading, html) sections."""
+def picture_sections(out: Path, game: str, stages: dict) -> dict[str, str]:
+    """Latents by true action (and their k-means clusters), the probe's confusion matrix,
+    world-model predictions and the learning curves: heading -> html."""
     plots = stages["plots"]["result"]["files"]
     latent_file = Path(plots["latents"])
     latent_kind = "UMAP" if "umap" in latent_file.name else "PCA (install lapo[umap] for UMAP)"
@@ -148,36 +182,36 @@ def picture_sections(out: Path, game: str, stages: dict, returns: dict, episodes
     bc_runs = {
         "stage 2 (latent BC)": out / "stage2" / "metrics.csv",
         "baseline: BC on the labels": out / "bc_on_labels" / "metrics.csv",
-        "stage 2 on stage 1 with labels": out / "stage2_labels" / "metrics.csv",
         "baseline (b): BC on IDM labels": out / "idm_labels_bc" / "metrics.csv",
+        "stage 2 on stage 1 with labels": out / "stage2_labels" / "metrics.csv",
     }
     bc_runs = {k: v for k, v in bc_runs.items() if v.exists()}
     curves = img(fig_uri(stage1_curves(out / "stage1" / "metrics.csv", game)), "stage 1")
     if bc_runs:
-        curves += img(fig_uri(bc_curves(bc_runs, game)), "stage 2 and baseline")
+        curves += img(fig_uri(bc_curves(bc_runs, game)), "stage 2 and baselines")
     confusion = confusion_chart(probe["confusion"], game, "probe on IDM latents")
-    who = "the demonstrator" if returns else "the random policy"
-    sections = [
-        ("Learning curves", curves),
-        (
-            "Latent actions by true action",
-            f"<p class='note'>{latent_kind} of IDM latents of test windows, coloured by the "
-            f"action {who} took.</p>" + img(data_uri(latent_file), "latents"),
-        ),
-        (
-            "World-model predictions",
+    who = "the demonstrator" if (out / "returns.json").exists() else "the random policy"
+    latents = (
+        f"<p class='note'>{latent_kind} of IDM latents of test windows, coloured by the "
+        f"action {who} took.</p>" + img(data_uri(latent_file), "latents")
+    )
+    if "clusters" in plots:
+        latents += (
+            "<p class='note'>The same latents in k-means clusters: frames of each cluster and "
+            "the true actions in it. A cluster that holds one action is a latent action that "
+            "means that action.</p>" + img(data_uri(Path(plots["clusters"])), "clusters")
+        )
+    return {
+        "Latent actions by true action": latents,
+        "Probe confusion matrix": img(fig_uri(confusion), "confusion"),
+        "World-model predictions": (
             img(data_uri(Path(plots["predictions"])), "predictions")
             + "<p class='note'>Open-loop rollout: the world model driven only by the IDM's "
             "latents of a real test episode (left real, right predicted).</p>"
-            + img(data_uri(Path(plots["rollout"])), "rollout"),
+            + img(data_uri(Path(plots["rollout"])), "rollout")
         ),
-        ("Probe confusion matrix", img(fig_uri(confusion), "confusion")),
-    ]
-    if returns:
-        chart = img(fig_uri(returns_chart(returns, game)), "returns")
-        note = f"<p class='note'>{episodes} episodes per policy, sampled actions.</p>"
-        sections.append(("Returns", chart + note))
-    return sections
+        "Learning curves": curves,
+    }
 
 
 def summary_section(out: Path, summary: list[list[str]], returns: dict) -> str:
@@ -200,16 +234,20 @@ def summary_section(out: Path, summary: list[list[str]], returns: dict) -> str:
 
 
 def write_demo_report(cfg: DemoConfig, out: Path, stages: dict) -> dict:
-    """``report.html`` from a finished demo's files; returns the summary table's rows."""
+    """``report.html`` from a finished demo's files; returns the summary table's rows. The
+    policies come first (LAPO's decoded policy against the baselines on the same labels),
+    then what the latent actions learned, their pictures, and what was run."""
     returns = read_json(out / "returns.json") if cfg.policy == "demonstrator" else {}
     demo_ret = returns["LAPO (decoded)"].get("demonstrator_return") if returns else None
-    learned, summary = learned_section(out, stages)
-    summary += return_rows(cfg.game, returns)
-    sections = [
-        ("Summary", summary_section(out, summary, returns)),
-        ("Did the latent actions learn the true actions?", learned),
-        ("What was run", run_section(cfg, stages, demo_ret)),
-        *picture_sections(out, cfg.game, stages, returns, cfg.episodes),
-    ]
+    learned, probe_rows = learned_section(out, stages)
+    summary = return_rows(cfg.game, returns) + comparison_rows(returns) + probe_rows
+    sections = [("Summary", summary_section(out, summary, returns))]
+    if returns:
+        chart = img(fig_uri(returns_chart(returns, cfg.game)), "returns")
+        note = f"<p class='note'>{cfg.episodes} episodes per policy, sampled actions.</p>"
+        sections.append(("Returns", chart + note))
+    sections.append(("Did the latent actions learn the true actions?", learned))
+    sections += list(picture_sections(out, cfg.game, stages).items())
+    sections.append(("What was run", run_section(cfg, stages, demo_ret)))
     write_html(out / "report.html", f"lapo demo: {cfg.game}", sections)
     return {"report": str(out / "report.html"), "summary": summary}

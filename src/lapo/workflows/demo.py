@@ -10,15 +10,14 @@ Stages, in order, each recorded in ``stages.json`` when it finishes so that a re
    beside the same probe of the untrained IDM;
    ``ceiling``: the same IDM encoder trained on the true actions of every train window (the
    supervised ceiling a latent IDM is judged against);
-4. ``plots``: latents by true action (UMAP, or PCA without ``umap-learn``), world-model
-   predictions and the open-loop rollout GIF;
+4. ``plots``: latents by true action (UMAP, or PCA without ``umap-learn``) and in k-means
+   clusters, world-model predictions and the open-loop rollout GIF;
 5. ``stage2``: the latent policy, behaviour-cloned on frames alone;
 6. ``decode``: the decoder fit on K labelled transitions, giving a policy that plays;
-7. ``baseline``: BC from scratch on the same K labels;
-   with ``--compare-labels``, the two methods that use the K labels beyond a decoder, on the
-   same K windows: ``stage1_labels``, ``stage2_labels`` and ``decode_labels`` (LAPO with the
-   labels in stage 1, then stage 2 and decoding as above) and ``idm_bc`` (baseline (b): a
-   supervised IDM on the K labels labels every frame, then BC);
+7. ``baseline``: BC from scratch on the same K labels (baseline (a)); ``idm_bc``: baseline
+   (b), a supervised IDM on the same K labels labels every frame, then BC;
+   with ``--compare-labels``, LAPO with the same K labels in stage 1 too: ``stage1_labels``,
+   ``stage2_labels`` and ``decode_labels`` (stage 2 and decoding as above);
 8. ``evaluate``: random, the demonstrator, the decoded policy and the baselines in the game;
 9. ``report``: ``report.html`` (images embedded) and a summary table on the terminal.
 """
@@ -112,7 +111,7 @@ class Demo:
         self.cfg, self.out = cfg, out
         self.data, self.lam_run, self.bc_run = out / "data", out / "stage1", out / "stage2"
         self.decoded, self.baseline = out / "decoded", out / "bc_on_labels"
-        # --compare-labels: LAPO with the labels in stage 1, and baseline (b)
+        # baseline (b); with --compare-labels, LAPO with the labels in stage 1
         self.lam_labels, self.bc_labels = out / "stage1_labels", out / "stage2_labels"
         self.decoded_labels, self.idm_bc = out / "decoded_labels", out / "idm_labels_bc"
         # stage 2 and the BC baseline train with the same settings
@@ -186,8 +185,8 @@ def stage_ceiling(d: Demo) -> dict:
 
 
 def stage_plots(d: Demo) -> dict:
-    # clusters=0: no cluster picture, the report shows the latents by true action
-    return plot_lam(d.lam_run, d.data, d.out / "plots", windows=1_500, seed=d.cfg.seed, clusters=0)
+    # the latents by true action, and in 8 k-means clusters with the actions inside each
+    return plot_lam(d.lam_run, d.data, d.out / "plots", windows=1_500, seed=d.cfg.seed, clusters=8)
 
 
 def stage_stage2(d: Demo) -> dict:
@@ -242,7 +241,7 @@ def stage_evaluate(d: Demo) -> dict:
     # the demonstrator is evaluated first, on the same levels as the others: its return
     # there is the 1 of the random->demonstrator normalisation
     c = d.cfg
-    n = len(DEMO_POLICIES) if c.compare_labels else 2
+    n = len(DEMO_POLICIES) if c.compare_labels else 3
     results: dict[str, dict] = {}
     demo_return = None
     runs = [(name, str(getattr(d, attr))) for name, (attr, _) in DEMO_POLICIES.items()]
@@ -280,16 +279,16 @@ DEMO_STAGES: dict[str, Callable[[Demo], dict]] = {
     "stage2": stage_stage2,
     "decode": stage_decode,
     "baseline": stage_baseline,
+    "idm_bc": stage_idm_bc,
     "stage1_labels": stage_stage1_labels,
     "stage2_labels": stage_stage2_labels,
     "decode_labels": stage_decode_labels,
-    "idm_bc": stage_idm_bc,
     "evaluate": stage_evaluate,
     "report": stage_report,
 }
 
 
-LABEL_STAGES = ("stage1_labels", "stage2_labels", "decode_labels", "idm_bc")
+LABEL_STAGES = ("stage1_labels", "stage2_labels", "decode_labels")
 # what a random-play demo runs: a random policy is nothing to imitate
 STAGE1_STAGES = ("collect", "stage1", "probe", "ceiling", "plots", "report")
 
