@@ -109,6 +109,17 @@ VARIANTS: dict[str, list[str]] = {
     # the cpu preset whose IDM sees o[t+k], k drawn from 1..2, while the world model predicts
     # o[t+1] (LAOM's first remedy, on its own without LAOM's other changes)
     "changed30_bf16_lookahead2": [*changed(30), "--precision", "bf16", "--idm-lookahead", "2"],
+    # issue 30's remedies, each on the cpu preset (changed30, float32 by BASE):
+    # the world model also gets z[t-1] (no gradient), so z[t] need only carry what changed
+    "prev_latent": [*changed(30), "--wm-prev-latent"],
+    # changed pixels measured against the global shift between o[t] and o[t+1]
+    "motion": [*changed(30), "--motion-compensation"],
+    # and the IDM's frame differences against each pair's shift too
+    "motion_idm": [*changed(30), "--motion-compensation", "--motion-compensate-idm"],
+    # a penalty on z[t]'s cross-correlation with z[t-1] across the batch
+    "decorrelation": [*changed(30), "--latent-decorrelation", "1"],
+    # the previous latent and the penalty together
+    "prev_latent_decorrelation": [*changed(30), "--wm-prev-latent", "--latent-decorrelation", "1"],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
     "laom": LAOM,
     # the same with prediction in embedding space
