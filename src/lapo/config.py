@@ -746,6 +746,9 @@ class DemoConfig(Config):
     """Seed of everything."""
     threads: int = setting(0, THREADS)
     """torch CPU threads; 0 = all cores."""
+    precision: str = setting("auto", choices=PRECISIONS)
+    """Stage 1's arithmetic: fp32, bf16 (autocast) or auto (bf16 where the CPU computes it
+    natively: AVX512-BF16 or AMX). Stage 2 and the baselines train in fp32."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

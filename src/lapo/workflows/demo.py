@@ -156,6 +156,7 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
         probe_test=1_024,
         seed=c.seed,
         threads=c.threads,
+        precision=c.precision,
         **labels,
     )
 
