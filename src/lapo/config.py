@@ -723,19 +723,19 @@ class DemoConfig(Config):
     nothing to imitate, so stages 2 and 3 are skipped)."""
     frames: int = setting(20_000, FRAMES)
     """Frames to record for training (plus frames/5 for testing)."""
-    lam_steps: int = setting(1_500, TRAIN_STEPS)
+    lam_steps: int = setting(800, TRAIN_STEPS)
     """Stage-1 training steps (cpu preset otherwise)."""
     lam_batch: int = setting(32, BATCH)
     """Stage-1 batch size."""
-    bc_steps: int = setting(800, TRAIN_STEPS)
+    bc_steps: int = setting(500, TRAIN_STEPS)
     """Stage-2 (and BC baseline) training steps (cpu preset otherwise)."""
     bc_batch: int = setting(32, BATCH)
     """Stage-2 (and BC baseline) batch size."""
-    labels: int = setting(1_000, LABELS)
+    labels: int = setting(256, LABELS)
     """K: labelled transitions for the decoder and the BC baseline."""
-    probe_labels: int = setting(4_096, WINDOWS)
+    probe_labels: int = setting(2_048, WINDOWS)
     """Labelled windows for the probe (at most the train split)."""
-    ceiling_steps: int = setting(600, TRAIN_STEPS)
+    ceiling_steps: int = setting(300, TRAIN_STEPS)
     """Training steps of the supervised ceiling (the IDM encoder on the true actions)."""
     episodes: int = setting(48, EPISODES)
     """Evaluation episodes per policy."""
