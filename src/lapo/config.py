@@ -723,7 +723,7 @@ class DemoConfig(Config):
     nothing to imitate, so stages 2 and 3 are skipped)."""
     frames: int = setting(20_000, FRAMES)
     """Frames to record for training (plus frames/5 for testing)."""
-    lam_steps: int = setting(800, TRAIN_STEPS)
+    lam_steps: int = setting(600, TRAIN_STEPS)
     """Stage-1 training steps (cpu preset otherwise)."""
     lam_batch: int = setting(32, BATCH)
     """Stage-1 batch size."""

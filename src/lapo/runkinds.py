@@ -129,7 +129,7 @@ def load_lam(run: Path, device: str = "cpu") -> tuple[LatentActionModel, dict]:
     model = LatentActionModel(lam_config_from_dict(config["lam"]))
     tensors, _ = load_tensors(run / "lam.safetensors")
     model.load_state_dict(tensors)
-    return model.to(device).eval(), config
+    return model.to(device, memory_format=torch.channels_last).eval(), config
 
 
 def load_stage2(run: Path) -> tuple[LatentPolicy, IDM, dict]:

@@ -64,8 +64,9 @@ class ImpalaCNN(nn.Module):
         self.out_features = out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, C, 64, 64) -> (B, 32w, 8, 8) -> (B, out_features)
-        x = self.stacks(x)
+        # (B, C, 64, 64) -> (B, 32w, 8, 8) -> (B, out_features); channels-last in memory
+        # (the same values): oneDNN's convolutions run 1.5-2x faster on a CPU that way
+        x = self.stacks(x.contiguous(memory_format=torch.channels_last))
         return F.relu(self.fc(F.relu(x).flatten(1)))
 
 
@@ -105,7 +106,8 @@ class NatureCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, C, S, S) -> (B, c0, 15, 15) -> (B, c2, 4, 4) -> (B, out_features)
-        return F.relu(self.fc(self.convs(x).flatten(1)))
+        x = self.convs(x.contiguous(memory_format=torch.channels_last))  # as ImpalaCNN's
+        return F.relu(self.fc(x.flatten(1)))
 
 
 def make_encoder(

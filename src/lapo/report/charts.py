@@ -46,7 +46,9 @@ def stage1_curves(metrics: Path, game: str) -> Any:
     """Stage 1: test world-model MSE (own and shuffled latents) and probe accuracy vs step."""
     plt = pyplot()
     rows = read_csv(metrics)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    probed = len(_series(rows, "step", "probe_acc")[0]) > 0
+    fig, axes = plt.subplots(1, 1 + probed, figsize=(5 + 5 * probed, 3.4), squeeze=False)
+    a = axes[0, 0]
     for col, label in (
         ("test_wm_loss", "test MSE, own latent"),
         ("test_wm_loss_shuffled", "test MSE, another window's latent"),
@@ -56,6 +58,10 @@ def stage1_curves(metrics: Path, game: str) -> Any:
     a.set_yscale("log")
     a.set(title=f"{game}: stage-1 world model", xlabel="training step", ylabel="next-frame MSE")
     a.legend(fontsize=8)
+    if not probed:  # a run without probes during training (the demo's: see its probe)
+        fig.tight_layout()
+        return fig
+    b = axes[0, 1]
     x, y = _series(rows, "step", "probe_acc")
     b.plot(x, y, marker="o", ms=3, color="tab:green", label="probe accuracy")
     b.axhline(1 / 15, color="grey", ls=":", label="chance (1/15)")

@@ -126,7 +126,7 @@ def train_supervised_idm(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = supervised_idm(cfg).to(device)
+    model = supervised_idm(cfg).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, len(starts))
     for _ in tqdm(range(cfg.steps), desc="supervised idm", disable=not progress):

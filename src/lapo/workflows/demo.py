@@ -67,19 +67,19 @@ from lapo.stages.lam_probe import probe_lam
 # seconds per stage on 2 CPU cores at the default sizes (measured in float32 on an AMD EPYC
 # with AVX512, 2026-12-06); they weight the progress bar
 STAGES = {
-    "collect": 8,
-    "stage1": 170,
-    "probe": 20,
-    "ceiling": 28,
-    "plots": 5,
-    "stage2": 38,
-    "decode": 12,
-    "baseline": 25,
-    "idm_bc": 86,
-    "stage1_labels": 170,
-    "stage2_labels": 38,
-    "decode_labels": 12,
-    "evaluate": 33,
+    "collect": 7,
+    "stage1": 120,
+    "probe": 8,
+    "ceiling": 18,
+    "plots": 4,
+    "stage2": 37,
+    "decode": 14,
+    "baseline": 23,
+    "idm_bc": 53,
+    "stage1_labels": 125,
+    "stage2_labels": 37,
+    "decode_labels": 14,
+    "evaluate": 40,
     "report": 1,
 }
 
@@ -122,10 +122,10 @@ class Demo:
             steps=cfg.bc_steps,
             batch_size=cfg.bc_batch,
             warmup_steps=min(100, cfg.bc_steps // 5),
-            eval_every=max(cfg.bc_steps // 5, 1),
-            # as stage 1's test loss: fewer windows at toy sizes (--fast), where six
-            # evaluations on 1,024 windows cost about as much as the training steps
-            test_windows=min(bc_cpu.test_windows, 2 * cfg.bc_steps),
+            # the test loss halfway and at the end, on 512 windows (fewer at toy sizes): a
+            # curve to read, not a figure the report compares
+            eval_every=max(cfg.bc_steps // 2, 1),
+            test_windows=min(512, 2 * cfg.bc_steps),
             seed=cfg.seed,
             threads=cfg.threads,
         )
@@ -148,12 +148,13 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
         preset(LAMConfig, "cpu"),
         steps=c.lam_steps,
         batch_size=c.lam_batch,
-        eval_every=max(c.lam_steps // 4, 1),
-        # the test loss on 512 windows, fewer at toy sizes (--fast), where its five
+        eval_every=max(c.lam_steps // 2, 1),
+        # the test loss on 512 windows, fewer at toy sizes (--fast), where its three
         # evaluations would otherwise cost as much as the training steps
         test_windows=min(512, 2 * c.lam_steps),
-        # one probe, at the end: the demo's probe stage measures the latent on more windows
-        probe_every=c.lam_steps,
+        # no probe during training: the probe stage measures the latent (and the untrained
+        # IDM's) on more windows. With the labels, one at the end reads the action head
+        probe_every=c.lam_steps if labels else 0,
         probe_train=min(2_048, c.probe_labels),
         probe_test=1_024,
         seed=c.seed,
