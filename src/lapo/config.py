@@ -433,6 +433,10 @@ _LAM_CPU = LAMConfig(
     learning_rate=1e-3,
     batch_size=32,
     steps=3_000,
+    # 3,000 steps or 12 minutes of them, whichever comes first, so that with its probes and
+    # test losses a run ends within 15 minutes on 2 cores of a slow CPU (one thread of an AVX2
+    # EPYC took 21 minutes for the 3,000 steps); a faster CPU does all 3,000
+    max_minutes=12.0,
     warmup_steps=50,
     eval_every=250,
     probe_every=500,

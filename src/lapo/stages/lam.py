@@ -370,6 +370,8 @@ def lam_summary(
     the untrained model's."""
     summary = {
         "steps": done,
+        # a time budget (--max-minutes) may end the run before cfg.steps
+        "stopped_by": "steps" if done >= cfg.steps else "max_minutes",
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(wall, 1),
         "samples_per_second": round((done - start) * cfg.batch_size / max(wall, 1e-9), 1),
