@@ -127,7 +127,7 @@ def test_train_writes_run_and_resumes_with_identical_state(data, tmp_path):
     # a longer budget continues from step 8 (restore itself: test_checkpoint.py)
     summary = train_lam(LAMConfig(steps=12, **TOY), data, run, progress=False)
     _, meta = load_tensors(run / "checkpoint.safetensors")
-    assert meta["step"] == 12 and summary["steps"] == 12
+    assert meta["step"] == 12 and summary["steps"] == 12 and summary["stopped_by"] == "steps"
     # the untrained baseline is measured once, at step 0, and reported after a resume too
     assert summary["probe_untrained_accuracy"] == baseline["accuracy"]
     assert summary["test_wm_loss_shuffled_latent"] > 0
@@ -448,6 +448,7 @@ def test_time_budget_stops_training_and_a_rerun_does_not_go_on(data, tmp_path):
     cfg = LAMConfig(**{**TOY, "steps": 10_000, "probe_every": 0, "max_minutes": 0.02})
     summary = train_lam(cfg, data, run, progress=False)
     assert 0 < summary["steps"] < 10_000 and summary["train_seconds"] >= 1.2
+    assert summary["stopped_by"] == "max_minutes"
     again = train_lam(cfg, data, run, progress=False)
     assert again["steps"] == summary["steps"]
     import csv
