@@ -118,6 +118,9 @@ VARIANTS: dict[str, list[str]] = {
     "motion_idm": [*changed(30), "--motion-compensation", "--motion-compensate-idm"],
     # a penalty on z[t]'s cross-correlation with z[t-1] across the batch
     "decorrelation": [*changed(30), "--latent-decorrelation", "1"],
+    # the cpu preset (float32) with a hinge on each latent dimension's batch variance: on heist
+    # the preset's latent died (its encoder's last ReLU off for every input) within 1,000 steps
+    "changed30_varfloor": [*changed(30), "--latent-var-floor", "0.01"],
     # the previous latent and the penalty together
     "prev_latent_decorrelation": [*changed(30), "--wm-prev-latent", "--latent-decorrelation", "1"],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts
