@@ -121,6 +121,8 @@ VARIANTS: dict[str, list[str]] = {
     # the cpu preset (float32) with a hinge on each latent dimension's batch variance: on heist
     # the preset's latent died (its encoder's last ReLU off for every input) within 1,000 steps
     "changed30_varfloor": [*changed(30), "--latent-var-floor", "0.01"],
+    # the same remedy in the architecture: the IDM encoder's last linear layer without its ReLU
+    "changed30_linear": [*changed(30), "--idm-linear-features"],
     # the previous latent and the penalty together
     "prev_latent_decorrelation": [*changed(30), "--wm-prev-latent", "--latent-decorrelation", "1"],
     # LAOM's recipe on our IDM: lookahead + wide continuous latent + shifts

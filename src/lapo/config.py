@@ -325,6 +325,10 @@ class LAMConfig(FastPath):
     latent_var_floor: float = setting(0.0, Range(0, 1_000))
     """Hinge that keeps each latent dimension's batch variance above this floor (before the
     bottleneck), so the latent cannot collapse to a constant; 0 = off (LAPO)."""
+    idm_linear_features: bool = False
+    """The IDM encoder's last linear layer feeds the latent head without its ReLU, so the
+    latent cannot die: on heist the preset's IDM switched that ReLU off for every input within
+    1,000 steps and every window got the same latent (docs/results/stage1.md). Not in LAPO."""
     wm_prev_latent: bool = False
     """The world model also gets the previous step's quantised latent z[t-1] (the IDM on o[t-2],
     o[t-1], o[t], without gradient) beside z[t], so z[t] need only carry what changed: the agent

@@ -53,6 +53,8 @@ class IDM(nn.Module):
     ``o[i+1] - o[i]`` stacked after the frames: moving sprites stand out from the first layer.
     They are sparse and small next to the frames; ``difference_scale`` amplifies them. With
     ``compensate`` they are taken against each pair's global shift (the camera's move).
+    With ``linear_features`` the encoder's last linear layer goes to the head without its ReLU,
+    so no input can switch every feature off at once.
     """
 
     def __init__(
@@ -64,13 +66,19 @@ class IDM(nn.Module):
         differences: bool = False,
         difference_scale: float = 1.0,
         compensate: bool = False,
+        linear_features: bool = False,
     ) -> None:
         super().__init__()
         self.differences = differences
         self.difference_scale = difference_scale
         self.compensate = compensate
         images = 2 * frames - 1 if differences else frames
-        self.encoder = ImpalaCNN(in_channels=3 * images, width=width, out_features=features)
+        self.encoder = ImpalaCNN(
+            in_channels=3 * images,
+            width=width,
+            out_features=features,
+            final_relu=not linear_features,
+        )
         self.head = nn.Linear(features, quantizer.latent_dim)
         self.quantizer = make_quantizer(quantizer)
         self.latent_dim = quantizer.latent_dim
@@ -92,6 +100,7 @@ def build_idm(cfg: LAMConfig) -> IDM:
         differences=cfg.idm_differences,
         difference_scale=cfg.idm_difference_scale,
         compensate=cfg.motion_compensate_idm,
+        linear_features=cfg.idm_linear_features,
     )
 
 

@@ -40,7 +40,8 @@ class ConvSequence(nn.Module):
 class ImpalaCNN(nn.Module):
     """IMPALA-CNN: stacks of (16, 32, 32) x ``width`` channels, then a linear layer.
 
-    Input ``(B, in_channels, 64, 64)`` float; output ``(B, out_features)`` after ReLU.
+    Input ``(B, in_channels, 64, 64)`` float; output ``(B, out_features)`` after ReLU, or
+    with ``final_relu=False`` the linear layer's output itself.
     """
 
     def __init__(
@@ -50,8 +51,10 @@ class ImpalaCNN(nn.Module):
         out_features: int = 256,
         image_size: int = 64,
         channels: tuple[int, ...] = (16, 32, 32),
+        final_relu: bool = True,
     ) -> None:
         super().__init__()
+        self.final_relu = final_relu
         stacks = []
         c = in_channels
         size = image_size
@@ -67,7 +70,8 @@ class ImpalaCNN(nn.Module):
         # (B, C, 64, 64) -> (B, 32w, 8, 8) -> (B, out_features); channels-last in memory
         # (the same values): oneDNN's convolutions run 1.5-2x faster on a CPU that way
         x = self.stacks(x.contiguous(memory_format=torch.channels_last))
-        return F.relu(self.fc(F.relu(x).flatten(1)))
+        y = self.fc(F.relu(x).flatten(1))
+        return F.relu(y) if self.final_relu else y
 
 
 class NatureCNN(nn.Module):
