@@ -19,7 +19,9 @@ def test_demonstrator_manifest_and_size(game):
     folder = SHIPPED[game]
     manifest = read_json(folder / "manifest.json")
     assert manifest["game"] == game
-    assert manifest["command"].startswith(f"lapo expert train --env {game} ")
+    assert manifest["command"].startswith(
+        (f"lapo expert train --env {game} ", f"lapo expert distill --env {game} ")
+    )
     assert manifest["frames_trained"] > 0
     assert manifest["eval"]["episodes"] >= 100
     assert manifest["eval"]["normalized_return"] >= 0.3

@@ -679,6 +679,51 @@ PRESETS[ExpertConfig] = {
 
 
 @dataclass
+class DistillConfig(Config):
+    """``lapo expert distill``: a demonstrator network trained by DAgger (Ross et al. 2011) on
+    the moves of a planner that searches the game's own state (:mod:`lapo.rl.planner`). Round
+    0 records the planner playing, with random moves mixed in so the data also shows screens
+    off its paths; each later round records the network playing, labelled with the planner's
+    moves; after each round the network trains on everything recorded so far."""
+
+    game: str = "maze"
+    """Procgen game the planner can search (maze)."""
+    arch: str = setting("nature", choices=ENCODERS)
+    """The network's encoder, as lapo expert train's."""
+    width: int = setting(1, WIDTH)
+    """IMPALA-CNN width multiplier."""
+    obs_size: int = setting(64, Range(32, 64, note="64 or 32"))
+    """Resolution the network sees: 64, or 32 (2x2 means); the frames stay 64x64 RGB."""
+    grey: bool = False
+    """The network sees grey frames (luma); the frames stay RGB."""
+    rounds: int = setting(4, Range(1, 1_000), resumable=True)
+    """DAgger rounds (round 0: the planner plays; later rounds: the network)."""
+    frames_per_round: int = setting(20_000, FRAMES)
+    """Frames recorded (and labelled) per round."""
+    noise: float = setting(0.25, UNIT)
+    """Round 0: chance that the planner's move is replaced by a uniformly random action."""
+    epochs: int = setting(2, Range(1, 1_000))
+    """Passes over all frames recorded so far after each round."""
+    batch_size: int = setting(64, BATCH)
+    """Frames per gradient step."""
+    learning_rate: float = setting(5e-4, LEARNING_RATE)
+    """Adam learning rate."""
+    distribution_mode: str = setting("easy", choices=("easy", "hard"))
+    """Procgen's distribution mode."""
+    seed: int = setting(0, SEED)
+    """Seed of the levels, the network and the batches."""
+    threads: int = setting(0, THREADS, resumable=True)
+    """torch CPU threads; 0 = all cores."""
+    device: str = setting("auto", resumable=True)
+    """cpu, cuda or auto."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.obs_size not in (32, 64):
+            raise FieldError("obs_size", f"must be 64 or 32, got {self.obs_size}")
+
+
+@dataclass
 class SupervisedIDMConfig(Config):
     """Baseline (b)'s supervised IDM: the stage-1 IDM's encoder with a 15-way head."""
 

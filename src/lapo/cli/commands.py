@@ -155,6 +155,15 @@ def expert_train(args: argparse.Namespace) -> None:
     _print({**summary, "command": _command()})
 
 
+def expert_distill(args: argparse.Namespace) -> None:
+    from lapo.rl.distill import distill_expert
+
+    cfg = command_config(args, config.DistillConfig, section="distill")
+    cfg = dataclasses.replace(cfg, game=args.env)
+    summary = distill_expert(cfg, Path(args.out), progress=not args.quiet, command=_command())
+    _print({**summary, "command": _command()})
+
+
 def expert_package(args: argparse.Namespace) -> None:
     from lapo.rl.expert import package_demonstrator
 

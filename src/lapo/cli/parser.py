@@ -53,7 +53,7 @@ BC_CPU = {"defaults": preset(config.BCConfig, "cpu")}  # what --preset's default
 PPO_BASELINE_FIELDS = ("frames", "width", "num_envs", "num_steps", "seed", "threads", "device")
 
 GROUPS = {
-    "expert": "PPO demonstrators",
+    "expert": "demonstrators: PPO, or distilled from a planner",
     "data": "dataset tools",
     "lam": "stage 1: latent action model",
     "bc": "stage 2: latent behaviour cloning",
@@ -66,8 +66,12 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
     ("expert train", "train a PPO demonstrator on a Procgen game", cmd.expert_train,
      [ENV, _req("--out", "run folder (resumes if present)", metavar="DIR"), QUIET, CONFIG],
      [(config.ExpertConfig, {"skip": ("game",)})]),
+    ("expert distill", "train a demonstrator network on a planner's moves (DAgger; maze)",
+     cmd.expert_distill,
+     [ENV, _req("--out", "run folder (resumes if present)", metavar="DIR"), QUIET, CONFIG],
+     [(config.DistillConfig, {"skip": ("game",)})]),
     ("expert package", "evaluate a trained run and copy it with a manifest", cmd.expert_package,
-     [_req("--run", "folder written by 'lapo expert train'"), _req("--out", "destination folder"),
+     [_req("--run", "folder written by 'lapo expert train' or 'lapo expert distill'"), _req("--out", "destination folder"),
       _opt("--episodes", "evaluation episodes (default: 100)", type=int, default=100),
       _opt("--seed", "evaluation seed", type=int, default=12345)], []),
     ("collect", "record a policy playing a Procgen game into a dataset", cmd.collect,

@@ -100,7 +100,7 @@ def package_demonstrator(
         "game": policy.game,
         "command": config.get("command"),
         "frames_trained": config.get("frames_trained"),
-        "train_config": config.get("train"),
+        "train_config": config.get("train") or config.get("distill"),
         "eval": {k: v for k, v in result.items() if k != "policy"},
         "eval_command": f"lapo eval --policy demonstrator --env {policy.game} "
         f"--episodes {episodes} --seed {seed} --num-envs {num_envs}",

@@ -1,0 +1,133 @@
+"""A planner that plays a Procgen level perfectly by searching the game's own state.
+
+Procgen can copy and restore a running game (``get_state`` / ``set_state``). In a game whose
+screen determines its state and whose only mover is the agent, such as maze, a breadth-first
+search over the screens the agent's moves reach finds every shortest path to the level's
+reward: :class:`ShortestPaths` searches a level once (a few hundred restored steps, well
+under a second on a CPU) and then names, for any screen of that level, the moves that start
+a shortest path. It is the teacher of :mod:`lapo.rl.distill`, which trains a demonstrator
+network on its moves, since PPO needs far more CPU time than a session has to learn maze.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from lapo.envs.procgen import EnvError
+
+MOVES: dict[str, tuple[int, ...]] = {"maze": (1, 3, 5, 7)}
+"""The games the planner can search -> the moves it tries: Procgen's LEFT, DOWN, UP, RIGHT
+(maze's diagonals act as one of their two directions, the rest as NOOP)."""
+
+MAX_SCREENS = 20_000
+"""The search stops after this many distinct screens (an easy maze has at most a few hundred)."""
+
+
+def check_planner_game(game: str) -> str:
+    """Return ``game`` if the planner can search it, else raise :class:`EnvError`."""
+    if game not in MOVES:
+        raise EnvError(
+            f"the planner cannot search {game!r} (it needs a game whose screen is its state, "
+            f"with the agent as its only mover): choose one of {', '.join(MOVES)}, or train "
+            "a demonstrator with 'lapo expert train'"
+        )
+    return game
+
+
+def screen_key(obs: np.ndarray) -> bytes:
+    """A 16-byte digest of one uint8 screen ``(64, 64, 3)``."""
+    return hashlib.blake2b(np.ascontiguousarray(obs).tobytes(), digest_size=16).digest()
+
+
+class ShortestPaths:
+    """The shortest paths to the reward of the level running in ``env``.
+
+    ``env`` is a ``ProcgenGym3Env`` with one environment. :meth:`moves` takes the screen the
+    environment shows and returns the moves that start a shortest path from it, searching the
+    level (from that screen) the first time it sees a screen it does not know; the search
+    restores the environment's state when it is done. :meth:`new_level` forgets the level.
+    """
+
+    def __init__(self, env: Any, game: str) -> None:
+        self.env = env
+        self.actions = MOVES[check_planner_game(game)]
+        self.new_level()
+
+    def new_level(self) -> None:
+        """Forget the searched level (call when an episode ends)."""
+        self.edges: dict[bytes, dict[int, bytes]] = {}  # screen -> move -> next screen
+        self.rewarded: dict[bytes, list[int]] = {}  # screen -> moves that earn the reward
+        self.distance: dict[bytes, int] | None = None  # screen -> moves to the reward
+
+    def _search(self) -> None:
+        """Breadth-first search from the current screen over every screen the moves reach."""
+        env = self.env
+        start_state = env.get_state()
+        _, obs, _ = env.observe()
+        start = screen_key(obs["rgb"][0])
+        self.edges.setdefault(start, {})
+        queue = deque([(start, start_state)])
+        while queue and len(self.edges) < MAX_SCREENS:
+            key, state = queue.popleft()
+            for a in self.actions:
+                env.set_state(state)
+                env.act(np.array([a], np.int32))
+                reward, obs, first = env.observe()
+                if reward[0] > 0:
+                    self.rewarded.setdefault(key, []).append(a)
+                    continue
+                if first[0]:  # the episode ended without the reward
+                    continue
+                nxt = screen_key(obs["rgb"][0])
+                if nxt == key:  # a wall: the move changes nothing
+                    continue
+                self.edges[key][a] = nxt
+                if nxt not in self.edges:
+                    self.edges[nxt] = {}
+                    queue.append((nxt, env.get_state()))
+        env.set_state(start_state)
+        self.distance = None
+
+    def _distances(self) -> dict[bytes, int]:
+        """Moves from each screen to the reward: breadth-first backwards from the rewarded."""
+        parents: dict[bytes, list[bytes]] = {}
+        for key, edges in self.edges.items():
+            for nxt in edges.values():
+                parents.setdefault(nxt, []).append(key)
+        distance = dict.fromkeys(self.rewarded, 1)
+        queue = deque(self.rewarded)
+        while queue:
+            key = queue.popleft()
+            for parent in parents.get(key, []):
+                if parent not in distance:
+                    distance[parent] = distance[key] + 1
+                    queue.append(parent)
+        return distance
+
+    def moves(self, obs: np.ndarray) -> list[int]:
+        """The moves that start a shortest path to the reward from screen ``obs`` ``(64, 64,
+        3)`` (the one ``env`` shows now); ``[]`` when the reward cannot be reached."""
+        key = screen_key(obs)
+        if key not in self.edges:
+            self._search()
+        if self.distance is None:
+            self.distance = self._distances()
+        d = self.distance.get(key)
+        if d is None:
+            return []
+        return [
+            a
+            for a in self.actions
+            if a in self.rewarded.get(key, ())
+            or self.distance.get(self.edges[key].get(a, b""), -1) == d - 1
+        ]
+
+    def steps_to_reward(self, obs: np.ndarray) -> int | None:
+        """Moves on a shortest path from screen ``obs`` to the reward (None: unreachable)."""
+        self.moves(obs)
+        assert self.distance is not None
+        return self.distance.get(screen_key(obs))

@@ -1,0 +1,111 @@
+"""The maze planner and the demonstrators distilled from it (lapo.rl.planner, lapo.rl.distill)."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from lapo.checkpoint import load_tensors, read_json
+from lapo.cli import main
+from lapo.config import DistillConfig
+from lapo.envs.procgen import EnvError, _import_procgen
+from lapo.evaluation.policies import load_policy
+from lapo.rl.distill import distill_expert
+from lapo.rl.planner import MOVES, ShortestPaths, check_planner_game
+
+LEVELS = 12
+
+
+def maze(seed: int):
+    return _import_procgen()(
+        num=1, env_name="maze", distribution_mode="easy", num_levels=0, start_level=0,
+        rand_seed=seed,
+    )  # fmt: skip
+
+
+def play(env, choose, limit: int) -> tuple[float, int]:
+    """Play one episode of at most ``limit`` steps; return (return, steps)."""
+    total = 0.0
+    for step in range(1, limit + 1):
+        _, obs, _ = env.observe()
+        env.act(np.array([choose(obs["rgb"][0])], np.int32))
+        reward, _, first = env.observe()
+        total += float(reward[0])
+        if first[0]:
+            return total, step
+    return total, limit
+
+
+def test_the_planner_reaches_the_cheese_in_the_steps_it_says_where_random_play_does_not():
+    env = maze(seed=7)
+    planner = ShortestPaths(env, "maze")
+    rng = np.random.default_rng(0)
+    planned, randomly = [], []
+    for _ in range(LEVELS):
+        _, obs, _ = env.observe()
+        steps = planner.steps_to_reward(obs["rgb"][0])
+        assert steps is not None and steps >= 1
+        # the same level, played at random for the same number of steps (state restored)
+        state = env.get_state()
+        randomly.append(play(env, lambda o: rng.integers(15), steps)[0])
+        env.set_state(state)
+        ret, taken = play(env, lambda o: planner.moves(o)[0], steps)
+        assert (ret, taken) == (10.0, steps)  # the cheese, in exactly the steps it said
+        planned.append(ret)
+        planner.new_level()
+    assert np.mean(planned) == 10.0
+    assert np.mean(randomly) < 5.0
+
+
+def test_the_planner_finds_the_way_back_after_random_moves():
+    env = maze(seed=3)
+    planner = ShortestPaths(env, "maze")
+    rng = np.random.default_rng(1)
+    for _ in range(20):  # wander off the shortest path first (an episode may end: a new level)
+        env.act(np.array([rng.integers(15)], np.int32))
+        if env.observe()[2][0]:
+            planner.new_level()
+    _, obs, _ = env.observe()
+    moves = planner.moves(obs["rgb"][0])
+    assert moves and set(moves) <= set(MOVES["maze"])
+    steps = planner.steps_to_reward(obs["rgb"][0])
+    assert play(env, lambda o: planner.moves(o)[0], steps) == (10.0, steps)
+
+
+def test_games_the_planner_cannot_search_are_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(EnvError, match="cannot search 'coinrun'"):
+        check_planner_game("coinrun")
+    assert main(["expert", "distill", "--env", "coinrun", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lapo expert train" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_distill_writes_a_demonstrator_folder_and_resumes_with_more_rounds(tmp_path):
+    cfg = DistillConfig(game="maze", arch="nature_small", obs_size=32, rounds=2,
+                        frames_per_round=150, epochs=1, threads=1)  # fmt: skip
+    run = tmp_path / "run"
+    summary = distill_expert(cfg, run, progress=False)
+    assert summary["round"] == 2 and summary["frames"] == 300
+    config = read_json(run / "config.json")
+    assert config["kind"] == "ppo-expert" and config["trained_by"] == "distill"
+    assert config["frames_trained"] == 300
+    shard, _ = load_tensors(run / "round_0.safetensors")
+    screens, targets = shard["screens"], shard["targets"]
+    assert screens.shape == (150, 64, 64, 3) and screens.dtype == torch.uint8
+    assert targets.shape == (150, 15)
+    torch.testing.assert_close(targets.sum(1), torch.ones(150))
+    # the targets are the planner's moves only
+    assert set(torch.nonzero(targets)[:, 1].tolist()) <= set(MOVES["maze"])
+    # the folder is a policy like a PPO run's
+    policy = load_policy(run, "maze")
+    actions = policy.act(screens[:4].numpy())
+    assert actions.shape == (4,)
+    # one more round resumes after the second
+    distill_expert(DistillConfig(**{**cfg.__dict__, "rounds": 3}), run, progress=False)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3]
+    assert [r["player"] for r in rows] == ["planner", "network", "network"]
+    assert float(rows[0]["mean_return"]) > 5.0  # the planner, noisy, still reaches the cheese
