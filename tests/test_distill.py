@@ -109,3 +109,19 @@ def test_distill_writes_a_demonstrator_folder_and_resumes_with_more_rounds(tmp_p
     assert [int(r["round"]) for r in rows] == [1, 2, 3]
     assert [r["player"] for r in rows] == ["planner", "network", "network"]
     assert float(rows[0]["mean_return"]) > 5.0  # the planner, noisy, still reaches the cheese
+
+
+def test_the_shipped_maze_demonstrator_is_the_planner_and_records_a_dataset(tmp_path):
+    from lapo.data.collect import collect
+    from lapo.data.dataset import WindowDataset
+
+    policy = load_policy("demonstrator", "maze", seed=0)
+    assert policy.describe() == {"kind": "planner", "game": "maze"}
+    out = tmp_path / "maze"
+    summary = collect("maze", "demonstrator", 256, out, test_frames=64, num_envs=4,
+                      chunk_frames=64, progress=False)  # fmt: skip
+    assert summary["policy_mean_return"] == 10.0  # every finished episode reached the cheese
+    ds = WindowDataset(out, "train", k=2)
+    actions = ds.labels_at(ds.starts)["actions"]
+    assert set(np.unique(actions).tolist()) <= set(MOVES["maze"])
+    assert len(np.unique(actions)) >= 3  # it goes several ways, not one

@@ -759,7 +759,7 @@ class EvalConfig(Config):
     """Procgen distribution mode: easy or hard."""
 
 
-DEMO_GAMES = ("coinrun", "jumper")
+DEMO_GAMES = ("coinrun", "jumper", "maze")
 DEMO_POLICIES = ("demonstrator", "random")
 
 
@@ -768,8 +768,8 @@ class DemoConfig(Config):
     """``lapo demo``: data, stage 1, probe, stage 2, offline decoding, baselines, report."""
 
     game: str = "coinrun"
-    """Game with a shipped demonstrator (coinrun or jumper); any Procgen game with --policy
-    random."""
+    """Game with a shipped demonstrator (coinrun, jumper, or maze, whose demonstrator is the
+    planner); any Procgen game with --policy random."""
     policy: str = "demonstrator"
     """Who plays the recorded video: demonstrator (the shipped one: the whole method) or
     random (any game, stage 1 only: its probe, ceiling and pictures; a random policy is

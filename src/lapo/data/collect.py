@@ -112,7 +112,10 @@ def _collect_split(
     """Step ``env`` with ``policy`` until ``frames`` frames of ``split`` are committed."""
     manifest = writer.manifest
     n_env = env.num_envs
+    from lapo.evaluation.policies import attach
+
     obs, info = env.reset()  # (E, 64, 64, 3) uint8
+    attach(policy, env)
     levels = info["level_seed"]
     first = int(manifest["next_episode_id"])
     episode = np.arange(first, first + n_env, dtype=np.int64)

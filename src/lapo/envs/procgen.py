@@ -206,6 +206,13 @@ class ProcgenVecEnv:
         _, obs, _ = self._env.observe()
         return obs["rgb"].copy(), {"level_seed": self._level_seeds()}
 
+    def get_state(self) -> list[bytes]:
+        """Each environment's whole game state (Procgen's ``get_state``): what a planner
+        (:class:`lapo.rl.planner.PlannerPolicy`) searches from."""
+        if self._env is None:
+            raise RuntimeError("call reset() before get_state()")
+        return self._env.get_state()
+
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:

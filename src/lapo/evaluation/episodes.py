@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from lapo.envs import ProcgenVecEnv, check_game, normalized_return
-from lapo.evaluation.policies import Policy, load_policy
+from lapo.evaluation.policies import Policy, attach, load_policy
 
 
 def run_episodes(
@@ -44,6 +44,7 @@ def run_episodes(
     returns: list[list[float]] = [[] for _ in range(num_envs)]
     try:
         obs, _ = env.reset()
+        attach(policy, env)
         for _ in range(max_steps):
             obs, _, _, _, info = env.step(policy.act(obs))
             for i in np.flatnonzero(info["episode_done"]):

@@ -2,7 +2,8 @@
 
 Every policy maps uint8 observations ``(N, 64, 64, 3)`` to integer actions ``(N,)``.
 ``load_policy("random", game)``, ``load_policy("demonstrator", game)`` (the demonstrator shipped
-with lapo for that game) or ``load_policy(DIR)`` gives one; ``DIR`` is a folder with
+with lapo for that game), ``load_policy("planner", "maze")`` (:mod:`lapo.rl.planner`, which
+plays by searching the game's state) or ``load_policy(DIR)`` gives one; ``DIR`` is a folder with
 ``config.json`` + ``policy.safetensors`` (what ``lapo expert train``, ``lapo decode`` and
 ``lapo baseline`` write).
 """
@@ -17,11 +18,16 @@ import torch
 from torch.distributions import Categorical
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json
-from lapo.envs import NUM_ACTIONS
+from lapo.envs import NUM_ACTIONS, ProcgenVecEnv
 from lapo.models.actor_critic import ActorCritic
 from lapo.runkinds import POLICY_KINDS, PPO_EXPERT, load_policy_run
 
 DEMONSTRATORS_DIR = Path(__file__).parent.parent / "demonstrators"
+
+
+PLANNER = "planner"
+"""The kind of a shipped demonstrator that is the planner of :mod:`lapo.rl.planner` (no
+network: its folder holds only config.json and manifest.json)."""
 
 
 def shipped_demonstrators() -> dict[str, Path]:
@@ -31,8 +37,19 @@ def shipped_demonstrators() -> dict[str, Path]:
     return {
         p.name: p
         for p in sorted(DEMONSTRATORS_DIR.iterdir())
-        if (p / "policy.safetensors").is_file() and (p / "config.json").is_file()
+        if (p / "config.json").is_file()
+        and (
+            (p / "policy.safetensors").is_file() or read_json(p / "config.json")["kind"] == PLANNER
+        )
     }
+
+
+def attach(policy: Policy, env: ProcgenVecEnv) -> None:
+    """Give ``env`` (just reset) to a policy that reads the game's state, not only the screen
+    (the planner); other policies need nothing."""
+    hook = getattr(policy, "attach", None)
+    if hook is not None:
+        hook(env)
 
 
 class Policy(Protocol):
@@ -142,9 +159,15 @@ class NetworkPolicy:
 
 
 def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Policy:
-    """``"random"``, ``"demonstrator"`` or a policy folder; raises :class:`CheckpointError`."""
+    """``"random"``, ``"demonstrator"``, ``"planner"`` (maze) or a policy folder; raises
+    :class:`CheckpointError` (:class:`lapo.envs.procgen.EnvError` for a game the planner
+    cannot search)."""
     if str(spec) == "random":
         return RandomPolicy(game, seed)
+    if str(spec) == PLANNER:
+        from lapo.rl.planner import PlannerPolicy, check_planner_game
+
+        return PlannerPolicy(check_planner_game(str(game)), seed)
     if str(spec) == "demonstrator":
         shipped = shipped_demonstrators()
         if game not in shipped:
@@ -152,6 +175,8 @@ def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Pol
                 f"no demonstrator ships for {game!r} (shipped: {', '.join(shipped) or 'none'}); "
                 "train one with 'lapo expert train' and pass its folder"
             )
+        if read_json(shipped[game] / "config.json")["kind"] == PLANNER:
+            return load_policy(PLANNER, game, seed)
         return ExpertPolicy(shipped[game], seed)
     path = Path(spec)
     if not path.is_dir():

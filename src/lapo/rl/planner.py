@@ -108,11 +108,17 @@ class ShortestPaths:
                     queue.append(parent)
         return distance
 
-    def moves(self, obs: np.ndarray) -> list[int]:
+    def moves(self, obs: np.ndarray, state: bytes | None = None) -> list[int]:
         """The moves that start a shortest path to the reward from screen ``obs`` ``(64, 64,
-        3)`` (the one ``env`` shows now); ``[]`` when the reward cannot be reached."""
+        3)``; ``[]`` when the reward cannot be reached. ``obs`` is the screen ``env`` shows
+        now, or with ``state`` (another environment's ``get_state()`` entry for that screen)
+        the screen of that state, which ``env`` takes on if it has to search. A screen the
+        last search did not reach belongs to a new level: the planner forgets the old one."""
         key = screen_key(obs)
         if key not in self.edges:
+            if state is not None:
+                self.new_level()
+                self.env.set_state([state])
             self._search()
         if self.distance is None:
             self.distance = self._distances()
@@ -131,3 +137,56 @@ class ShortestPaths:
         self.moves(obs)
         assert self.distance is not None
         return self.distance.get(screen_key(obs))
+
+
+class PlannerPolicy:
+    """The planner as a policy (:class:`lapo.evaluation.policies.Policy`): in each of the
+    environments it plays, a shortest-path move (drawn at random among equally short ones).
+
+    It reads the game's state, not only the screen, so it must be :meth:`attach`-ed to the
+    :class:`lapo.envs.procgen.ProcgenVecEnv` it plays after each ``reset``; it searches a
+    level in a one-environment copy of the game (the same options) loaded with that state.
+    """
+
+    def __init__(self, game: str, seed: int = 0) -> None:
+        self.name = "planner"
+        self.game = check_planner_game(game)
+        self.rng = np.random.default_rng(seed)
+        self.vec: Any = None
+        self.planners: list[ShortestPaths] = []
+
+    def attach(self, vec: Any) -> None:
+        """Play in ``vec`` (a ProcgenVecEnv just reset), one planner per environment."""
+        from lapo.envs.procgen import _import_procgen
+
+        if vec.game != self.game:
+            raise EnvError(f"the {self.game} planner cannot play {vec.game}")
+        self.vec = vec
+        search = _import_procgen()(
+            num=1,
+            env_name=vec.game,
+            distribution_mode=vec.distribution_mode,
+            num_levels=0,
+            start_level=0,
+            **vec.options,
+        )
+        self.planners = [ShortestPaths(search, self.game) for _ in range(vec.num_envs)]
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """uint8 ``(N, 64, 64, 3)`` -> int64 actions ``(N,)``."""
+        if self.vec is None or len(obs) != len(self.planners):
+            raise RuntimeError("attach the planner to the environments it plays first")
+        actions = np.full(len(obs), 4, np.int64)  # NOOP where the reward is out of reach
+        states: list[bytes] | None = None
+        for i, screen in enumerate(obs):
+            planner = self.planners[i]
+            if screen_key(screen) not in planner.edges:
+                states = states or self.vec.get_state()
+                planner = self.planners[i] = ShortestPaths(planner.env, self.game)
+            moves = planner.moves(screen, None if states is None else states[i])
+            if moves:
+                actions[i] = self.rng.choice(moves)
+        return actions
+
+    def describe(self) -> dict:
+        return {"kind": "planner", "game": self.game}
