@@ -50,11 +50,17 @@ class ShortestPaths:
     environment shows and returns the moves that start a shortest path from it, searching the
     level (from that screen) the first time it sees a screen it does not know; the search
     restores the environment's state when it is done. :meth:`new_level` forgets the level.
+
+    With ``stop_at_reward`` the search stops at the first screen from which a move earns the
+    reward, about half the work: the moves are then exact from every screen on a shortest path
+    from where the search started (a policy that only takes these moves stays on them), but
+    not from screens off those paths.
     """
 
-    def __init__(self, env: Any, game: str) -> None:
+    def __init__(self, env: Any, game: str, stop_at_reward: bool = False) -> None:
         self.env = env
         self.actions = MOVES[check_planner_game(game)]
+        self.stop_at_reward = stop_at_reward
         self.new_level()
 
     def new_level(self) -> None:
@@ -71,7 +77,8 @@ class ShortestPaths:
         start = screen_key(obs["rgb"][0])
         self.edges.setdefault(start, {})
         queue = deque([(start, start_state)])
-        while queue and len(self.edges) < MAX_SCREENS:
+        found = False  # a move from a searched screen earns the reward
+        while queue and len(self.edges) < MAX_SCREENS and not (found and self.stop_at_reward):
             key, state = queue.popleft()
             for a in self.actions:
                 env.set_state(state)
@@ -79,6 +86,7 @@ class ShortestPaths:
                 reward, obs, first = env.observe()
                 if reward[0] > 0:
                     self.rewarded.setdefault(key, []).append(a)
+                    found = True
                     continue
                 if first[0]:  # the episode ended without the reward
                     continue
@@ -170,7 +178,9 @@ class PlannerPolicy:
             start_level=0,
             **vec.options,
         )
-        self.planners = [ShortestPaths(search, self.game) for _ in range(vec.num_envs)]
+        self.planners = [
+            ShortestPaths(search, self.game, stop_at_reward=True) for _ in range(vec.num_envs)
+        ]
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """uint8 ``(N, 64, 64, 3)`` -> int64 actions ``(N,)``."""
@@ -182,7 +192,7 @@ class PlannerPolicy:
             planner = self.planners[i]
             if screen_key(screen) not in planner.edges:
                 states = states or self.vec.get_state()
-                planner = self.planners[i] = ShortestPaths(planner.env, self.game)
+                planner = self.planners[i] = ShortestPaths(planner.env, self.game, True)
             moves = planner.moves(screen, None if states is None else states[i])
             if moves:
                 actions[i] = self.rng.choice(moves)
