@@ -341,7 +341,23 @@ REMEDIES = {
         motion_compensate_idm=True,
     ),
     "prev_latent_embedding": dict(wm_prev_latent=True, wm_target="embedding"),
+    "linear_features": dict(idm_linear_features=True),
 }
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_linear_features_keep_the_latent_alive_where_the_last_relu_is_off(linear):
+    # heist's collapse by hand: every pre-activation of the encoder's last layer negative
+    cfg = LAMConfig(**TOY, idm_linear_features=linear)
+    idm = LatentActionModel(cfg).idm
+    with torch.no_grad():
+        idm.encoder.fc.bias.fill_(-1e3)
+        z, _ = idm(torch.rand(8, 3, 3, 64, 64) - 0.5)  # (8, A)
+    spread = z.std(0).max().item()
+    if linear:
+        assert spread > 1e-3  # windows still get their own latents
+    else:
+        assert spread == 0.0  # the ReLU is off for every window: one latent for all
 
 
 @pytest.mark.parametrize("name", list(REMEDIES))
