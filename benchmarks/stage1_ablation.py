@@ -121,6 +121,9 @@ VARIANTS: dict[str, list[str]] = {
     # the cpu preset (float32) with a hinge on each latent dimension's batch variance: on heist
     # the preset's latent died (its encoder's last ReLU off for every input) within 1,000 steps
     "changed30_varfloor": [*changed(30), "--latent-var-floor", "0.01"],
+    # a floor 50x lower, near a healthy latent's own variance per dimension (maze: median
+    # 2e-4), so that it acts only where the latent is about to die
+    "changed30_varfloor1e-4": [*changed(30), "--latent-var-floor", "0.0001"],
     # the same remedy in the architecture: the IDM encoder's last linear layer without its ReLU
     "changed30_linear": [*changed(30), "--idm-linear-features"],
     # the previous latent and the penalty together
