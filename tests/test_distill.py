@@ -125,3 +125,25 @@ def test_the_shipped_maze_demonstrator_is_the_planner_and_records_a_dataset(tmp_
     actions = ds.labels_at(ds.starts)["actions"]
     assert set(np.unique(actions).tolist()) <= set(MOVES["maze"])
     assert len(np.unique(actions)) >= 3  # it goes several ways, not one
+
+
+def test_the_planner_policy_finds_its_way_after_moves_it_did_not_choose():
+    from lapo.envs import ProcgenVecEnv
+    from lapo.evaluation.policies import attach
+
+    env = ProcgenVecEnv("maze", num_envs=4, seed=11)
+    policy = load_policy("planner", "maze", seed=0)
+    obs, _ = env.reset()
+    attach(policy, env)
+    rng = np.random.default_rng(2)
+    returns, noops = [], 0
+    for step in range(300):
+        actions = policy.act(obs)
+        noops += int((actions == 4).sum())
+        if step % 3 == 0:  # every third step a random action instead: off the shortest paths
+            actions = rng.integers(0, 15, size=4)
+        obs, _, _, _, info = env.step(actions)
+        returns += info["episode_return"][info["episode_done"]].tolist()
+    env.close()
+    assert noops == 0  # it always knows a way on
+    assert len(returns) >= 8 and set(returns) == {10.0}

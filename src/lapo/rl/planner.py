@@ -190,10 +190,14 @@ class PlannerPolicy:
         states: list[bytes] | None = None
         for i, screen in enumerate(obs):
             planner = self.planners[i]
-            if screen_key(screen) not in planner.edges:
+            # a screen the last search did not reach (a new level), or one it reached without
+            # finding its way on (the search stopped at the reward before it did): search anew
+            known = screen_key(screen) in planner.edges
+            moves = planner.moves(screen) if known else []
+            if not moves:
                 states = states or self.vec.get_state()
                 planner = self.planners[i] = ShortestPaths(planner.env, self.game, True)
-            moves = planner.moves(screen, None if states is None else states[i])
+                moves = planner.moves(screen, states[i])
             if moves:
                 actions[i] = self.rng.choice(moves)
         return actions
