@@ -21,10 +21,6 @@ def test_demonstrator_manifest_and_size(game):
     assert manifest["game"] == game
     assert manifest["eval"]["episodes"] >= 100
     assert manifest["eval"]["normalized_return"] >= 0.3
-    if read_json(folder / "config.json")["kind"] == "planner":  # no network: nothing trained
-        assert manifest["command"].startswith(f"lapo eval --policy planner --env {game} ")
-        assert not (folder / "policy.safetensors").exists()
-        return
     assert manifest["command"].startswith(
         (f"lapo expert train --env {game} ", f"lapo expert distill --env {game} ")
     )
@@ -36,12 +32,9 @@ def test_demonstrator_manifest_and_size(game):
 @pytest.mark.parametrize("game", sorted(SHIPPED))
 def test_demonstrator_beats_random(game):
     # 200 episodes: jumper's demonstrator led random play by 4.2 s.e. over 48 episodes (5.42
-    # against 2.29) and 7.7 over 200 (5.90 against 3.25); coinrun's by 10.6 over 200
+    # against 2.29) and 7.7 over 200 (5.90 against 3.25); coinrun's by 10.6 over 200; maze's
+    # (distilled from the planner) by 8.8 over 200 (7.60 against 4.35)
     episodes, seed = 200, 2024
-    if read_json(SHIPPED[game] / "config.json")["kind"] == "planner":
-        # the planner never fails (100 of 100 in its manifest), and each of its episodes
-        # costs a search: 64 episodes keep a margin far above the bar at a third of the time
-        episodes = 64
     expert = run_episodes(load_policy("demonstrator", game, seed=seed), game, episodes, seed=seed)
     random = run_episodes(load_policy("random", game, seed=seed), game, episodes, seed=seed)
     assert len(expert) == len(random) == episodes

@@ -111,14 +111,14 @@ def test_distill_writes_a_demonstrator_folder_and_resumes_with_more_rounds(tmp_p
     assert float(rows[0]["mean_return"]) > 5.0  # the planner, noisy, still reaches the cheese
 
 
-def test_the_shipped_maze_demonstrator_is_the_planner_and_records_a_dataset(tmp_path):
+def test_the_planner_records_a_dataset(tmp_path):
     from lapo.data.collect import collect
     from lapo.data.dataset import WindowDataset
 
-    policy = load_policy("demonstrator", "maze", seed=0)
+    policy = load_policy("planner", "maze", seed=0)
     assert policy.describe() == {"kind": "planner", "game": "maze"}
     out = tmp_path / "maze"
-    summary = collect("maze", "demonstrator", 256, out, test_frames=64, num_envs=4,
+    summary = collect("maze", "planner", 256, out, test_frames=64, num_envs=4,
                       chunk_frames=64, progress=False)  # fmt: skip
     assert summary["policy_mean_return"] == 10.0  # every finished episode reached the cheese
     ds = WindowDataset(out, "train", k=2)
@@ -147,3 +147,13 @@ def test_the_planner_policy_finds_its_way_after_moves_it_did_not_choose():
     env.close()
     assert noops == 0  # it always knows a way on
     assert len(returns) >= 8 and set(returns) == {10.0}
+
+
+def test_the_demo_takes_the_planner_on_the_games_it_can_search():
+    from lapo.config import PLANNER_GAMES, DemoConfig
+    from lapo.errors import ConfigError
+
+    assert set(PLANNER_GAMES) == set(MOVES)  # the config's list is the planner's
+    assert DemoConfig(game="maze", policy="planner").policy == "planner"
+    with pytest.raises(ConfigError, match="cannot search 'coinrun'"):
+        DemoConfig(game="coinrun", policy="planner")

@@ -760,7 +760,8 @@ class EvalConfig(Config):
 
 
 DEMO_GAMES = ("coinrun", "jumper", "maze")
-DEMO_POLICIES = ("demonstrator", "random")
+PLANNER_GAMES = ("maze",)  # lapo.rl.planner.MOVES's games
+DEMO_POLICIES = ("demonstrator", "random", "planner")
 
 
 @dataclass
@@ -768,12 +769,13 @@ class DemoConfig(Config):
     """``lapo demo``: data, stage 1, probe, stage 2, offline decoding, baselines, report."""
 
     game: str = "coinrun"
-    """Game with a shipped demonstrator (coinrun, jumper, or maze, whose demonstrator is the
-    planner); any Procgen game with --policy random."""
+    """Game with a shipped demonstrator (coinrun, jumper or maze); any Procgen game with
+    --policy random."""
     policy: str = "demonstrator"
-    """Who plays the recorded video: demonstrator (the shipped one: the whole method) or
-    random (any game, stage 1 only: its probe, ceiling and pictures; a random policy is
-    nothing to imitate, so stages 2 and 3 are skipped)."""
+    """Who plays the recorded video: demonstrator (the shipped one: the whole method), planner
+    (maze only: the planner that searches the game, which the maze demonstrator was distilled
+    from; the whole method) or random (any game, stage 1 only: its probe, ceiling and
+    pictures; a random policy is nothing to imitate, so stages 2 and 3 are skipped)."""
     frames: int = setting(20_000, FRAMES)
     """Frames to record for training (plus frames/5 for testing)."""
     lam_steps: int = setting(600, TRAIN_STEPS)
@@ -808,6 +810,11 @@ class DemoConfig(Config):
         if self.policy not in DEMO_POLICIES:
             raise ConfigError(
                 f"unknown --policy {self.policy!r}: choose one of {', '.join(DEMO_POLICIES)}"
+            )
+        if self.policy == "planner" and self.game not in PLANNER_GAMES:
+            raise ConfigError(
+                f"the planner cannot search {self.game!r}: --policy planner plays "
+                f"{', '.join(PLANNER_GAMES)}"
             )
         if self.policy == "demonstrator" and self.game not in DEMO_GAMES:
             raise ConfigError(

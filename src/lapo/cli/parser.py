@@ -75,7 +75,7 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
       _opt("--episodes", "evaluation episodes (default: 100)", type=int, default=100),
       _opt("--seed", "evaluation seed", type=int, default=12345)], []),
     ("collect", "record a policy playing a Procgen game into a dataset", cmd.collect,
-     [ENV, _req("--policy", "demonstrator folder, 'demonstrator' (shipped) or 'random'",
+     [ENV, _req("--policy", "demonstrator folder, 'demonstrator' (shipped), 'planner' (maze) or 'random'",
                 metavar="DIR|random"),
       _req("--frames", "train frames to record", type=int, metavar="N"),
       _req("--out", "dataset folder (new, or --resume)", metavar="DIR"),
@@ -161,7 +161,7 @@ COMMANDS: list[tuple[str, str, Any, list[Option], list[tuple[type, dict[str, Any
            default=0),
       _opt("--threads", "torch CPU threads; 0 = all cores", type=int, default=1)], []),
     ("eval", "play a policy for N episodes and print its returns as JSON", cmd.evaluate,
-     [_req("--policy", "'random', 'demonstrator' (shipped) or a policy folder"),
+     [_req("--policy", "'random', 'demonstrator' (shipped), 'planner' (maze) or a policy folder"),
       _opt("--env", "game (default: the policy's own)", metavar="GAME"),
       _opt("--demonstrator-return", "also normalise between random and this demonstrator mean "
            "return (default: the return recorded for the data a lapo policy was trained from)",

@@ -26,8 +26,7 @@ DEMONSTRATORS_DIR = Path(__file__).parent.parent / "demonstrators"
 
 
 PLANNER = "planner"
-"""The kind of a shipped demonstrator that is the planner of :mod:`lapo.rl.planner` (no
-network: its folder holds only config.json and manifest.json)."""
+"""``load_policy``'s name for the planner of :mod:`lapo.rl.planner` (maze)."""
 
 
 def shipped_demonstrators() -> dict[str, Path]:
@@ -37,10 +36,7 @@ def shipped_demonstrators() -> dict[str, Path]:
     return {
         p.name: p
         for p in sorted(DEMONSTRATORS_DIR.iterdir())
-        if (p / "config.json").is_file()
-        and (
-            (p / "policy.safetensors").is_file() or read_json(p / "config.json")["kind"] == PLANNER
-        )
+        if (p / "policy.safetensors").is_file() and (p / "config.json").is_file()
     }
 
 
@@ -175,8 +171,6 @@ def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Pol
                 f"no demonstrator ships for {game!r} (shipped: {', '.join(shipped) or 'none'}); "
                 "train one with 'lapo expert train' and pass its folder"
             )
-        if read_json(shipped[game] / "config.json")["kind"] == PLANNER:
-            return load_policy(PLANNER, game, seed)
         return ExpertPolicy(shipped[game], seed)
     path = Path(spec)
     if not path.is_dir():

@@ -237,7 +237,7 @@ def write_demo_report(cfg: DemoConfig, out: Path, stages: dict) -> dict:
     """``report.html`` from a finished demo's files; returns the summary table's rows. The
     policies come first (LAPO's decoded policy against the baselines on the same labels),
     then what the latent actions learned, their pictures, and what was run."""
-    returns = read_json(out / "returns.json") if cfg.policy == "demonstrator" else {}
+    returns = read_json(out / "returns.json") if cfg.policy != "random" else {}
     demo_ret = returns["LAPO (decoded)"].get("demonstrator_return") if returns else None
     learned, probe_rows = learned_section(out, stages)
     summary = return_rows(cfg.game, returns) + comparison_rows(returns) + probe_rows

@@ -250,7 +250,7 @@ def stage_evaluate(d: Demo) -> dict:
     results: dict[str, dict] = {}
     demo_return = None
     runs = [(name, str(getattr(d, attr))) for name, (attr, _) in DEMO_POLICIES.items()]
-    for name, spec in [("demonstrator", "demonstrator"), ("random", "random"), *runs[:n]]:
+    for name, spec in [("demonstrator", c.policy), ("random", "random"), *runs[:n]]:
         policy = load_policy(spec, c.game, seed=c.seed)
         r = evaluate(
             policy,
