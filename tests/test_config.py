@@ -30,6 +30,7 @@ CONFIGS = [
 # that do not exist: a refused value must stop it before anything is read)
 REQUIRED = {
     "expert train": ["--env", "coinrun", "--out", "{out}"],
+    "expert distill": ["--env", "maze", "--out", "{out}"],
     "data import-video": ["{tmp}/videos", "--out", "{out}"],
     "lam train": ["--data", "{tmp}/data", "--out", "{out}"],
     "eval": ["--policy", "random", "--env", "coinrun"],

@@ -33,8 +33,9 @@ def test_demonstrator_manifest_and_size(game):
 def test_demonstrator_beats_random(game):
     # 200 episodes: jumper's demonstrator led random play by 4.2 s.e. over 48 episodes (5.42
     # against 2.29) and 7.7 over 200 (5.90 against 3.25); coinrun's by 10.6 over 200; maze's
-    # (distilled from the planner) by 8.8 over 200 (7.60 against 4.35)
-    episodes, seed = 200, 2024
+    # (distilled from the planner) by 8.8 over 200 (7.60 against 4.35), so 150 episodes there
+    # (about 7.6 expected): its failures play out maze's 500 steps through an IMPALA-CNN
+    episodes, seed = (150 if game == "maze" else 200), 2024
     expert = run_episodes(load_policy("demonstrator", game, seed=seed), game, episodes, seed=seed)
     random = run_episodes(load_policy("random", game, seed=seed), game, episodes, seed=seed)
     assert len(expert) == len(random) == episodes
