@@ -9,19 +9,16 @@ import torch
 from lapo.checkpoint import load_tensors, read_json
 from lapo.cli import main
 from lapo.config import DistillConfig
-from lapo.envs.procgen import EnvError, _import_procgen
+from lapo.envs.procgen import EnvError
 from lapo.evaluation.policies import load_policy
 from lapo.rl.distill import distill_expert
-from lapo.rl.planner import MOVES, ShortestPaths, check_planner_game
+from lapo.rl.planner import MOVES, ShortestPaths, check_planner_game, one_game
 
 LEVELS = 12
 
 
 def maze(seed: int):
-    return _import_procgen()(
-        num=1, env_name="maze", distribution_mode="easy", num_levels=0, start_level=0,
-        rand_seed=seed,
-    )  # fmt: skip
+    return one_game("maze", seed=seed)
 
 
 def play(env, choose, limit: int) -> tuple[float, int]:

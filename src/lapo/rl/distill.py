@@ -30,10 +30,9 @@ from torch.distributions import Categorical
 from lapo.checkpoint import load_tensors, save_tensors
 from lapo.config import DistillConfig
 from lapo.envs import NUM_ACTIONS
-from lapo.envs.procgen import _import_procgen
 from lapo.models.actor_critic import ActorCritic
-from lapo.rl.expert import refuse_other_game
-from lapo.rl.planner import ShortestPaths, check_planner_game
+from lapo.rl.expert import network_spec, refuse_other_game
+from lapo.rl.planner import ShortestPaths, check_planner_game, one_game
 from lapo.runkinds import PPO_EXPERT
 from lapo.runs import Run
 
@@ -54,14 +53,7 @@ def record_round(
     ``model`` is None, else the network, sampling. Returns the screens ``(N, 64, 64, 3)``
     uint8, the targets ``(N, 15)`` (uniform over the planner's moves) and the returns of the
     episodes that ended."""
-    env = _import_procgen()(
-        num=1,
-        env_name=cfg.game,
-        distribution_mode=cfg.distribution_mode,
-        num_levels=0,
-        start_level=0,
-        rand_seed=round_seed(cfg, rnd),
-    )
+    env = one_game(cfg.game, cfg.distribution_mode, round_seed(cfg, rnd))
     planner = ShortestPaths(env, cfg.game)
     screens, targets, returns = [], [], []
     episode_return, shown = 0.0, 0
@@ -155,16 +147,7 @@ def distill_expert(
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
         refuse_other_game(run.ckpt, cfg.game)
         start = run.resume(model, optimizer, rng, counter="round")
-        # what load_policy reads, as lapo expert train writes it
-        spec = dict(
-            game=cfg.game,
-            arch=cfg.arch,
-            width=cfg.width,
-            obs_size=cfg.obs_size,
-            grey=cfg.grey,
-            num_actions=NUM_ACTIONS,
-            trained_by="distill",
-        )
+        spec = dict(network_spec(cfg), trained_by="distill")
         done = start * cfg.frames_per_round
         run.write_config("distill", **spec, command=command, frames_trained=done)
         shards = [load_tensors(run.out / f"round_{r}.safetensors")[0] for r in range(start)]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json, save_tensors, write_json
-from lapo.config import ExpertConfig
+from lapo.config import DistillConfig, ExpertConfig
 from lapo.envs import NUM_ACTIONS, check_game
 from lapo.evaluation.episodes import evaluate
 from lapo.evaluation.policies import ExpertPolicy
@@ -31,6 +31,19 @@ def refuse_other_game(ckpt: Path, game: str) -> None:
         trained = load_tensors(ckpt)[1]["config"]["game"]
         if trained != game:
             raise CheckpointError(f"{ckpt} was trained on {trained}, not {game}: use another --out")
+
+
+def network_spec(cfg: ExpertConfig | DistillConfig) -> dict:
+    """What :func:`lapo.evaluation.policies.load_policy` reads from a demonstrator folder's
+    ``config.json``: its game, the network's architecture and input, and the action count."""
+    return dict(
+        game=cfg.game,
+        arch=cfg.arch,
+        width=cfg.width,
+        obs_size=cfg.obs_size,
+        grey=cfg.grey,
+        num_actions=NUM_ACTIONS,
+    )
 
 
 def train_expert(
@@ -50,15 +63,7 @@ def train_expert(
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
         refuse_other_game(run.ckpt, cfg.game)
         start = run.resume(model, optimizer, rng, counter="update")
-        # what load_policy reads: the network's kind, game, architecture, input and action count
-        spec = dict(
-            game=cfg.game,
-            arch=cfg.arch,
-            width=cfg.width,
-            obs_size=cfg.obs_size,
-            grey=cfg.grey,
-            num_actions=NUM_ACTIONS,
-        )
+        spec = network_spec(cfg)
         run.write_config("train", **spec, command=command, frames_trained=run.meta.get("frames"))
         with ppo.PPOEnvs(cfg.game, cfg, run.device, start, run.meta) as envs:
             buf = ppo.RolloutBuffer(cfg.num_steps, envs.num_envs, run.device)

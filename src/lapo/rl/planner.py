@@ -38,6 +38,22 @@ def check_planner_game(game: str) -> str:
     return game
 
 
+def one_game(game: str, distribution_mode: str = "easy", seed: int = 0, **options: Any) -> Any:
+    """A Procgen game with one environment (``ProcgenGym3Env``, unbounded levels), as the
+    planner searches in: it can save and restore the game's whole state."""
+    from lapo.envs.procgen import _import_procgen
+
+    return _import_procgen()(
+        num=1,
+        env_name=game,
+        distribution_mode=distribution_mode,
+        num_levels=0,
+        start_level=0,
+        rand_seed=seed,
+        **options,
+    )
+
+
 def screen_key(obs: np.ndarray) -> bytes:
     """A 16-byte digest of one uint8 screen ``(64, 64, 3)``."""
     return hashlib.blake2b(np.ascontiguousarray(obs).tobytes(), digest_size=16).digest()
@@ -165,19 +181,10 @@ class PlannerPolicy:
 
     def attach(self, vec: Any) -> None:
         """Play in ``vec`` (a ProcgenVecEnv just reset), one planner per environment."""
-        from lapo.envs.procgen import _import_procgen
-
         if vec.game != self.game:
             raise EnvError(f"the {self.game} planner cannot play {vec.game}")
         self.vec = vec
-        search = _import_procgen()(
-            num=1,
-            env_name=vec.game,
-            distribution_mode=vec.distribution_mode,
-            num_levels=0,
-            start_level=0,
-            **vec.options,
-        )
+        search = one_game(vec.game, vec.distribution_mode, **vec.options)
         self.planners = [
             ShortestPaths(search, self.game, stop_at_reward=True) for _ in range(vec.num_envs)
         ]
