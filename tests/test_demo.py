@@ -18,7 +18,17 @@ from PIL import Image
 from lapo.cli import main
 from lapo.config import DemoConfig, preset
 from lapo.report.demo import LABELS_USED
-from lapo.workflows.demo import STAGE1_STAGES, demo_stages, find_resumable, run_demo
+from lapo.workflows import demo as demo_workflow
+from lapo.workflows.demo import (
+    DEMO_STAGES,
+    NEEDS,
+    PRIORITY,
+    STAGE1_STAGES,
+    demo_stages,
+    find_resumable,
+    lanes,
+    run_demo,
+)
 
 FAST = preset(DemoConfig, "fast")
 SECTIONS = [
@@ -153,6 +163,45 @@ def test_resume_skips_finished_stages(demo, tmp_path):
     assert (run / "stage2" / "policy.safetensors").stat().st_mtime_ns == policy
     assert (run / "report.html").exists()
     assert find_resumable(tmp_path, cfg) is None  # finished runs are not resumed
+
+
+def test_stages_run_after_what_they_read_and_two_at_a_time_on_two_cores():
+    assert sorted(PRIORITY) == sorted(DEMO_STAGES)
+    order = list(DEMO_STAGES)  # one after another, in this order, every need comes first
+    for name, needs in NEEDS.items():
+        assert all(order.index(k) < order.index(name) for k in needs), name
+    assert NEEDS["report"] == tuple(order[:-1])
+    assert (lanes(1), lanes(2), lanes(3), lanes(8)) == ((1, 1), (2, 1), (2, 1), (2, 4))
+
+
+def test_a_failing_stage_keeps_what_finished_and_a_rerun_does_the_rest(tmp_path, monkeypatch):
+    # the scheduler alone, on one thread (one lane, in this process), with stages that only
+    # record when they ran: the third to become ready fails once
+    ran: list[str] = []
+    fail = {"ceiling"}
+
+    def stage(name):
+        def run(d):
+            assert all(k in ran for k in NEEDS.get(name, ()) if k in demo_stages(d.cfg))
+            if name in fail:
+                fail.discard(name)
+                raise RuntimeError(f"{name} failed")
+            ran.append(name)
+            return {"ran": name}
+
+        return run
+
+    monkeypatch.setattr(demo_workflow, "DEMO_STAGES", {k: stage(k) for k in DEMO_STAGES})
+    cfg = dataclasses.replace(FAST, threads=1)
+    with pytest.raises(RuntimeError, match="ceiling failed"):
+        run_demo(cfg, tmp_path, progress=False)
+    first = list(ran)
+    recorded = json.loads((tmp_path / "stages.json").read_text())
+    assert list(recorded) == [k for k in DEMO_STAGES if k in first]  # in the demo's order
+    assert "ceiling" not in recorded and "report" not in recorded
+    run_demo(cfg, tmp_path, progress=False)
+    assert sorted(first + ran[len(first) :]) == sorted(demo_stages(cfg))  # each stage once
+    assert ran[-1] == "report"
 
 
 def test_demo_refuses_a_game_without_a_demonstrator(capsys):

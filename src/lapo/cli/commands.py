@@ -329,7 +329,7 @@ def demo(args: argparse.Namespace) -> None:
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    print(f"report: {out / 'report.html'} ({sum(summary['stages'].values()):.0f} s)")
+    print(f"report: {out / 'report.html'} ({summary['wall_seconds']:.0f} s)")
 
 
 def reproduce(args: argparse.Namespace) -> None:

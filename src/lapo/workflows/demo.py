@@ -18,16 +18,27 @@ Stages, in order, each recorded in ``stages.json`` when it finishes so that a re
    (b), a supervised IDM on the same K labels labels every frame, then BC;
    with ``--compare-labels``, LAPO with the same K labels in stage 1 too: ``stage1_labels``,
    ``stage2_labels`` and ``decode_labels`` (stage 2 and decoding as above);
-8. ``evaluate``: random, the demonstrator, the decoded policy and the baselines in the game;
+8. ``eval_*``: random, the demonstrator, the decoded policy and the baselines, each played in
+   the game on the same levels; ``evaluate`` gathers their returns and normalises them;
 9. ``report``: ``report.html`` (images embedded) and a summary table on the terminal.
+
+On 2 or more cores the stages run two at a time, each in its own process with half the
+threads, as soon as what they read has been written (:data:`NEEDS`): the networks are small,
+so one thread per stage does more work per second than two threads on one stage (stage 1 on
+an AVX2 EPYC: 60 samples/s per process with two side by side, 83 for one process on both
+cores).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 
@@ -52,7 +63,6 @@ from lapo.evaluation.policies import load_policy
 from lapo.progress import EstimatedProgress
 from lapo.report.demo import DEMO_POLICIES, write_demo_report
 from lapo.report.latents import plot_lam
-from lapo.runkinds import lam_config_from_dict
 from lapo.stages.baselines import (
     bc_on_labels,
     idm_labels_bc,
@@ -64,23 +74,30 @@ from lapo.stages.decode.offline import decode_offline
 from lapo.stages.lam import train_lam
 from lapo.stages.lam_probe import probe_lam
 
-# seconds per stage on 2 CPU cores at the default sizes (measured in float32 on an AMD EPYC
-# with AVX512, 2026-12-06); they weight the progress bar
+# seconds per stage at the default sizes, one thread each with two stages side by side
+# (float32 on a 2-core AMD EPYC with AVX2 only, 2026-12-07; an AVX512 CPU takes about half);
+# they weight the progress bar. A policy's evaluation takes longer the longer its episodes
 STAGES = {
-    "collect": 7,
-    "stage1": 120,
-    "probe": 8,
-    "ceiling": 18,
-    "plots": 4,
-    "stage2": 37,
-    "decode": 14,
-    "baseline": 23,
-    "idm_bc": 53,
-    "stage1_labels": 125,
-    "stage2_labels": 37,
-    "decode_labels": 14,
-    "evaluate": 40,
-    "report": 1,
+    "collect": 20,
+    "stage1": 230,
+    "probe": 25,
+    "ceiling": 70,
+    "plots": 10,
+    "stage2": 105,
+    "decode": 15,
+    "baseline": 65,
+    "idm_bc": 190,
+    "stage1_labels": 240,
+    "stage2_labels": 105,
+    "decode_labels": 15,
+    "eval_demonstrator": 5,
+    "eval_random": 5,
+    "eval_decoded": 30,
+    "eval_baseline": 30,
+    "eval_idm_bc": 30,
+    "eval_decoded_labels": 30,
+    "evaluate": 1,
+    "report": 2,
 }
 
 
@@ -184,7 +201,7 @@ def stage_probe(d: Demo) -> dict:
 
 
 def stage_ceiling(d: Demo) -> dict:
-    rep = supervised_ceiling(d.cfg, d.data, d.lam_run)
+    rep = supervised_ceiling(d.cfg, d.data, stage1_config(d))
     write_json(d.out / "ceiling.json", rep)
     return {k: v for k, v in rep.items() if k != "confusion"}
 
@@ -201,18 +218,24 @@ def stage_stage2(d: Demo) -> dict:
 def decode_k(d: Demo, policy_run: Path, out: Path) -> dict:
     """Offline decoding of stage-2 run ``policy_run`` on the demo's K labels (drawn by seed:
     the same K windows for every stage 2)."""
-    k = min(d.cfg.labels, d.train_windows())
-    return decode_offline(policy_run, d.data, out, OfflineConfig(labels=k, seed=d.cfg.seed))
+    # its held-out scores on 1,024 test windows: a figure to read, not one the report compares
+    cfg = OfflineConfig(labels=demo_labels(d), seed=d.cfg.seed, test_windows=1_024)
+    return decode_offline(policy_run, d.data, out, cfg)
 
 
 def stage_decode(d: Demo) -> dict:
     return decode_k(d, d.bc_run, d.decoded)
 
 
+def demo_labels(d: Demo) -> int:
+    """K, at most the train windows: decoding and the baselines draw the same K windows by
+    the demo's seed, so each may run before the others (``labelled_windows.json`` records
+    them in each run)."""
+    return min(d.cfg.labels, d.train_windows())
+
+
 def stage_baseline(d: Demo) -> dict:
-    return bc_on_labels(
-        d.bc_cfg, d.data, d.baseline, d.cfg.labels, labels_from=d.decoded, progress=False
-    )
+    return bc_on_labels(d.bc_cfg, d.data, d.baseline, demo_labels(d), progress=False)
 
 
 def stage_stage1_labels(d: Demo) -> dict:
@@ -234,38 +257,46 @@ def stage_idm_bc(d: Demo) -> dict:
     # baseline (b)'s own optimiser settings (weight decay against K small)
     base = SupervisedIDMConfig()
     idm_cfg = dataclasses.replace(
-        supervised_idm_config(d.cfg, d.lam_run),
+        supervised_idm_config(d.cfg, stage1_config(d)),
         learning_rate=base.learning_rate,
         weight_decay=base.weight_decay,
     )
-    return idm_labels_bc(d.bc_cfg, idm_cfg, d.data, d.idm_bc, d.cfg.labels,
-                         labels_from=d.decoded, progress=False)  # fmt: skip
+    return idm_labels_bc(d.bc_cfg, idm_cfg, d.data, d.idm_bc, demo_labels(d), progress=False)
+
+
+def evaluate_policy(d: Demo, who: str) -> dict:
+    """Play ``who`` (the demonstrator, random or a policy folder's attribute of :class:`Demo`)
+    for the demo's episodes on the same levels as every other policy; the result is written
+    to ``returns/WHO.json`` for ``evaluate`` to gather."""
+    c = d.cfg
+    spec = {"demonstrator": c.policy, "random": "random"}.get(who) or str(getattr(d, who))
+    r = evaluate(load_policy(spec, c.game, seed=c.seed), c.game, episodes=c.episodes,
+                 seed=1_000 + c.seed)  # fmt: skip
+    write_json(d.out / "returns" / f"{who}.json", {k: r[k] for k in r if k != "policy"})
+    return {"mean_return": r["mean_return"], "episodes": r["episodes"]}
+
+
+# the played policies: the demonstrator, random, then the report's (DEMO_POLICIES) by folder
+PLAYED = ("random", "demonstrator", *(attr for attr, _ in DEMO_POLICIES.values()))
 
 
 def stage_evaluate(d: Demo) -> dict:
-    # the demonstrator is evaluated first, on the same levels as the others: its return
-    # there is the 1 of the random->demonstrator normalisation
+    # the demonstrator's return on the same levels as the others is the 1 of the
+    # random->demonstrator normalisation
     c = d.cfg
-    n = len(DEMO_POLICIES) if c.compare_labels else 3
+    names = {"demonstrator": "demonstrator", "random": "random"}
+    names |= {attr: name for name, (attr, _) in DEMO_POLICIES.items()}
     results: dict[str, dict] = {}
-    demo_return = None
-    runs = [(name, str(getattr(d, attr))) for name, (attr, _) in DEMO_POLICIES.items()]
-    for name, spec in [("demonstrator", c.policy), ("random", "random"), *runs[:n]]:
-        policy = load_policy(spec, c.game, seed=c.seed)
-        r = evaluate(
-            policy,
-            c.game,
-            episodes=c.episodes,
-            seed=1_000 + c.seed,
-            demonstrator_return=demo_return,
-        )
-        demo_return = demo_return if demo_return is not None else r["mean_return"]
+    for who in PLAYED:
+        path = d.out / "returns" / f"{who}.json"
+        if f"eval_{who}" in demo_stages(c) and path.exists():
+            results[names[who]] = read_json(path)
+    demo_return = results["demonstrator"]["mean_return"]
+    for r in results.values():
         r["demonstrator_return"] = demo_return
         r["demonstrator_normalized_return"] = float(
             normalized_return(c.game, r["mean_return"], expert=demo_return)
         )
-        results[name] = {k: r[k] for k in r if k != "policy"}
-    results = {n: results[n] for n in ("random", "demonstrator", *list(results)[2:])}
     write_json(d.out / "returns.json", results)
     return {n: round(r["mean_return"], 2) for n, r in results.items()}
 
@@ -288,12 +319,40 @@ DEMO_STAGES: dict[str, Callable[[Demo], dict]] = {
     "stage1_labels": stage_stage1_labels,
     "stage2_labels": stage_stage2_labels,
     "decode_labels": stage_decode_labels,
+    **{f"eval_{who}": functools.partial(evaluate_policy, who=who) for who in PLAYED},
     "evaluate": stage_evaluate,
     "report": stage_report,
 }
 
+# what each stage reads that others write: a stage starts once these (those the demo runs)
+# have finished; the report reads everything
+NEEDS: dict[str, tuple[str, ...]] = {
+    "stage1": ("collect",),
+    "probe": ("stage1",),
+    "ceiling": ("collect",),
+    "plots": ("stage1",),
+    "stage2": ("stage1",),
+    "decode": ("stage2",),
+    "baseline": ("collect",),
+    "idm_bc": ("collect",),
+    "stage1_labels": ("decode",),  # the K windows decoding drew
+    "stage2_labels": ("stage1_labels",),
+    "decode_labels": ("stage2_labels",),
+    "eval_decoded": ("decode",),
+    "eval_baseline": ("baseline",),
+    "eval_idm_bc": ("idm_bc",),
+    "eval_decoded_labels": ("decode_labels",),
+    "evaluate": tuple(f"eval_{who}" for who in PLAYED),
+    "report": tuple(DEMO_STAGES)[:-1],
+}
+# which ready stage goes first: LAPO's own chain (the longest) first, the pictures last
+PRIORITY = (
+    "collect", "stage1", "stage2", "decode", "stage1_labels", "stage2_labels", "decode_labels",
+    "eval_decoded", "eval_decoded_labels", "idm_bc", "baseline", "ceiling", "eval_idm_bc",
+    "eval_baseline", "eval_demonstrator", "eval_random", "probe", "plots", "evaluate", "report",
+)  # fmt: skip
 
-LABEL_STAGES = ("stage1_labels", "stage2_labels", "decode_labels")
+LABEL_STAGES = ("stage1_labels", "stage2_labels", "decode_labels", "eval_decoded_labels")
 # what a random-play demo runs: a random policy is nothing to imitate
 STAGE1_STAGES = ("collect", "stage1", "probe", "ceiling", "plots", "report")
 
@@ -318,49 +377,101 @@ def prepare_folder(cfg: DemoConfig, out: Path) -> None:
     write_json(saved, dataclasses.asdict(cfg))
 
 
-def run_demo(
-    cfg: DemoConfig, out: Path, progress: bool = True, stop_after: str | None = None
-) -> dict:
-    """Run (or resume) the demo in ``out``; returns the summary. ``stop_after`` ends the run
-    after that stage (as an interruption would)."""
+def lanes(threads: int) -> tuple[int, int]:
+    """``(stages run side by side, torch threads of each)`` for ``threads`` CPU threads in all
+    (0: this process's cores): two on 2 or more, each with half the threads."""
+    total = threads if threads > 0 else len(os.sched_getaffinity(0))
+    n = 2 if total >= 2 else 1
+    return n, max(1, total // n)
+
+
+def run_stage(name: str, cfg: DemoConfig, out: Path) -> dict:
+    """Stage ``name`` of the demo ``cfg`` in ``out`` on ``cfg.threads`` threads: what
+    ``stages.json`` records for it (``started``, ``wall_seconds``, ``finished``, ``result``)."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    started, t0 = datetime.now().isoformat(timespec="seconds"), time.time()
+    result = DEMO_STAGES[name](Demo(cfg, out))
+    return {
+        "started": started,
+        "wall_seconds": round(time.time() - t0, 1),
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "result": json.loads(json.dumps(result, default=str)),
+    }
+
+
+def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
+    """Run (or resume) the demo in ``out``; returns the summary. Stages run two at a time on
+    2 or more cores (:func:`lanes`), each once what it reads is written (:data:`NEEDS`)."""
     out = Path(out)
     check_game(cfg.game)
     prepare_folder(cfg, out)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     stages_file = out / "stages.json"
     stages: dict = read_json(stages_file) if stages_file.exists() else {}
-    demo = Demo(cfg, out)
-    scale = 1.0 if cfg.lam_steps >= 500 else 0.3  # --fast sizes take a fraction
     todo = demo_stages(cfg)
-    weights = {k: STAGES[k] * scale for k in todo}
-    bar = EstimatedProgress(weights, set(stages), progress)
+    scale = 1.0 if cfg.lam_steps >= 200 else 0.3  # --fast sizes take a fraction
+    bar = EstimatedProgress({k: STAGES[k] * scale for k in todo}, set(stages), progress)
+    t0, (n_lanes, threads) = time.time(), lanes(cfg.threads)
+    lane_cfg = dataclasses.replace(cfg, threads=threads)
+    pending = [k for k in PRIORITY if k in todo and k not in stages]
+    running: dict[Future, str] = {}
+    error: BaseException | None = None
+
+    def ready(name: str) -> bool:
+        return all(k in stages for k in NEEDS.get(name, ()) if k in todo)
+
+    # spawn: a forked child of a process whose torch has started threads can hang
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(n_lanes, mp_context=context) if n_lanes > 1 else None
     try:
-        for i, (name, stage) in enumerate(todo.items(), 1):
-            if name in stages:
-                continue
-            bar.start(name, f"demo [{i}/{len(todo)}] {name}")
-            t0 = time.time()
-            result = stage(demo)
-            stages[name] = {
-                "wall_seconds": round(time.time() - t0, 1),
-                "finished": datetime.now().isoformat(timespec="seconds"),
-                "result": json.loads(json.dumps(result, default=str)),
-            }
-            write_json(stages_file, stages)
-            bar.finish(name)
-            if name == stop_after:
-                break
+        while pending or running:
+            free = n_lanes - len(running)
+            for name in [k for k in pending if ready(k)][:free] if error is None else []:
+                pending.remove(name)
+                bar.start(name)
+                if pool is None:  # one lane: in this process
+                    done: Future = Future()
+                    done.set_result(run_stage(name, lane_cfg, out))
+                else:
+                    done = pool.submit(run_stage, name, lane_cfg, out)
+                running[done] = name
+            bar.describe("demo: " + " + ".join(running.values()))
+            if not running:
+                break  # nothing ready after an error
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                try:
+                    stages[name] = future.result()
+                except BaseException as e:  # the others running finish and are kept
+                    error = error or e
+                    continue
+                # in the demo's order, whatever order they finished in
+                stages = {k: stages[k] for k in DEMO_STAGES if k in stages}
+                write_json(stages_file, stages)
+                bar.finish(name)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
         bar.close()
-    return {"out": str(out), "stages": {k: v["wall_seconds"] for k, v in stages.items()}}
+    if pool is not None:
+        pool.shutdown()
+    if error is not None:
+        raise error
+    return {
+        "out": str(out),
+        "stages": {k: v["wall_seconds"] for k, v in stages.items()},
+        "wall_seconds": round(time.time() - t0, 1),  # this call's, resumed stages not counted
+    }
 
 
-def supervised_ceiling(cfg: DemoConfig, data: Path, lam_run: Path) -> dict:
-    """The stage-1 IDM's encoder and inputs trained on the true action of every train window
-    for ``cfg.ceiling_steps`` steps: what the probe would read if the latent were the action.
-    Scored on the probe's number of test windows."""
-    idm_cfg = supervised_idm_config(cfg, lam_run)
+def supervised_ceiling(cfg: DemoConfig, data: Path, lam: LAMConfig) -> dict:
+    """Stage 1's IDM encoder and inputs (``lam``) trained on the true action of every train
+    window for ``cfg.ceiling_steps`` steps: what the probe would read if the latent were the
+    action. Scored on the probe's number of test windows."""
+    idm_cfg = supervised_idm_config(cfg, lam)
     train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
     t0 = time.time()
     device = torch.device("cpu")
@@ -370,9 +481,9 @@ def supervised_ceiling(cfg: DemoConfig, data: Path, lam_run: Path) -> dict:
     return {"steps": cfg.ceiling_steps, "train_seconds": round(seconds, 1), **rep}
 
 
-def supervised_idm_config(cfg: DemoConfig, lam_run: Path) -> SupervisedIDMConfig:
-    """The supervised IDM of the ceiling: stage 1's IDM encoder and inputs, the demo's steps."""
-    lam = lam_config_from_dict(read_json(lam_run / "config.json")["lam"])
+def supervised_idm_config(cfg: DemoConfig, lam: LAMConfig) -> SupervisedIDMConfig:
+    """The supervised IDM of the ceiling: stage 1's IDM encoder and inputs (``lam``), the
+    demo's steps."""
     return SupervisedIDMConfig(
         width=lam.idm_width,
         differences=lam.idm_differences,
