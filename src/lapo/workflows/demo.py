@@ -428,14 +428,13 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
             free = n_lanes - len(running)
             for name in [k for k in pending if ready(k)][:free] if error is None else []:
                 pending.remove(name)
-                bar.start(name)
+                bar.start(name, "demo: " + " + ".join([*running.values(), name]))
                 if pool is None:  # one lane: in this process
                     done: Future = Future()
                     done.set_result(run_stage(name, lane_cfg, out))
                 else:
                     done = pool.submit(run_stage, name, lane_cfg, out)
                 running[done] = name
-            bar.describe("demo: " + " + ".join(running.values()))
             if not running:
                 break  # nothing ready after an error
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -450,6 +449,7 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
                 stages = {k: stages[k] for k in DEMO_STAGES if k in stages}
                 write_json(stages_file, stages)
                 bar.finish(name)
+                bar.describe("demo: " + " + ".join(running.values()))
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
