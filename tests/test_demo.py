@@ -26,9 +26,9 @@ from lapo.workflows.demo import (
     STAGE1_STAGES,
     demo_stages,
     find_resumable,
-    lanes,
     run_demo,
 )
+from lapo.workflows.workers import lanes
 
 FAST = preset(DemoConfig, "fast")
 SECTIONS = [

@@ -12,6 +12,8 @@ from lapo.envs import (
     ProcgenVecEnv,
     normalized_return,
 )
+from lapo.evaluation.episodes import run_episodes
+from lapo.evaluation.policies import RandomPolicy
 
 
 def raw_env(game, num, seed):
@@ -100,3 +102,28 @@ def test_bad_actions_shape():
     env.reset()
     with pytest.raises(EnvError):
         env.step(np.zeros(3, int))
+
+
+class CountingRandom(RandomPolicy):
+    """Random play that records how many screens each call was given."""
+
+    def __init__(self, per_screen: bool) -> None:
+        super().__init__("coinrun", seed=0)
+        self.per_screen, self.sizes = per_screen, []
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(obs))
+        return super().act(obs)
+
+
+def test_evaluation_asks_a_per_screen_policy_only_for_the_environments_still_playing():
+    # 4 environments, 2 episodes each: once one has played its 2, only the others are asked
+    asked = CountingRandom(per_screen=True)
+    returns = run_episodes(asked, "bigfish", episodes=8, seed=3, num_envs=4)
+    assert len(returns) == 8
+    assert asked.sizes[0] == 4 and asked.sizes[-1] >= 1 and min(asked.sizes) < 4
+    assert sorted(asked.sizes, reverse=True) == asked.sizes  # finished ones never come back
+    # a policy that reads the game's state (the planner) is always asked for every one
+    every = CountingRandom(per_screen=False)
+    assert len(run_episodes(every, "bigfish", episodes=8, seed=3, num_envs=4)) == 8
+    assert set(every.sizes) == {4}

@@ -22,19 +22,22 @@ from torch.distributions import Categorical
 
 from lapo.checkpoint import CheckpointError, load_tensors, read_json, write_json
 from lapo.cli import main
-from lapo.config import BCConfig, LAMConfig, OfflineConfig, OnlineConfig
+from lapo.config import BCConfig, LAMConfig, OfflineConfig, OnlineConfig, SupervisedIDMConfig
 from lapo.config import preset as config_preset
 from lapo.data.collect import collect
-from lapo.data.dataset import WindowDataset
+from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.data.format import DatasetWriter, new_manifest, open_dataset
 from lapo.data.labels import choose_labelled, labelled_starts, read_labelled
 from lapo.envs import ProcgenVecEnv
 from lapo.evaluation.episodes import run_episodes
 from lapo.evaluation.policies import load_policy
+from lapo.models.frames import frames_to_float
+from lapo.models.idm import stack_frames
 from lapo.models.policy import ActionDecoder, OnlineAgent
 from lapo.rl.ppo import compute_gae
 from lapo.runkinds import load_lam, load_stage2
 from lapo.schedules import lr_scale
+from lapo.stages.baselines import IDMActionTargets, supervised_idm
 from lapo.stages.bc import train_latent_bc
 from lapo.stages.decode import fit_decoder
 from lapo.stages.decode.offline import decode_offline
@@ -403,12 +406,23 @@ def test_idm_bc_baseline_runs_and_keeps_the_true_labels(data, decoded, tmp_path,
     assert 0 <= summary["idm_test_accuracy"] <= 1
     config = read_json(out / "config.json")
     assert config["baseline"] == "idm-labels-bc" and config["labels"] == 64
-    # every train window got a label; the K labelled windows keep their true action
-    labels = load_tensors(out / "idm_labels.safetensors")[0]["labels"].numpy()
+    # BC's targets: the K labelled windows keep their true action, the others get the
+    # saved supervised IDM's
+    tensors, report = load_tensors(out / "supervised_idm.safetensors")
+    idm_cfg = SupervisedIDMConfig(**report["idm"])
+    idm = supervised_idm(idm_cfg)
+    idm.load_state_dict(tensors)
     train = WindowDataset(small, "train", k=3)
     starts = labelled_starts(small, 64, 0)
-    assert (labels[train.starts] >= 0).all()
-    assert np.array_equal(labels[starts], train.arrays["actions"][starts + 1])
+    targets = IDMActionTargets(idm, idm_cfg, starts, train.frames, torch.device("cpu"))
+    others = np.setdiff1d(train.starts, starts)[:64]
+    batch = DeviceWindows(train, torch.device("cpu"))(np.concatenate([starts, others]))
+    y = targets(batch).numpy()
+    assert np.array_equal(y[:64], train.arrays["actions"][starts + 1])
+    x = stack_frames(frames_to_float(batch["obs"][64:]), idm_cfg.differences,
+                     idm_cfg.difference_scale)  # fmt: skip
+    with torch.no_grad():
+        assert np.array_equal(y[64:], idm.eval()(x).argmax(-1).numpy())
     assert_acts(out)
     # another dataset's decoding run: refused, whether or not its window starts exist here
     args = ["baseline", "idm-bc", "--data", str(small), "--labels-from", str(decoded)]

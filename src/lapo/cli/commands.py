@@ -316,10 +316,14 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def demo(args: argparse.Namespace) -> None:
-    from lapo.workflows.demo import default_out, find_resumable, run_demo
+    from lapo.workflows import workers
 
     fast = config.preset(config.DemoConfig, "fast") if args.fast else None
     cfg = command_config(args, config.DemoConfig, fast)
+    # the stages' worker processes fork from a server that imports lapo while this one does
+    workers.start(cfg.threads)
+    from lapo.workflows.demo import default_out, find_resumable, run_demo
+
     runs = Path(args.runs)
     out = Path(args.out) if args.out else find_resumable(runs, cfg) or default_out(runs)
     if (out / "stages.json").exists():

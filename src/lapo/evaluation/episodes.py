@@ -42,19 +42,34 @@ def run_episodes(
         seed=seed,
     )
     returns: list[list[float]] = [[] for _ in range(num_envs)]
+    playing = np.ones(num_envs, bool)  # (N,): environments still short of their quota
     try:
         obs, _ = env.reset()
         attach(policy, env)
         for _ in range(max_steps):
-            obs, _, _, _, info = env.step(policy.act(obs))
+            obs, _, _, _, info = env.step(act(policy, obs, playing))
             for i in np.flatnonzero(info["episode_done"]):
                 if len(returns[i]) < quota[i]:
                     returns[i].append(float(info["episode_return"][i]))
-            if all(len(r) >= q for r, q in zip(returns, quota, strict=True)):
+            playing = np.array([len(r) < q for r, q in zip(returns, quota, strict=True)])
+            if not playing.any():
                 break
     finally:
         env.close()
     return np.array([x for r in returns for x in r], np.float64)
+
+
+def act(policy: Policy, obs: np.ndarray, playing: np.ndarray) -> np.ndarray:
+    """``policy``'s actions ``(N,)`` for ``obs`` ``(N, 64, 64, 3)``. A policy whose action for
+    one environment depends on that environment's screen alone (``per_screen``) is asked only
+    for the ``playing`` ones, the others get action 0 (their episodes no longer count): a
+    policy that gets stuck keeps a few environments to the time limit, and the forward pass
+    is most of a step's cost."""
+    if playing.all() or not getattr(policy, "per_screen", False):
+        return policy.act(obs)
+    actions = np.zeros(len(obs), np.int64)
+    actions[playing] = policy.act(obs[playing])
+    return actions
 
 
 def evaluate(

@@ -51,6 +51,8 @@ def attach(policy: Policy, env: ProcgenVecEnv) -> None:
 class Policy(Protocol):
     name: str
     game: str | None
+    # optional: ``per_screen = True`` where each environment's action depends on its own
+    # screen alone, so evaluation may ask only for the environments still playing
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """uint8 ``(N, 64, 64, 3)`` -> int64 actions ``(N,)``."""
@@ -63,6 +65,8 @@ class Policy(Protocol):
 
 class RandomPolicy:
     """Uniformly random actions; the 0 of normalised return."""
+
+    per_screen = True
 
     def __init__(self, game: str | None = None, seed: int = 0) -> None:
         self.name = "random"
@@ -78,6 +82,8 @@ class RandomPolicy:
 
 class ExpertPolicy:
     """A PPO demonstrator saved by ``lapo expert train``; samples from its action distribution."""
+
+    per_screen = True
 
     def __init__(self, path: Path, seed: int = 0, device: str = "cpu") -> None:
         self.path = Path(path)
@@ -128,6 +134,7 @@ class NetworkPolicy:
     """A policy network of stages 2-3 or the baselines (a :mod:`lapo.models.policy` network
     that maps observations to action logits), sampling from its action distribution."""
 
+    per_screen = True
     KINDS = POLICY_KINDS
 
     def __init__(self, path: Path, seed: int = 0, device: str = "cpu") -> None:

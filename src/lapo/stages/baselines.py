@@ -2,8 +2,9 @@
 
 - (a) :func:`bc_on_labels`: BC from scratch on the same K labelled transitions that offline
   decoding used (the same seed draws the same windows).
-- (b) :func:`idm_labels_bc`: a supervised IDM trained on those K labels labels the whole
-  dataset, then BC on its labels (the recipe of VPT and BCO).
+- (b) :func:`idm_labels_bc`: a supervised IDM trained on those K labels labels the dataset,
+  then BC on its labels (the recipe of VPT and BCO); the labels are computed as BC draws each
+  batch, as stage 2's latents are.
 - (c) :func:`ppo_from_scratch`: PPO with the policy's architecture for the same frames.
 
 (a) and (b) write ``action-policy`` runs; (c) writes a PPO run (kind ``ppo-expert``); all
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lapo import distributed
-from lapo.checkpoint import load_tensors, save_tensors, write_json
+from lapo.checkpoint import CheckpointError, load_tensors, save_tensors, write_json
 from lapo.config import BCConfig, ExpertConfig, SupervisedIDMConfig
 from lapo.data.dataset import WindowDataset
 from lapo.data.labels import labelled_starts, write_labelled
@@ -32,7 +33,7 @@ from lapo.models.idm import map_windows, stack_frames
 from lapo.models.impala import ImpalaCNN
 from lapo.rl.expert import train_expert
 from lapo.runs import start_run
-from lapo.stages.bc import train_action_bc
+from lapo.stages.bc import ActionTargets, train_action_bc
 
 
 def bc_on_labels(
@@ -138,7 +139,37 @@ def train_supervised_idm(
     return model
 
 
-def idm_labels(
+class IDMActionTargets(ActionTargets):
+    """Baseline (b)'s target: the supervised IDM's action for each window, computed as each
+    batch is drawn (as stage 2's latents are), so only the windows BC reads are labelled; the
+    K labelled windows keep their true action. Test windows are scored against the true
+    actions, as for every action baseline."""
+
+    def __init__(
+        self,
+        idm: nn.Module,
+        cfg: SupervisedIDMConfig,
+        labelled: np.ndarray,
+        frames: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__(device)
+        self.idm, self.cfg = idm.eval(), cfg
+        self.labelled = np.zeros(frames, bool)  # (frames,): True at the K labelled starts
+        self.labelled[labelled] = True
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> torch.Tensor:
+        # (B, 3, 64, 64, 3) uint8 windows on the device -> (B,) int64 actions
+        x = stack_frames(frames_to_float(batch["obs"]), self.cfg.differences,
+                         self.cfg.difference_scale)  # fmt: skip
+        predicted = self.idm(x).argmax(-1)
+        true = self.test_targets(batch)  # the middle frames' true actions
+        keep = torch.from_numpy(self.labelled[batch["index"]]).to(self.device)
+        return torch.where(keep, true, predicted)
+
+
+def fit_labelling_idm(
     idm_cfg: SupervisedIDMConfig,
     data: Path,
     out: Path,
@@ -146,33 +177,33 @@ def idm_labels(
     seed: int,
     device: torch.device,
     progress: bool = True,
-) -> tuple[np.ndarray, dict]:
-    """Baseline (b)'s labels ``(frames,)`` (-1 where no train window starts) and the
-    supervised IDM's report: fit on the K labelled windows ``starts``, it labels every train
-    window; the K keep their true label. Written to ``out/idm_labels.safetensors`` and read
-    back from there by a resumed run."""
-    labels_path = out / "idm_labels.safetensors"
-    if labels_path.exists():
-        tensors, report = load_tensors(labels_path)
-        return tensors["labels"].numpy(), report
+) -> tuple[nn.Module, dict]:
+    """Baseline (b)'s supervised IDM, fit on the K labelled windows ``starts`` and scored on
+    test windows: ``(model, report)``. Saved to ``out/supervised_idm.safetensors`` (the report
+    in its header) and read back from there by a resumed run."""
+    path = out / "supervised_idm.safetensors"
+    settings = dataclasses.asdict(idm_cfg)
+    if path.exists():
+        tensors, report = load_tensors(path)
+        if report.get("idm") != settings:
+            raise CheckpointError(
+                f"{path} was fit with other supervised-IDM settings ({report.get('idm')}); "
+                "pass the same settings or a new --out"
+            )
+        model = supervised_idm(idm_cfg).to(device, memory_format=torch.channels_last)
+        model.load_state_dict(tensors)
+        return model.eval(), report
     train, test = WindowDataset(data, "train", k=3), WindowDataset(data, "test", k=3)
     model = train_supervised_idm(idm_cfg, train, starts, device, seed, progress)
     rep = score_supervised_idm(model, idm_cfg, test, seed + 1, device)
-    true = train.arrays["actions"]
-    frame_labels = np.full(train.frames, -1, np.int64)
-    frame_labels[train.starts] = idm_predict(model, idm_cfg, train, train.starts, device)
-    frame_labels[starts] = true[starts + 1]
     report = {
-        "idm": dataclasses.asdict(idm_cfg),
+        "idm": settings,
         "idm_test_accuracy": rep["accuracy"],
         "idm_test_balanced_accuracy": rep["balanced_accuracy"],
-        "train_label_agreement": float(
-            (frame_labels[train.starts] == true[train.starts + 1]).mean()
-        ),
     }
-    save_tensors(labels_path, {"labels": torch.from_numpy(frame_labels)}, report)
+    save_tensors(path, model.state_dict(), report)
     write_json(out / "supervised_idm.json", report)
-    return frame_labels, report
+    return model.eval(), report
 
 
 def idm_labels_bc(
@@ -185,19 +216,21 @@ def idm_labels_bc(
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
-    """Baseline (b): supervised IDM on K labels -> labels for every train window -> BC."""
+    """Baseline (b): a supervised IDM fit on K labels labels the train windows BC draws
+    (:class:`IDMActionTargets`) -> BC."""
     starts = labelled_starts(data, labels, cfg.seed, labels_from, purpose="baseline (b)")
     out, device = start_run(out, cfg.threads, cfg.device)
-    # the labels once, by rank 0 under torchrun; then every rank reads them from out
+    # the IDM once, by rank 0 under torchrun; then every rank reads it from out
     distributed.on_main(
-        lambda: idm_labels(idm_cfg, data, out, starts, cfg.seed, device, progress)[1]
+        lambda: fit_labelling_idm(idm_cfg, data, out, starts, cfg.seed, device, progress)[1]
     )
-    frame_labels, report = idm_labels(idm_cfg, data, out, starts, cfg.seed, device, progress)
+    idm, report = fit_labelling_idm(idm_cfg, data, out, starts, cfg.seed, device, progress)
+    frames = WindowDataset(data, "train", k=3).frames
     summary = train_action_bc(
         cfg,
         data,
         out,
-        labels=frame_labels,
+        targets=IDMActionTargets(idm, idm_cfg, starts, frames, device),
         run_config={
             "baseline": "idm-labels-bc",
             "labels": len(starts),

@@ -4,7 +4,7 @@
   ``z[t]`` of the window ``o[t-1], o[t], o[t+1]``; loss MSE (:func:`latent_bc_loss`); no action
   labels are read.
 - Baselines (:func:`train_action_bc`): the target is an action (a true label on a few
-  windows, or labels written by a supervised IDM); loss cross-entropy (:func:`action_bc_loss`).
+  windows, or a supervised IDM's action for each window); loss cross-entropy (:func:`action_bc_loss`).
 
 Both share one loop, :func:`train_bc`, data-parallel under torchrun (:mod:`lapo.runs`). A run folder holds ``config.json`` (kind, network,
 game, the data it came from, full config), ``policy.safetensors``, ``checkpoint.safetensors``
@@ -74,23 +74,18 @@ class LatentTargets:
 
 
 class ActionTargets:
-    """The baselines' target: the middle frame's action (:func:`action_bc_loss`).
-
-    ``labels`` ``(frames,)`` int64, indexed by window start, replaces the dataset's true
-    actions in training (a supervised IDM's labels); test windows are always scored against
-    the true actions.
-    """
+    """The baselines' target: the middle frame's true action (:func:`action_bc_loss`); a
+    subclass may compute another (baseline (b)'s supervised IDM). Test windows are always
+    scored against the true actions."""
 
     kind = "action"
 
-    def __init__(self, device: torch.device, labels: np.ndarray | None = None) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.labels = labels
         self.loss = action_bc_loss
 
     def __call__(self, batch: dict) -> torch.Tensor:
-        y = batch["actions"][:, 1] if self.labels is None else self.labels[batch["index"]]
-        return torch.from_numpy(np.ascontiguousarray(y)).to(self.device, non_blocking=True)
+        return self.test_targets(batch)
 
     def test_targets(self, batch: dict) -> torch.Tensor:
         y = np.ascontiguousarray(batch["actions"][:, 1])
@@ -298,12 +293,13 @@ def train_action_bc(
     data: Path,
     out: Path,
     train_starts: np.ndarray | None = None,
-    labels: np.ndarray | None = None,
     run_config: dict | None = None,
     progress: bool = True,
     desc: str = "bc",
+    targets: ActionTargets | None = None,
 ) -> dict:
-    """BC on action labels: the true actions of ``train_starts`` windows, or ``labels``."""
+    """BC on action labels: the true actions of the ``train_starts`` windows (default all), or
+    what ``targets`` computes for each batch (baseline (b)'s supervised IDM)."""
     manifest = dataset_for(data)
     network = action_policy_spec(cfg.width)
     config = {
@@ -316,7 +312,7 @@ def train_action_bc(
         data,
         out,
         network,
-        ActionTargets(resolve_device(cfg.device), labels),
+        targets or ActionTargets(resolve_device(cfg.device)),
         train_starts=train_starts,
         run_config=config,
         progress=progress,

@@ -34,8 +34,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import multiprocessing
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -73,6 +71,8 @@ from lapo.stages.bc import train_latent_bc
 from lapo.stages.decode.offline import decode_offline
 from lapo.stages.lam import train_lam
 from lapo.stages.lam_probe import probe_lam
+from lapo.workflows import workers
+from lapo.workflows.workers import lanes
 
 # seconds per stage at the default sizes, one thread each with two stages side by side
 # (float32 on a 2-core AMD EPYC with AVX2 only, 2026-12-07; an AVX512 CPU takes about half);
@@ -377,14 +377,6 @@ def prepare_folder(cfg: DemoConfig, out: Path) -> None:
     write_json(saved, dataclasses.asdict(cfg))
 
 
-def lanes(threads: int) -> tuple[int, int]:
-    """``(stages run side by side, torch threads of each)`` for ``threads`` CPU threads in all
-    (0: this process's cores): two on 2 or more, each with half the threads."""
-    total = threads if threads > 0 else len(os.sched_getaffinity(0))
-    n = 2 if total >= 2 else 1
-    return n, max(1, total // n)
-
-
 def run_stage(name: str, cfg: DemoConfig, out: Path) -> dict:
     """Stage ``name`` of the demo ``cfg`` in ``out`` on ``cfg.threads`` threads: what
     ``stages.json`` records for it (``started``, ``wall_seconds``, ``finished``, ``result``)."""
@@ -420,9 +412,7 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
     def ready(name: str) -> bool:
         return all(k in stages for k in NEEDS.get(name, ()) if k in todo)
 
-    # spawn: a forked child of a process whose torch has started threads can hang
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(n_lanes, mp_context=context) if n_lanes > 1 else None
+    pool = ProcessPoolExecutor(n_lanes, mp_context=workers.context()) if n_lanes > 1 else None
     try:
         while pending or running:
             free = n_lanes - len(running)
