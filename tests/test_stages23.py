@@ -38,7 +38,7 @@ from lapo.rl.ppo import compute_gae
 from lapo.runkinds import load_lam, load_stage2
 from lapo.schedules import lr_scale
 from lapo.stages.baselines import IDMActionTargets, supervised_idm
-from lapo.stages.bc import train_latent_bc
+from lapo.stages.bc import ActionTargets, action_bc_loss, train_latent_bc
 from lapo.stages.decode import fit_decoder
 from lapo.stages.decode.offline import decode_offline
 from lapo.stages.decode.online import (
@@ -142,6 +142,25 @@ def test_lr_scale_by_hand():
     assert lr_scale(1099, cfg) == pytest.approx(0.001)
     assert lr_scale(1100, cfg) == 0.0
     assert lr_scale(5000, cfg) == 0.0  # never negative past the end
+
+
+def test_action_bc_loss_with_label_smoothing_by_hand():
+    # two actions of 15: logits 2 on action 0 and 0 elsewhere, targets 0 and 3
+    logits = torch.zeros(2, 15)
+    logits[:, 0] = 2.0
+    log_z = np.log(np.exp(2.0) + 14)  # log of the softmax's normaliser
+    log_p0, log_p_other = 2.0 - log_z, -log_z
+    mean_log_p = (log_p0 + 14 * log_p_other) / 15  # what the smoothed mass sees
+    eps = 0.05
+    on_0 = -(1 - eps) * log_p0 - eps * mean_log_p
+    on_3 = -(1 - eps) * log_p_other - eps * mean_log_p
+    y = torch.tensor([0, 3])
+    assert action_bc_loss(logits, y, eps).item() == pytest.approx((on_0 + on_3) / 2, rel=1e-6)
+    assert action_bc_loss(logits, y).item() == pytest.approx(-(log_p0 + log_p_other) / 2, rel=1e-6)
+    # the baselines train with the preset's smoothing and report the plain test loss
+    targets = ActionTargets(torch.device("cpu"), config_preset(BCConfig, "cpu").label_smoothing)
+    assert targets.loss(logits, y).item() == pytest.approx((on_0 + on_3) / 2, rel=1e-6)
+    assert targets.test_loss(logits, y).item() == pytest.approx(-(log_p0 + log_p_other) / 2)
 
 
 def test_presets():

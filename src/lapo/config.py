@@ -484,6 +484,11 @@ class BCConfig(FastPath):
     """Learning-rate multiplier at step 0."""
     weight_decay: float = setting(0.0, DECAY)
     """AdamW weight decay."""
+    label_smoothing: float = setting(0.05, UNIT)
+    """The action baselines' cross-entropy label smoothing, the offline decoder's: trained on
+    K labels alone, a policy without it turns overconfident and gets stuck when its actions
+    are sampled (coinrun, K = 256: 3.7 against 6.0 with it, docs/results/demo.md). Stage 2's
+    latent regression has no labels to smooth."""
     batch_size: int = setting(128, BATCH)
     """Observations per step."""
     steps: int = setting(60_000, TRAIN_STEPS, resumable=True)

@@ -152,8 +152,9 @@ class IDMActionTargets(ActionTargets):
         labelled: np.ndarray,
         frames: int,
         device: torch.device,
+        label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(device)
+        super().__init__(device, label_smoothing)
         self.idm, self.cfg = idm.eval(), cfg
         self.labelled = np.zeros(frames, bool)  # (frames,): True at the K labelled starts
         self.labelled[labelled] = True
@@ -230,7 +231,7 @@ def idm_labels_bc(
         cfg,
         data,
         out,
-        targets=IDMActionTargets(idm, idm_cfg, starts, frames, device),
+        targets=IDMActionTargets(idm, idm_cfg, starts, frames, device, cfg.label_smoothing),
         run_config={
             "baseline": "idm-labels-bc",
             "labels": len(starts),

@@ -16,6 +16,7 @@ action head (``action_head.safetensors``), which offline decoding may start from
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -48,21 +49,24 @@ def latent_bc_loss(pred: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred, z)
 
 
-def action_bc_loss(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """The baselines' loss: cross-entropy of action logits ``(B, 15)`` against ``actions (B,)``."""
-    return F.cross_entropy(logits, actions)
+def action_bc_loss(
+    logits: torch.Tensor, actions: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """The baselines' loss: cross-entropy of action logits ``(B, 15)`` against ``actions (B,)``,
+    the target ``(1 - label_smoothing)`` on the action and ``label_smoothing / 15`` on each."""
+    return F.cross_entropy(logits, actions, label_smoothing=label_smoothing)
 
 
 class LatentTargets:
     """Stage 2's target: the frozen IDM's continuous latent of each window
-    (:func:`latent_bc_loss`)."""
+    (:func:`latent_bc_loss`, in training and on the test windows)."""
 
     kind = "latent"
 
     def __init__(self, idm: IDM, device: torch.device) -> None:
         self.idm = idm.to(device, memory_format=torch.channels_last).eval()
         self.device = device
-        self.loss = latent_bc_loss
+        self.loss = self.test_loss = latent_bc_loss
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
@@ -74,15 +78,17 @@ class LatentTargets:
 
 
 class ActionTargets:
-    """The baselines' target: the middle frame's true action (:func:`action_bc_loss`); a
-    subclass may compute another (baseline (b)'s supervised IDM). Test windows are always
-    scored against the true actions."""
+    """The baselines' target: the middle frame's true action (:func:`action_bc_loss` with
+    ``label_smoothing`` in training; the test loss is the plain cross-entropy); a subclass may
+    compute another (baseline (b)'s supervised IDM). Test windows are always scored against
+    the true actions."""
 
     kind = "action"
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, label_smoothing: float = 0.0) -> None:
         self.device = device
-        self.loss = action_bc_loss
+        self.loss = functools.partial(action_bc_loss, label_smoothing=label_smoothing)
+        self.test_loss = action_bc_loss
 
     def __call__(self, batch: dict) -> torch.Tensor:
         return self.test_targets(batch)
@@ -120,7 +126,7 @@ class BCTest:
         with torch.no_grad():
             pred = torch.cat([model(self.obs[i : i + 256]) for i in range(0, len(self.obs), 256)])
         model.train()
-        m = {"test_loss": self.targets_fn.loss(pred.float(), self.y).item()}
+        m = {"test_loss": self.targets_fn.test_loss(pred.float(), self.y).item()}
         if self.targets_fn.kind == "action":
             m["test_accuracy"] = (pred.argmax(-1) == self.y).float().mean().item()
         return m
@@ -136,7 +142,7 @@ class BCTest:
             chosen = rng.choice(starts, min(2 * len(self.y), len(starts)))
             total = self.targets_fn(train(distributed.local(chosen))).sum(0)  # (A,)
             mean = distributed.all_reduce_(total) / len(chosen)
-            m["test_loss_mean_prediction"] = self.targets_fn.loss(
+            m["test_loss_mean_prediction"] = self.targets_fn.test_loss(
                 mean.expand_as(self.y), self.y
             ).item()
         return m
@@ -312,7 +318,7 @@ def train_action_bc(
         data,
         out,
         network,
-        targets or ActionTargets(resolve_device(cfg.device)),
+        targets or ActionTargets(resolve_device(cfg.device), cfg.label_smoothing),
         train_starts=train_starts,
         run_config=config,
         progress=progress,
