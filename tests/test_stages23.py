@@ -433,7 +433,7 @@ def test_idm_bc_baseline_runs_and_keeps_the_true_labels(data, decoded, tmp_path,
     idm.load_state_dict(tensors)
     train = WindowDataset(small, "train", k=3)
     starts = labelled_starts(small, 64, 0)
-    targets = IDMActionTargets(idm, idm_cfg, starts, train.frames, torch.device("cpu"))
+    targets = IDMActionTargets(idm, idm_cfg, starts, torch.device("cpu"))
     others = np.setdiff1d(train.starts, starts)[:64]
     batch = DeviceWindows(train, torch.device("cpu"))(np.concatenate([starts, others]))
     y = targets(batch).numpy()

@@ -150,14 +150,12 @@ class IDMActionTargets(ActionTargets):
         idm: nn.Module,
         cfg: SupervisedIDMConfig,
         labelled: np.ndarray,
-        frames: int,
         device: torch.device,
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(device, label_smoothing)
         self.idm, self.cfg = idm.eval(), cfg
-        self.labelled = np.zeros(frames, bool)  # (frames,): True at the K labelled starts
-        self.labelled[labelled] = True
+        self.labelled = np.asarray(labelled)  # (K,): the labelled window starts
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
@@ -166,7 +164,7 @@ class IDMActionTargets(ActionTargets):
                          self.cfg.difference_scale)  # fmt: skip
         predicted = self.idm(x).argmax(-1)
         true = self.test_targets(batch)  # the middle frames' true actions
-        keep = torch.from_numpy(self.labelled[batch["index"]]).to(self.device)
+        keep = torch.from_numpy(np.isin(batch["index"], self.labelled)).to(self.device)
         return torch.where(keep, true, predicted)
 
 
@@ -226,12 +224,11 @@ def idm_labels_bc(
         lambda: fit_labelling_idm(idm_cfg, data, out, starts, cfg.seed, device, progress)[1]
     )
     idm, report = fit_labelling_idm(idm_cfg, data, out, starts, cfg.seed, device, progress)
-    frames = WindowDataset(data, "train", k=3).frames
     summary = train_action_bc(
         cfg,
         data,
         out,
-        targets=IDMActionTargets(idm, idm_cfg, starts, frames, device, cfg.label_smoothing),
+        targets=IDMActionTargets(idm, idm_cfg, starts, device, cfg.label_smoothing),
         run_config={
             "baseline": "idm-labels-bc",
             "labels": len(starts),
