@@ -58,3 +58,29 @@ def test_against_the_shift_fewer_pixels_change_where_the_camera_moved(windows):
     assert compensated[moved].mean() < plain[moved].mean()
     # where it found no shift the two are the same
     assert torch.equal(compensated[~moved], plain[~moved])
+
+
+def test_camera_shift_hands_the_world_model_o_t_moved_to_o_t_plus_1(windows):
+    from lapo.config import LAMConfig
+    from lapo.models.lam import LatentActionModel, camera_context
+
+    # a camera that moved (3, -5) between o[t] and o[t+1], and (1, 2) between o[t-1] and o[t]
+    o_t = windows[:8, 1]  # (8, 3, 64, 64)
+    target = torch.roll(o_t, (3, -5), dims=(-2, -1))
+    context = torch.stack([torch.roll(o_t, (-1, -2), dims=(-2, -1)), o_t], 1)  # (8, 2, 3, 64, 64)
+    # without o[t+1], the shift from o[t-1] to o[t] stands in; given the shift, it is used
+    guess = camera_context(context)  # (8, 3, 3, 64, 64)
+    assert guess.shape == (8, 3, 3, 64, 64) and torch.equal(guess[:, 1:], context)
+    assert torch.equal(guess[:, 0], torch.roll(o_t, (1, 2), dims=(-2, -1)))
+    shift = torch.tensor([[3, -5]] * 8)  # (8, 2)
+    given = camera_context(context, shift)
+    assert torch.equal(given[:, 0], target)
+    # the model measures the shift on the true next frame: its world model's first image is the
+    # target itself here, so the prediction error differs from one given the stand-in shift
+    cfg = LAMConfig(idm_width=1, wm_base=4, wm_camera_shift=True)
+    model = LatentActionModel(cfg).eval()
+    z = torch.zeros(8, cfg.quantizer.latent_dim)
+    with torch.no_grad():
+        err = model.prediction_error(context, target, z)  # (8, 3, 64, 64)
+        assert torch.equal(err, (model.predict(context, z, shift=shift) - target) ** 2)
+        assert not torch.equal(err, (model.predict(context, z) - target) ** 2)

@@ -299,6 +299,12 @@ class LAMConfig(FastPath):
     wm_differences: bool = False
     """The world model also sees o[t] - o[t-1] (times idm_difference_scale), so the motion it
     can extrapolate from its context is explicit and the latent need only carry the rest."""
+    wm_camera_shift: bool = False
+    """The world model also sees o[t] rolled by the global shift between o[t] and o[t+1] (phase
+    correlation on the true next frame, without gradient): the camera's move is handed to it,
+    so z[t] need not carry the displacement, only what moved against the camera (a sprite's
+    turn, a jump's start). Where o[t+1] is unknown (play, open-loop rollouts) the shift between
+    o[t-1] and o[t] stands in. Not in LAPO."""
     wm_residual: bool = False
     """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
     wm_action_everywhere: bool = False

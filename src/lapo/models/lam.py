@@ -16,6 +16,7 @@ from lapo import distributed
 from lapo.config import LAMConfig
 from lapo.models.augment import random_shift
 from lapo.models.idm import build_idm
+from lapo.models.motion import global_shift, roll_each
 from lapo.models.policy import PROCGEN_ACTIONS
 from lapo.models.world_model import EmbeddingWorldModel, WorldModel, embedding_error
 
@@ -35,7 +36,9 @@ class LatentActionModel(nn.Module):
         self.world_model: WorldModel | EmbeddingWorldModel
         # with wm_differences the context gains a third image, the amplified o[t] - o[t-1]
         self.wm_difference_scale = cfg.idm_difference_scale if cfg.wm_differences else 0.0
-        context = 3 if cfg.wm_differences else 2
+        # with wm_camera_shift, o[t] moved by the camera's shift to o[t+1]
+        self.wm_camera_shift = cfg.wm_camera_shift
+        context = 2 + int(cfg.wm_differences) + int(cfg.wm_camera_shift)
         # with wm_prev_latent the world model's latent input is (z[t], z[t-1]) concatenated
         self.wm_prev_latent = cfg.wm_prev_latent
         latents = cfg.quantizer.latent_dim * (2 if cfg.wm_prev_latent else 1)
@@ -55,14 +58,23 @@ class LatentActionModel(nn.Module):
         return isinstance(self.world_model, WorldModel)
 
     def predict(
-        self, context: torch.Tensor, z_q: torch.Tensor, z_prev: torch.Tensor | None = None
+        self,
+        context: torch.Tensor,
+        z_q: torch.Tensor,
+        z_prev: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The world model's prediction from ``o[t-1], o[t]`` ``(B, 2, 3, 64, 64)`` and the
         latent ``(B, A)``: ``o[t+1]`` ``(B, 3, 64, 64)``, or its embedding ``(B, F)``.
 
         ``z_prev`` ``(B, A)``: the previous step's quantised latent, which a world model built
         with ``wm_prev_latent`` receives beside ``z_q`` (zeros where there is none: the first
-        step of a rollout or of play); ignored by one built without."""
+        step of a rollout or of play); ignored by one built without. ``shift`` ``(B, 2)``: the
+        camera's shift from ``o[t]`` to ``o[t+1]`` for a world model built with
+        ``wm_camera_shift`` (None: the shift from ``o[t-1]`` to ``o[t]``, the best guess
+        without ``o[t+1]``); ignored by one built without."""
+        if self.wm_camera_shift:
+            context = camera_context(context, shift)  # (B, 3, 3, 64, 64), o[t] last
         if self.wm_difference_scale:
             diff = (context[:, 1] - context[:, 0]) * self.wm_difference_scale
             context = torch.cat([diff[:, None], context], 1)  # (B, 3, 3, 64, 64), o[t] last
@@ -80,8 +92,13 @@ class LatentActionModel(nn.Module):
     ) -> torch.Tensor:
         """Per-pixel squared error ``(B, 3, 64, 64)`` of the predicted ``o[t+1]``, or per-sample
         ``(B,)`` embedding error, for context ``(B, 2, 3, 64, 64)``, target ``(B, 3, 64, 64)``
-        (``z_prev``: as :meth:`predict`)."""
-        pred = self.predict(context, z_q, z_prev)
+        (``z_prev``: as :meth:`predict`; a world model built with ``wm_camera_shift`` gets the
+        shift from ``o[t]`` to the target)."""
+        shift = None
+        if self.wm_camera_shift:
+            with torch.no_grad():
+                shift = global_shift(context[:, -1], target)  # (B, 2)
+        pred = self.predict(context, z_q, z_prev, shift)
         if self.predicts_pixels:
             return (pred - target) ** 2
         return embedding_error(pred, self.world_model.target(target))
@@ -100,6 +117,18 @@ class LatentActionModel(nn.Module):
         finally:
             quantizer.train(was_training)
         return z, q.z_q
+
+
+def camera_context(context: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``o[t-1], o[t]`` ``(B, 2, 3, 64, 64)`` -> ``shift(o[t]), o[t-1], o[t]``
+    ``(B, 3, 3, 64, 64)``: ``o[t]`` rolled by ``shift`` ``(B, 2)`` (``(dy, dx)``, as
+    :func:`~lapo.models.motion.global_shift` gives), or by the shift from ``o[t-1]`` to
+    ``o[t]`` when None (the camera keeps moving as it did)."""
+    if shift is None:
+        with torch.no_grad():
+            shift = global_shift(context[:, 0], context[:, 1])  # (B, 2)
+    moved = roll_each(context[:, 1], shift)  # (B, 3, 64, 64)
+    return torch.cat([moved[:, None], context], 1)
 
 
 def split_window(frames: torch.Tensor, cfg: LAMConfig) -> tuple[torch.Tensor | None, torch.Tensor]:
