@@ -304,7 +304,8 @@ class LAMConfig(FastPath):
     correlation on the true next frame, without gradient): the camera's move is handed to it,
     so z[t] need not carry the displacement, only what moved against the camera (a sprite's
     turn, a jump's start). Where o[t+1] is unknown (play, open-loop rollouts) the shift between
-    o[t-1] and o[t] stands in. Not in LAPO."""
+    o[t-1] and o[t] stands in. Not in LAPO; on coinrun and starpilot it did not put the action
+    in the latent (docs/results/stage1.md)."""
     wm_residual: bool = False
     """World model predicts o[t+1] - o[t] and adds o[t] (not in LAPO)."""
     wm_action_everywhere: bool = False
