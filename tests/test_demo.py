@@ -142,6 +142,12 @@ def test_demo_numbers_beat_their_baselines(demo):
     head, idm = stages["stage1_labels"]["result"], stages["idm_bc"]["result"]
     assert f"{head['head_test_accuracy']:.3f} / {head['head_test_balanced_accuracy']:.3f}" in html
     assert f"{idm['idm_test_accuracy']:.3f} / {idm['idm_test_balanced_accuracy']:.3f}" in html
+    # LAPO with the labels in stage 1 decodes from stage 1's action head, and the report sets
+    # it against both baselines, paired over the same episodes
+    offline = json.loads((demo / "decoded_labels" / "config.json").read_text())["offline"]
+    assert offline["decoder_init"] == "stage1-head"
+    for name in ("BC on the same labels", "supervised IDM labels, then BC"):
+        assert f"LAPO, labels in stage 1 - {name}" in html
     # each training stage's wall time covers the time the stage reports itself (both rounded)
     for name, key in (("stage1", "train_seconds"), ("stage2", "wall_seconds")):
         assert 0 < stages[name]["result"][key] <= stages[name]["wall_seconds"] + 0.1, name

@@ -813,7 +813,8 @@ class DemoConfig(Config):
     """Evaluation episodes per policy."""
     compare_labels: bool = False
     """Also run LAPO with the K labels in stage 1 too (an action head beside the video loss;
-    stage 2 and decoding follow, on the same K): another stage 1 and stage 2."""
+    stage 2 follows, and the decoder starts from that head, on the same K): another stage 1
+    and stage 2. On coinrun it leads BC on the same labels where the video-only run does not."""
     seed: int = setting(0, SEED)
     """Seed of everything."""
     threads: int = setting(0, THREADS)

@@ -29,7 +29,7 @@ DEMO_POLICIES = {
     ),
     "LAPO, labels in stage 1": (
         "decoded_labels",
-        "stage 1 (an action head beside the video loss) and the decoder",
+        "stage 1 (an action head beside the video loss) and the decoder, started from that head",
     ),
 }
 LABELS_USED = {name: where for name, (_, where) in DEMO_POLICIES.items()}
@@ -132,20 +132,25 @@ def paired_difference(ours: dict, other: dict) -> tuple[float, float, int] | Non
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d)
 
 
+# the two baselines every LAPO policy is set against
+BASELINES = ("BC on the same labels", "supervised IDM labels, then BC")
+
+
 def comparison_rows(returns: dict) -> list[list[str]]:
-    """LAPO's decoded policy against each other policy that used the same K labels: the
+    """LAPO's decoded policy against each other policy that used the same K labels, then
+    (``--compare-labels``) LAPO with the labels in stage 1 against the two baselines: the
     paired difference in return over the same evaluation episodes."""
-    ours = returns.get("LAPO (decoded)")
+    pairs = [("LAPO (decoded)", name) for name in list(DEMO_POLICIES)[1:]]
+    pairs += [("LAPO, labels in stage 1", name) for name in BASELINES]
     rows = []
-    for name in list(DEMO_POLICIES)[1:]:
-        pair = paired_difference(ours, returns[name]) if ours and name in returns else None
+    for lapo, name in pairs:
+        ours, other = returns.get(lapo), returns.get(name)
+        pair = paired_difference(ours, other) if ours and other else None
         if pair is None:
             continue
         mean, se, n = pair
         z = f"{mean / se:+.1f} s.e." if se > 0 else "no spread"
-        rows.append(
-            [f"LAPO (decoded) - {name}", f"{mean:+.2f} ± {se:.2f} ({z}; {n} paired episodes)"]
-        )
+        rows.append([f"{lapo} - {name}", f"{mean:+.2f} ± {se:.2f} ({z}; {n} paired episodes)"])
     return rows
 
 
