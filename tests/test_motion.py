@@ -84,3 +84,11 @@ def test_camera_shift_hands_the_world_model_o_t_moved_to_o_t_plus_1(windows):
         err = model.prediction_error(context, target, z)  # (8, 3, 64, 64)
         assert torch.equal(err, (model.predict(context, z, shift=shift) - target) ** 2)
         assert not torch.equal(err, (model.predict(context, z) - target) ** 2)
+
+    # with the world model's frame difference too, the difference is still o[t] - o[t-1]
+    cfg = LAMConfig(idm_width=1, wm_base=4, wm_camera_shift=True, wm_differences=True)
+    model = LatentActionModel(cfg).eval()
+    diff = (context[:, 1] - context[:, 0]) * cfg.idm_difference_scale  # (8, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.world_model(torch.cat([diff[:, None], given], 1), z)
+        assert torch.equal(model.predict(context, z, shift=shift), expected)

@@ -76,7 +76,7 @@ class LatentActionModel(nn.Module):
         if self.wm_camera_shift:
             context = camera_context(context, shift)  # (B, 3, 3, 64, 64), o[t] last
         if self.wm_difference_scale:
-            diff = (context[:, 1] - context[:, 0]) * self.wm_difference_scale
+            diff = (context[:, -1] - context[:, -2]) * self.wm_difference_scale  # o[t] - o[t-1]
             context = torch.cat([diff[:, None], context], 1)  # (B, 3, 3, 64, 64), o[t] last
         if self.wm_prev_latent:
             z_prev = torch.zeros_like(z_q) if z_prev is None else z_prev.to(z_q.dtype)
