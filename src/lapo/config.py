@@ -704,7 +704,7 @@ class DistillConfig(Config):
     moves; after each round the network trains on everything recorded so far."""
 
     game: str = "maze"
-    """Procgen game the planner can search (maze)."""
+    """Procgen game a planner can search (maze, bigfish)."""
     arch: str = setting("nature", choices=ENCODERS)
     """The network's encoder, as lapo expert train's."""
     width: int = setting(1, WIDTH)
@@ -777,7 +777,7 @@ class EvalConfig(Config):
 
 
 DEMO_GAMES = ("coinrun", "jumper", "maze")
-PLANNER_GAMES = ("maze",)  # lapo.rl.planner.MOVES's games
+PLANNER_GAMES = ("maze", "bigfish")  # lapo.rl.planner.MOVES's games
 DEMO_POLICIES = ("demonstrator", "random", "planner")
 
 
@@ -790,7 +790,7 @@ class DemoConfig(Config):
     --policy random."""
     policy: str = "demonstrator"
     """Who plays the recorded video: demonstrator (the shipped one: the whole method), planner
-    (maze only: the planner that searches the game, which the maze demonstrator was distilled
+    (maze, bigfish: the planner that searches the game, which their demonstrators were distilled
     from; the whole method) or random (any game, stage 1 only: its probe, ceiling and
     pictures; a random policy is nothing to imitate, so stages 2 and 3 are skipped)."""
     frames: int = setting(20_000, FRAMES)

@@ -26,7 +26,7 @@ DEMONSTRATORS_DIR = Path(__file__).parent.parent / "demonstrators"
 
 
 PLANNER = "planner"
-"""``load_policy``'s name for the planner of :mod:`lapo.rl.planner` (maze)."""
+"""``load_policy``'s name for the planners of :mod:`lapo.rl.planner` (maze, bigfish)."""
 
 
 def shipped_demonstrators() -> dict[str, Path]:
@@ -162,7 +162,7 @@ class NetworkPolicy:
 
 
 def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Policy:
-    """``"random"``, ``"demonstrator"``, ``"planner"`` (maze) or a policy folder; raises
+    """``"random"``, ``"demonstrator"``, ``"planner"`` (maze, bigfish) or a policy folder; raises
     :class:`CheckpointError` (:class:`lapo.envs.procgen.EnvError` for a game the planner
     cannot search)."""
     if str(spec) == "random":

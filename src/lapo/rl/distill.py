@@ -1,8 +1,8 @@
 """Demonstrators distilled from a planner: DAgger (Ross, Gordon & Bagnell 2011).
 
-PPO needs tens of millions of frames to learn maze with Procgen's networks, far more than a
-CPU gives in a session. The planner of :mod:`lapo.rl.planner` plays maze perfectly by
-searching the game's own state, but it is no network: it cannot look at a screen alone, so
+PPO needs tens of millions of frames to learn maze or bigfish with Procgen's networks, far
+more than a CPU gives in a session. The planners of :mod:`lapo.rl.planner` play them well by
+searching the game's own state, but they are no network: it cannot look at a screen alone, so
 it cannot be shipped or run as a policy. ``distill_expert`` trains the network a PPO
 demonstrator would have (:class:`lapo.models.actor_critic.ActorCritic`, saved in the same
 ``ppo-expert`` folder, so ``lapo expert package``, ``lapo collect`` and ``lapo eval`` take it
@@ -32,7 +32,7 @@ from lapo.config import DistillConfig
 from lapo.envs import NUM_ACTIONS
 from lapo.models.actor_critic import ActorCritic
 from lapo.rl.expert import network_spec, refuse_other_game
-from lapo.rl.planner import ShortestPaths, check_planner_game, one_game
+from lapo.rl.planner import check_planner_game, make_planner, one_game
 from lapo.runkinds import PPO_EXPERT
 from lapo.runs import Run
 
@@ -54,7 +54,7 @@ def record_round(
     uint8, the targets ``(N, 15)`` (uniform over the planner's moves) and the returns of the
     episodes that ended."""
     env = one_game(cfg.game, cfg.distribution_mode, round_seed(cfg, rnd))
-    planner = ShortestPaths(env, cfg.game)
+    planner = make_planner(env, cfg.game)
     screens, targets, returns = [], [], []
     episode_return, shown = 0.0, 0
     try:

@@ -1,12 +1,19 @@
-"""A planner that plays a Procgen level perfectly by searching the game's own state.
+"""Planners that play a Procgen level well by searching the game's own state.
 
-Procgen can copy and restore a running game (``get_state`` / ``set_state``). In a game whose
-screen determines its state and whose only mover is the agent, such as maze, a breadth-first
-search over the screens the agent's moves reach finds every shortest path to the level's
-reward: :class:`ShortestPaths` searches a level once (a few hundred restored steps, well
-under a second on a CPU) and then names, for any screen of that level, the moves that start
-a shortest path. It is the teacher of :mod:`lapo.rl.distill`, which trains a demonstrator
-network on its moves, since PPO needs far more CPU time than a session has to learn maze.
+Procgen can copy and restore a running game (``get_state`` / ``set_state``), its random
+generator included, so a move can be tried and its real consequences seen before it is made.
+
+- maze (:class:`ShortestPaths`): the screen determines the state and the agent is the only
+  mover, so a breadth-first search over the screens the agent's moves reach finds every
+  shortest path to the level's reward: it searches a level once (a few hundred restored
+  steps, well under a second on a CPU) and then names, for any screen of that level, the
+  moves that start a shortest path.
+- bigfish (:class:`Lookahead`): other fish move and appear at random, so the planner looks a
+  few steps ahead from every state: each move held for ``horizon`` steps, scored by the
+  reward it earns and whether the agent survives.
+
+They are the teachers of :mod:`lapo.rl.distill`, which trains a demonstrator network on
+their moves, since PPO needs far more CPU time than a session has to learn these games.
 """
 
 from __future__ import annotations
@@ -19,9 +26,13 @@ import numpy as np
 
 from lapo.envs.procgen import EnvError
 
-MOVES: dict[str, tuple[int, ...]] = {"maze": (1, 3, 5, 7)}
-"""The games the planner can search -> the moves it tries: Procgen's LEFT, DOWN, UP, RIGHT
-(maze's diagonals act as one of their two directions, the rest as NOOP)."""
+MOVES: dict[str, tuple[int, ...]] = {"maze": (1, 3, 5, 7), "bigfish": tuple(range(9))}
+"""The games the planner can search -> the moves it tries. maze: Procgen's LEFT, DOWN, UP,
+RIGHT (its diagonals act as one of their two directions, the rest as NOOP); bigfish: the
+eight directions and NOOP (0-8; the rest act as NOOP)."""
+
+LOOKAHEAD_GAMES = ("bigfish",)
+"""The games searched by :class:`Lookahead` (the others by :class:`ShortestPaths`)."""
 
 MAX_SCREENS = 20_000
 """The search stops after this many distinct screens (an easy maze has at most a few hundred)."""
@@ -31,8 +42,7 @@ def check_planner_game(game: str) -> str:
     """Return ``game`` if the planner can search it, else raise :class:`EnvError`."""
     if game not in MOVES:
         raise EnvError(
-            f"the planner cannot search {game!r} (it needs a game whose screen is its state, "
-            f"with the agent as its only mover): choose one of {', '.join(MOVES)}, or train "
+            f"the planner cannot search {game!r}: choose one of {', '.join(MOVES)}, or train "
             "a demonstrator with 'lapo expert train'"
         )
     return game
@@ -163,6 +173,77 @@ class ShortestPaths:
         return self.distance.get(screen_key(obs))
 
 
+class Lookahead:
+    """The moves that do best over the next ``horizon`` steps of the game running in ``env``.
+
+    ``env`` is a ``ProcgenGym3Env`` with one environment. For each move, :meth:`moves`
+    restores the current state and holds the move for ``horizon`` steps: the game's real
+    future under that move, since the saved state holds Procgen's random generator too. A
+    move scores its rewards discounted by ``discount`` per step, less ``death_penalty``
+    (discounted the same) when the episode ends without a reward on its last step (in
+    bigfish: a bigger fish ate the agent). The moves within ``1e-6`` of the best score are
+    returned, all of them where nothing is in reach. ``env`` is left in the state it was in.
+    Holding each of bigfish's 9 moves for 10 steps costs about 16 ms a decision on a CPU.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        game: str,
+        horizon: int = 10,
+        discount: float = 0.97,
+        death_penalty: float = 100.0,
+    ) -> None:
+        self.env = env
+        self.actions = MOVES[check_planner_game(game)]
+        self.horizon = horizon
+        self.discount = discount
+        self.death_penalty = death_penalty
+
+    def new_level(self) -> None:
+        """Nothing to forget: every decision searches afresh."""
+
+    def score(self, move: int) -> float:
+        """Discounted return of holding ``move`` for ``horizon`` steps from the current
+        state (the state changes: restore it after)."""
+        env, total = self.env, 0.0
+        for t in range(self.horizon):
+            env.act(np.array([move], np.int32))
+            reward, _, first = env.observe()
+            total += float(reward[0]) * self.discount**t
+            if first[0]:  # the episode ended: the level was won (a reward) or lost
+                if reward[0] <= 0:
+                    total -= self.death_penalty * self.discount**t
+                break
+        return total
+
+    def moves(self, obs: np.ndarray | None = None, state: bytes | None = None) -> list[int]:
+        """The best moves from the current state of ``env`` (``obs``, its screen, is not
+        needed), or with ``state`` (another environment's ``get_state()`` entry) from that
+        state, which ``env`` keeps afterwards."""
+        if state is not None:
+            self.env.set_state([state])
+        start = self.env.get_state()
+        scores = []
+        for a in self.actions:
+            self.env.set_state(start)
+            scores.append(self.score(a))
+        self.env.set_state(start)
+        best = max(scores)
+        return [a for a, s in zip(self.actions, scores, strict=True) if s >= best - 1e-6]
+
+
+Planner = ShortestPaths | Lookahead
+
+
+def make_planner(env: Any, game: str, stop_at_reward: bool = False) -> Planner:
+    """The planner that searches ``game`` in ``env`` (a one-environment Procgen game):
+    :class:`Lookahead` for :data:`LOOKAHEAD_GAMES`, else :class:`ShortestPaths`."""
+    if check_planner_game(game) in LOOKAHEAD_GAMES:
+        return Lookahead(env, game)
+    return ShortestPaths(env, game, stop_at_reward=stop_at_reward)
+
+
 class PlannerPolicy:
     """The planner as a policy (:class:`lapo.evaluation.policies.Policy`): in each of the
     environments it plays, a shortest-path move (drawn at random among equally short ones).
@@ -177,7 +258,7 @@ class PlannerPolicy:
         self.game = check_planner_game(game)
         self.rng = np.random.default_rng(seed)
         self.vec: Any = None
-        self.planners: list[ShortestPaths] = []
+        self.planners: list[Planner] = []
 
     def attach(self, vec: Any) -> None:
         """Play in ``vec`` (a ProcgenVecEnv just reset), one planner per environment."""
@@ -186,7 +267,7 @@ class PlannerPolicy:
         self.vec = vec
         search = one_game(vec.game, vec.distribution_mode, **vec.options)
         self.planners = [
-            ShortestPaths(search, self.game, stop_at_reward=True) for _ in range(vec.num_envs)
+            make_planner(search, self.game, stop_at_reward=True) for _ in range(vec.num_envs)
         ]
 
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -195,6 +276,11 @@ class PlannerPolicy:
             raise RuntimeError("attach the planner to the environments it plays first")
         actions = np.full(len(obs), 4, np.int64)  # NOOP where the reward is out of reach
         states: list[bytes] | None = None
+        if self.game in LOOKAHEAD_GAMES:  # every decision searches from the game's state
+            states = self.vec.get_state()
+            for i, planner in enumerate(self.planners):
+                actions[i] = self.rng.choice(planner.moves(state=states[i]))
+            return actions
         for i, screen in enumerate(obs):
             planner = self.planners[i]
             # a screen the last search did not reach (a new level), or one it reached without
