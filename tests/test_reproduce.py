@@ -26,7 +26,7 @@ def test_reproduce_toy_grid_writes_csv_and_figures(tmp_path, capsys):
         "--jobs", "2", "--out", str(out), "--quiet",
         "--lam-args", "--steps 10 --batch-size 8 --eval-every 5 --probe-every 0 --test-windows 64",
         "--bc-args", "--steps 10 --batch-size 8 --eval-every 5 --test-windows 64",
-        "--idm-args", "--idm-steps 5",
+        "--idm-args", "--idm-steps 5", "--decode-args", "--steps 20 --test-windows 64",
         "--online-args", "--num-envs 4 --num-steps 8 --decoder-fit-start 0",
         "--ppo-args", "--num-envs 4 --num-steps 8",
     ]  # fmt: skip

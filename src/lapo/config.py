@@ -947,7 +947,7 @@ class ReproduceConfig(Config):
     threads: int = setting(1, THREADS)
     """torch threads per step."""
     extra: dict[str, list[str]] = setting(factory=dict)
-    """Extra command-line options per step kind (lam, bc, idm, online, ppo)."""
+    """Extra command-line options per step kind (lam, bc, idm, decode, online, ppo)."""
 
     def __post_init__(self) -> None:
         if not self.labels:

@@ -359,6 +359,7 @@ EXTRA_ARGS = {
     "lam": "lapo lam train",
     "bc": "lapo bc train and the BC baselines",
     "idm": "lapo baseline idm-bc",
+    "decode": "lapo decode offline",
     "online": "lapo decode online",
     "ppo": "lapo baseline ppo",
 }

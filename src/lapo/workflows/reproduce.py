@@ -6,7 +6,8 @@ For each (game, seed): stage 1, stage 2, offline decoding at each label count wi
 (a) BC on the same labels and (b) supervised-IDM labels then BC, online decoding and (c) PPO
 from scratch for the same frames, and an evaluation of every policy.
 
-Every step is a ``lapo`` command run as a subprocess, its options built from the step's config
+Every step is a ``lapo`` command (run in a worker forked from a server that has imported torch
+once, :func:`run_tasks`), its options built from the step's config
 dataclass (:func:`lapo.flags.to_flags` spells each flag as the CLI generated from the same
 fields reads it). A step is skipped when its marker (``<step>.done.json`` beside its folder)
 exists, so a killed grid resumes where it stopped. Independent steps run ``jobs`` at a time. The grid writes ``results.csv`` (every
@@ -39,6 +40,7 @@ from lapo.config import (
 from lapo.flags import flag, option, to_flags
 from lapo.progress import EstimatedProgress
 from lapo.report.grid import summarise
+from lapo.workflows import workers
 
 # measured rates on the 2-core CPU of docs/results/speed.md (channels-last fp32): stage 1 paper
 # 25.7 samples/s; IMPALA x4 forward ~110 obs/s, so stage 2 (fwd+bwd) ~35 samples/s; online
@@ -147,10 +149,17 @@ def _bc(cfg: ReproduceConfig, seed: int, *command: str, **options: Any) -> list[
 
 
 def _offline(
-    policy: Path, data: Path, k: int, seed: int, out: Path, decoder_init: str = "fresh"
+    cfg: ReproduceConfig,
+    policy: Path,
+    data: Path,
+    k: int,
+    seed: int,
+    out: Path,
+    decoder_init: str = "fresh",
 ) -> list[str]:
     decode = OfflineConfig(labels=k, seed=seed, decoder_init=decoder_init)
-    return _lapo("decode", "offline", policy=policy, data=data, out=out, config=decode)
+    return _lapo("decode", "offline", policy=policy, data=data, out=out, config=decode,
+                 extra=cfg.extra.get("decode", []))  # fmt: skip
 
 
 def _seed_tasks(
@@ -201,7 +210,7 @@ def offline_tasks(
 ) -> list[Task]:
     """Offline decoding of stage 2 on K labels, and baselines (a) and (b) on the same K."""
     dec = r / f"lapo_offline_k{k}"
-    tasks = [Task(f"{name}/lapo_offline_k{k}", _offline(r / "bc", data, k, seed, dec),
+    tasks = [Task(f"{name}/lapo_offline_k{k}", _offline(cfg, r / "bc", data, k, seed, dec),
                   r / f"lapo_offline_k{k}.done.json", bc_dep)]  # fmt: skip
     for method, command in (("bc", "bc"), ("idm_bc", "idm-bc")):
         o = r / f"{method}_k{k}"
@@ -269,13 +278,13 @@ def labelled_stage1_tasks(
         ),
         Task(
             f"{name}/lapo_labels_k{k}",
-            _offline(bc, data, k, seed, dec),
+            _offline(cfg, bc, data, k, seed, dec),
             r / f"lapo_labels_k{k}.done.json",
             (f"{name}/bc_labels_k{k}",),
         ),
         Task(
             f"{name}/lapo_labels_head_k{k}",
-            _offline(bc, data, k, seed, head, decoder_init="stage1-head"),
+            _offline(cfg, bc, data, k, seed, head, decoder_init="stage1-head"),
             r / f"lapo_labels_head_k{k}.done.json",
             (f"{name}/bc_labels_k{k}",),
         ),
@@ -316,6 +325,30 @@ def estimated_seconds(tasks: list[Task], cfg: ReproduceConfig) -> dict[str, floa
     return out
 
 
+def run_step(argv: list[str], stdout: str, log: str, threads: int) -> None:
+    """One grid step, in a worker forked from the fork server (:mod:`lapo.workflows.workers`,
+    which has imported torch once): ``lapo ARGV`` with ``threads`` torch threads, its standard
+    output in the file ``stdout`` and its messages appended to ``log``; the worker exits with
+    the command's status (1 and a traceback in ``log`` for an exception)."""
+    import torch
+
+    from lapo.cli import main
+
+    os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    torch.set_num_threads(threads)
+    with open(stdout, "w") as out, open(log, "a") as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        try:
+            code = main(argv)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+    sys.exit(code)
+
+
 def run_tasks(
     tasks: list[Task],
     jobs: int,
@@ -325,65 +358,76 @@ def run_tasks(
     weights: dict[str, float] | None = None,
 ) -> None:
     """Run ``tasks`` in dependency order, ``jobs`` at a time; stop at the first failure. The bar
-    counts the ``weights`` (estimated seconds per step; one each if not given)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    counts the ``weights`` (estimated seconds per step; one each if not given). Each step is
+    its ``lapo`` command, run by :func:`run_step` in a worker of the fork server, where
+    there is one (a step then starts in a fraction of a second instead of importing torch
+    anew), else as a subprocess."""
     by_name = {t.name: t for t in tasks}
     missing = {d for t in tasks for d in t.deps} - set(by_name)
     if missing:
         raise ValueError(f"steps depend on unknown steps {sorted(missing)}")
     finished = {t.name for t in tasks if t.done.exists()}
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    running: dict[str, tuple[Any, float]] = {}
     log.parent.mkdir(parents=True, exist_ok=True)
     weights = weights or {t.name: 1.0 for t in tasks}
     bar = EstimatedProgress(weights, finished, progress)
-    with open(log, "a") as logf:
-        try:
-            while len(finished) < len(tasks):
-                for t in tasks:
-                    if len(running) >= jobs:
-                        break
-                    if t.name in finished or t.name in running:
-                        continue
-                    if all(d in finished for d in t.deps):
-                        t.done.parent.mkdir(parents=True, exist_ok=True)
-                        cmd = t.cmd
-                        if "collect" in cmd and Path(cmd[cmd.index("--out") + 1]).exists():
-                            cmd = [*cmd, "--resume"]  # a killed collection continues
-                        stdout = open(t.done.with_suffix(".out"), "w")  # noqa: SIM115
+    ctx = workers.context()
+    forked = ctx.get_start_method() == "forkserver"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+    def launch(cmd: list[str], stdout: Path) -> Any:
+        if forked:
+            proc = ctx.Process(target=run_step, args=(cmd[3:], str(stdout), str(log), threads))
+            proc.start()
+            return proc
+        with open(stdout, "w") as out, open(log, "a") as err:
+            return subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+
+    def exit_code(proc: Any) -> int | None:
+        return proc.exitcode if forked else proc.poll()
+
+    try:
+        while len(finished) < len(tasks):
+            for t in tasks:
+                if len(running) >= jobs:
+                    break
+                if t.name in finished or t.name in running:
+                    continue
+                if all(d in finished for d in t.deps):
+                    t.done.parent.mkdir(parents=True, exist_ok=True)
+                    cmd = t.cmd
+                    if "collect" in cmd and Path(cmd[cmd.index("--out") + 1]).exists():
+                        cmd = [*cmd, "--resume"]  # a killed collection continues
+                    with open(log, "a") as logf:
                         logf.write(f"[{time.strftime('%H:%M:%S')}] start {t.name}\n")
-                        logf.flush()
-                        running[t.name] = (
-                            subprocess.Popen(cmd, stdout=stdout, stderr=logf, env=env),
-                            time.time(),
-                        )
-                        bar.start(t.name)
-                bar.describe(
-                    f"grid: {len(finished)}/{len(tasks)} steps done, {len(running)} running"
+                    running[t.name] = (launch(cmd, t.done.with_suffix(".out")), time.time())
+                    bar.start(t.name)
+            bar.describe(f"grid: {len(finished)}/{len(tasks)} steps done, {len(running)} running")
+            time.sleep(0.2)
+            for name, (proc, t0) in list(running.items()):
+                code = exit_code(proc)
+                if code is None:
+                    continue
+                del running[name]
+                t = by_name[name]
+                if code != 0:
+                    raise RuntimeError(f"{name} failed (exit {code}); see {log}")
+                out_file = t.done.with_suffix(".out")
+                text = out_file.read_text()
+                tmp = t.done.with_suffix(".tmp")
+                tmp.write_text(
+                    json.dumps({"wall_seconds": time.time() - t0, "stdout": text[-4000:]})
+                    if t.done.name.endswith(".done.json")
+                    else text
                 )
-                time.sleep(0.5)
-                for name, (proc, t0) in list(running.items()):
-                    if proc.poll() is None:
-                        continue
-                    del running[name]
-                    t = by_name[name]
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
-                    out_file = t.done.with_suffix(".out")
-                    text = out_file.read_text()
-                    tmp = t.done.with_suffix(".tmp")
-                    tmp.write_text(
-                        json.dumps({"wall_seconds": time.time() - t0, "stdout": text[-4000:]})
-                        if t.done.name.endswith(".done.json")
-                        else text
-                    )
-                    tmp.replace(t.done)
-                    out_file.unlink()
-                    finished.add(name)
-                    bar.finish(name)
-        finally:
-            for proc, _ in running.values():
-                proc.terminate()
-            bar.close()
+                tmp.replace(t.done)
+                out_file.unlink()
+                finished.add(name)
+                bar.finish(name)
+    finally:
+        for proc, _ in running.values():
+            proc.terminate()
+        bar.close()
 
 
 def cpu_hours(cfg: ReproduceConfig) -> float:

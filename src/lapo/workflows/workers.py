@@ -1,4 +1,5 @@
-"""The worker processes ``lapo demo`` runs its stages in, two at a time (:func:`lanes`).
+"""The worker processes ``lapo demo`` runs its stages in (two at a time, :func:`lanes`) and ``lapo
+reproduce`` its steps.
 
 They start from a fork server that has imported lapo (and torch) once, so a worker starts in
 a fraction of a second where a spawned one imports them again (about 7 s for two on 2
