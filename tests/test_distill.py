@@ -120,6 +120,32 @@ def test_the_lookahead_eats_and_survives_in_bigfish_where_random_play_does_not()
     assert sum(n for _, n in planned) > sum(n for _, n in randomly), (planned, randomly)
 
 
+def test_the_planner_policy_plays_bigfish_by_the_lookahead_from_each_environments_state():
+    from lapo.envs import ProcgenVecEnv
+    from lapo.evaluation.policies import attach
+
+    env = ProcgenVecEnv("bigfish", num_envs=3, seed=5)
+    policy = load_policy("planner", "bigfish", seed=0)
+    obs, _ = env.reset()
+    attach(policy, env)
+    rng = np.random.default_rng(0)
+    search = one_game("bigfish")
+    narrowed = 0  # decisions where some moves are worse than others
+    for step in range(40):
+        if step < 20:  # somewhere into the levels, each environment elsewhere
+            obs, *_ = env.step(rng.integers(0, 9, size=3))
+            continue
+        states = env.get_state()
+        actions = policy.act(obs)
+        for i, state in enumerate(states):  # each its own environment's best moves
+            best = Lookahead(search, "bigfish").moves(state=state)
+            assert actions[i] in best
+            narrowed += len(best) < 9
+        obs, *_ = env.step(actions)
+    env.close()
+    assert narrowed >= 5  # so a policy that ignored the lookahead would have been caught
+
+
 def test_games_the_planner_cannot_search_are_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(EnvError, match="cannot search 'coinrun'"):
         check_planner_game("coinrun")
