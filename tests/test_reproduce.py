@@ -45,3 +45,23 @@ def test_reproduce_toy_grid_writes_csv_and_figures(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0
     assert (out / "stderr.log").read_text().count("] start ") == starts
+
+
+def test_grid_steps_run_as_lapo_commands_their_output_kept_and_a_failure_stops_the_grid(tmp_path):
+    import json
+    import sys
+
+    from lapo.workflows.reproduce import Task, run_tasks
+
+    lapo = [sys.executable, "-m", "lapo.cli"]
+    play = Task("coinrun/eval_random", [*lapo, "eval", "--policy", "random", "--env", "coinrun",
+                "--episodes", "2", "--num-envs", "2"], tmp_path / "eval_random.json")  # fmt: skip
+    log = tmp_path / "stderr.log"
+    run_tasks([play], jobs=1, threads=1, log=log, progress=False)
+    assert json.loads(play.done.read_text())["episodes"] == 2  # the command's stdout, kept
+    bad = Task("coinrun/eval_bad", [*lapo, "eval", "--policy", str(tmp_path / "none"), "--env",
+               "coinrun"], tmp_path / "eval_bad.json", deps=("coinrun/eval_random",))  # fmt: skip
+    with pytest.raises(RuntimeError, match="eval_bad failed \\(exit 2\\)"):
+        run_tasks([play, bad], jobs=1, threads=1, log=log, progress=False)
+    assert not bad.done.exists()
+    assert "lapo: error:" in log.read_text()  # its one-line message, in the grid's log

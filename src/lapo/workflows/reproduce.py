@@ -327,12 +327,13 @@ def estimated_seconds(tasks: list[Task], cfg: ReproduceConfig) -> dict[str, floa
 
 def run_step(argv: list[str], stdout: str, log: str, threads: int) -> None:
     """One grid step, in a worker forked from the fork server (:mod:`lapo.workflows.workers`,
-    which has imported torch once): ``lapo ARGV`` with ``threads`` torch threads, its standard
-    output in the file ``stdout`` and its messages appended to ``log``; the worker exits with
-    the command's status (1 and a traceback in ``log`` for an exception)."""
-    import torch
+    which has imported torch once): ``python -m lapo.cli ARGV`` (run as that module runs,
+    :mod:`runpy`) with ``threads`` torch threads, its standard output in the file ``stdout``
+    and its messages appended to ``log``; the worker exits with the command's status (1 and a
+    traceback in ``log`` for an exception)."""
+    import runpy
 
-    from lapo.cli import main
+    import torch
 
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
@@ -341,12 +342,12 @@ def run_step(argv: list[str], stdout: str, log: str, threads: int) -> None:
         sys.stderr.flush()
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
+        sys.argv = ["lapo", *argv]
         try:
-            code = main(argv)
-        finally:
+            runpy.run_module("lapo.cli", run_name="__main__", alter_sys=True)
+        finally:  # the module ends in sys.exit(status), which the worker exits with
             sys.stdout.flush()
             sys.stderr.flush()
-    sys.exit(code)
 
 
 def run_tasks(
