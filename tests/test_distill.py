@@ -103,6 +103,7 @@ def test_the_lookahead_scores_a_move_by_the_games_real_future_and_restores_the_s
     ]
 
 
+@pytest.mark.slow
 def test_the_lookahead_eats_and_survives_in_bigfish_where_random_play_does_not():
     planned, randomly = [], []
     rng = np.random.default_rng(0)

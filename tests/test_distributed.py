@@ -311,6 +311,7 @@ with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"]), "w") as f:  # 
 """
 
 
+@pytest.mark.slow  # two torchrun ranks, each importing torch: 15 s on an AVX2 EPYC
 def test_exit_joins_the_process_groups_threads(tmp_path):
     # gloo's worker threads alive into interpreter finalisation abort one exit in five
     # ("terminate called without an active exception"): the group must be gone at exit

@@ -206,6 +206,8 @@ def test_cli_overrides_apply_to_the_preset(data, tmp_path, capsys):
         "2",
         "--probe-every",
         "0",
+        "--test-windows",
+        "64",
         "--wm-base",
         "4",
         "--quantizer.kind",
