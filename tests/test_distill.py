@@ -22,6 +22,19 @@ def maze(seed: int):
     return one_game("maze", seed=seed)
 
 
+def planner_playing(game: str, num_envs: int, seed: int):
+    """``(env, policy, obs)``: ``num_envs`` environments of ``game`` just reset (seed ``seed``)
+    and the planner attached to them."""
+    from lapo.envs import ProcgenVecEnv
+    from lapo.evaluation.policies import attach
+
+    env = ProcgenVecEnv(game, num_envs=num_envs, seed=seed)
+    policy = load_policy("planner", game, seed=0)
+    obs, _ = env.reset()
+    attach(policy, env)
+    return env, policy, obs
+
+
 def play(env, choose, limit: int) -> tuple[float, int]:
     """Play one episode of at most ``limit`` steps; return (return, steps)."""
     total = 0.0
@@ -122,13 +135,7 @@ def test_the_lookahead_eats_and_survives_in_bigfish_where_random_play_does_not()
 
 
 def test_the_planner_policy_plays_bigfish_by_the_lookahead_from_each_environments_state():
-    from lapo.envs import ProcgenVecEnv
-    from lapo.evaluation.policies import attach
-
-    env = ProcgenVecEnv("bigfish", num_envs=3, seed=5)
-    policy = load_policy("planner", "bigfish", seed=0)
-    obs, _ = env.reset()
-    attach(policy, env)
+    env, policy, obs = planner_playing("bigfish", num_envs=3, seed=5)
     rng = np.random.default_rng(0)
     search = one_game("bigfish")
     narrowed = 0  # decisions where some moves are worse than others
@@ -202,13 +209,7 @@ def test_the_planner_records_a_dataset(tmp_path):
 
 
 def test_the_planner_policy_finds_its_way_after_moves_it_did_not_choose():
-    from lapo.envs import ProcgenVecEnv
-    from lapo.evaluation.policies import attach
-
-    env = ProcgenVecEnv("maze", num_envs=4, seed=11)
-    policy = load_policy("planner", "maze", seed=0)
-    obs, _ = env.reset()
-    attach(policy, env)
+    env, policy, obs = planner_playing("maze", num_envs=4, seed=11)
     rng = np.random.default_rng(2)
     returns, noops = [], 0
     for step in range(300):
