@@ -790,8 +790,8 @@ class DemoConfig(Config):
     --policy random."""
     policy: str = "demonstrator"
     """Who plays the recorded video: demonstrator (the shipped one: the whole method), planner
-    (maze, bigfish: the planner that searches the game, which their demonstrators were distilled
-    from; the whole method) or random (any game, stage 1 only: its probe, ceiling and
+    (maze, bigfish: the planner that searches the game, which maze's demonstrator was
+    distilled from; the whole method) or random (any game, stage 1 only: its probe, ceiling and
     pictures; a random policy is nothing to imitate, so stages 2 and 3 are skipped)."""
     frames: int = setting(20_000, FRAMES)
     """Frames to record for training (plus frames/5 for testing)."""

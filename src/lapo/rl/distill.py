@@ -2,8 +2,8 @@
 
 PPO needs tens of millions of frames to learn maze or bigfish with Procgen's networks, far
 more than a CPU gives in a session. The planners of :mod:`lapo.rl.planner` play them well by
-searching the game's own state, but they are no network: it cannot look at a screen alone, so
-it cannot be shipped or run as a policy. ``distill_expert`` trains the network a PPO
+searching the game's own state, but they are no network: they cannot look at a screen alone,
+so they cannot be shipped or run as a policy. ``distill_expert`` trains the network a PPO
 demonstrator would have (:class:`lapo.models.actor_critic.ActorCritic`, saved in the same
 ``ppo-expert`` folder, so ``lapo expert package``, ``lapo collect`` and ``lapo eval`` take it
 as they take a PPO run) to choose the planner's moves from the screen alone:
