@@ -17,7 +17,7 @@ from PIL import Image
 
 from lapo.cli import main
 from lapo.config import DemoConfig, preset
-from lapo.report.demo import LABELS_USED
+from lapo.report.demo import labels_used
 from lapo.workflows import demo as demo_workflow
 from lapo.workflows.demo import (
     DEMO_STAGES,
@@ -31,6 +31,9 @@ from lapo.workflows.demo import (
 from lapo.workflows.workers import lanes
 
 FAST = preset(DemoConfig, "fast")
+# the policies of the fixture's demo (--compare-labels: LAPO from frames alone too) -> where
+# each used the K labels
+USED = labels_used(dataclasses.replace(FAST, compare_labels=True))
 SECTIONS = [
     "Summary",
     "Returns",
@@ -76,10 +79,10 @@ def test_report_holds_every_section_with_a_real_image(demo):
             assert np.asarray(im.convert("L")).std() > 5
     assert images["World-model predictions"][1].format == "GIF"
     assert images["World-model predictions"][1].n_frames > 3
-    for name in ("random", "demonstrator", *LABELS_USED):
+    for name in ("random", "demonstrator", *USED):
         assert name in html
     # the summary says where each policy used the labels
-    for where in LABELS_USED.values():
+    for where in USED.values():
         assert where in html
     assert "CPU cores" in html  # the machine is stated
     # the policies lead the summary: LAPO first, then its paired difference from each baseline
@@ -94,8 +97,8 @@ def test_report_holds_every_section_with_a_real_image(demo):
 
 def test_demo_numbers_beat_their_baselines(demo):
     probe = json.loads((demo / "probe.json").read_text())
-    # latent actions from video alone recover the true action better than chance (measured on
-    # an AMD EPYC with AVX512, float32: 0.292 against 1/15, 21.6 s.e.)
+    # latent actions recover the true action better than chance (measured on an AMD EPYC
+    # with AVX512, float32, stage 1 from frames alone: 0.292 against 1/15, 21.6 s.e.)
     se = accuracy_se(probe["chance"], probe["n_test"])
     assert_margin("demo probe over chance", probe["accuracy"], probe["chance"], se)
     stages = json.loads((demo / "stages.json").read_text())
@@ -109,15 +112,15 @@ def test_demo_numbers_beat_their_baselines(demo):
         "decode",
         "baseline",
         "idm_bc",
-        "stage1_labels",
-        "stage2_labels",
-        "decode_labels",
+        "stage1_video",
+        "stage2_video",
+        "decode_video",
         "eval_random",
         "eval_demonstrator",
         "eval_decoded",
         "eval_baseline",
         "eval_idm_bc",
-        "eval_decoded_labels",
+        "eval_decoded_video",
         "evaluate",
         "report",
     ]
@@ -128,10 +131,10 @@ def test_demo_numbers_beat_their_baselines(demo):
     # every method that used labels used the same K windows (each drew them by the seed)
     starts = json.loads((demo / "decoded" / "labelled_windows.json").read_text())["starts"]
     assert len(starts) == FAST.labels
-    for run in ("stage1_labels", "decoded_labels", "bc_on_labels", "idm_labels_bc"):
+    for run in ("stage1", "decoded_video", "bc_on_labels", "idm_labels_bc"):
         assert json.loads((demo / run / "labelled_windows.json").read_text())["starts"] == starts
     returns = json.loads((demo / "returns.json").read_text())
-    assert list(returns) == ["random", "demonstrator", *LABELS_USED]
+    assert list(returns) == ["random", "demonstrator", *USED]
     # the report sets the probe beside the untrained IDM and the supervised ceiling
     untrained = json.loads((demo / "probe_untrained.json").read_text())
     ceiling = json.loads((demo / "ceiling.json").read_text())
@@ -139,15 +142,19 @@ def test_demo_numbers_beat_their_baselines(demo):
     html = (demo / "report.html").read_text()
     assert f"{untrained['accuracy']:.3f}" in html and f"{ceiling['accuracy']:.3f}" in html
     # and stage 1's action head beside (b)'s IDM, each fit on the same K labels alone
-    head, idm = stages["stage1_labels"]["result"], stages["idm_bc"]["result"]
+    head, idm = stages["stage1"]["result"], stages["idm_bc"]["result"]
     assert f"{head['head_test_accuracy']:.3f} / {head['head_test_balanced_accuracy']:.3f}" in html
     assert f"{idm['idm_test_accuracy']:.3f} / {idm['idm_test_balanced_accuracy']:.3f}" in html
-    # LAPO with the labels in stage 1 decodes from stage 1's action head, and the report sets
-    # it against both baselines, paired over the same episodes
-    offline = json.loads((demo / "decoded_labels" / "config.json").read_text())["offline"]
-    assert offline["decoder_init"] == "stage1-head"
-    for name in ("BC on the same labels", "supervised IDM labels, then BC"):
-        assert f"LAPO, labels in stage 1 - {name}" in html
+    # LAPO (the labels in stage 1) decodes from stage 1's action head, LAPO from frames alone
+    # with a fresh decoder, and the report sets each against both baselines, paired over the
+    # same episodes
+    for run, init in (("decoded", "stage1-head"), ("decoded_video", "fresh")):
+        offline = json.loads((demo / run / "config.json").read_text())["offline"]
+        assert offline["decoder_init"] == init, run
+    assert json.loads((demo / "stage1_video" / "config.json").read_text())["lam"]["labels"] == 0
+    for lapo in ("LAPO (decoded)", "LAPO from frames alone (decoded)"):
+        for name in ("BC on the same labels", "supervised IDM labels, then BC"):
+            assert f"{lapo} - {name}" in html
     # each training stage's wall time covers the time the stage reports itself (both rounded)
     for name, key in (("stage1", "train_seconds"), ("stage2", "wall_seconds")):
         assert 0 < stages[name]["result"][key] <= stages[name]["wall_seconds"] + 0.1, name

@@ -15,10 +15,14 @@ from lapo.envs import normalized_return
 from lapo.report.charts import bc_curves, confusion_chart, fig_uri, returns_chart, stage1_curves
 from lapo.report.html import data_uri, img, machine, table, write_html
 
+# where LAPO used the K labels, by its stage-1 recipe (DemoConfig.labels_in_stage1)
+IN_STAGE1 = "stage 1 (an action head beside the video loss) and the decoder, started from that head"
+DECODER_ONLY = "the decoder only (stages 1 and 2 saw frames alone)"
 # the policies the demo evaluates, in report order (the first three always, the last with
-# --compare-labels): name -> (the Demo attribute naming its folder, where it used the K labels)
+# --compare-labels): name -> (the Demo attribute naming its folder, where it used the K labels;
+# LAPO's own by its recipe)
 DEMO_POLICIES = {
-    "LAPO (decoded)": ("decoded", "the decoder only (stages 1 and 2 saw frames alone)"),
+    "LAPO (decoded)": ("decoded", IN_STAGE1),
     "BC on the same labels": (
         "baseline",
         "the whole policy, trained on the K labelled windows alone",
@@ -27,31 +31,36 @@ DEMO_POLICIES = {
         "idm_bc",
         "an IDM trained on them labels every frame for BC",
     ),
-    "LAPO, labels in stage 1": (
-        "decoded_labels",
-        "stage 1 (an action head beside the video loss) and the decoder, started from that head",
-    ),
+    "LAPO from frames alone (decoded)": ("decoded_video", DECODER_ONLY),
 }
-LABELS_USED = {name: where for name, (_, where) in DEMO_POLICIES.items()}
+
+
+def labels_used(cfg: DemoConfig) -> dict[str, str]:
+    """Policy name -> where it used the K labels, for the demo ``cfg``."""
+    used = {name: where for name, (_, where) in DEMO_POLICIES.items()}
+    if not cfg.labels_in_stage1:
+        used["LAPO (decoded)"] = DECODER_ONLY
+    return used
 
 
 def _pair(r: dict) -> str:
     return f"{r['accuracy']:.3f} / {r['balanced_accuracy']:.3f}"
 
 
-def learned_section(out: Path, stages: dict) -> tuple[str, list[list[str]]]:
+def learned_section(cfg: DemoConfig, out: Path, stages: dict) -> tuple[str, list[list[str]]]:
     """ "Did the latent actions learn the true actions?": the probe of the trained IDM beside
     the untrained IDM's and the supervised ceiling's; returns ``(html, summary rows)``."""
     probe = read_json(out / "probe.json")
     base = read_json(out / "probe_untrained.json")
     ceiling = read_json(out / "ceiling.json")
     stage1_s = stages["stage1"]["result"].get("train_seconds")
+    inputs = "frames and the K labels" if cfg.labels_in_stage1 else "frames only"
     share = (probe["accuracy"] - base["accuracy"]) / max(
         ceiling["accuracy"] - base["accuracy"], 1e-9
     )
     learned = [
         ["untrained IDM (random features of the same inputs)", _pair(base)],
-        [f"stage 1: latent IDM, frames only ({stage1_s or '?'} s of training)", _pair(probe)],
+        [f"stage 1: latent IDM, {inputs} ({stage1_s or '?'} s of training)", _pair(probe)],
         [
             f"ceiling: the same encoder trained on the true actions "
             f"({ceiling['steps']} steps, {ceiling['train_seconds']:.0f} s)",
@@ -87,14 +96,11 @@ def learned_section(out: Path, stages: dict) -> tuple[str, list[list[str]]]:
 
 
 def labelled_rows(stages: dict) -> list[list[str]]:
-    """With ``--compare-labels``: stage 1 with the K labels (its probe, and its action head,
-    which saw the K labels only) beside baseline (b)'s supervised IDM on the same K."""
-    lam = stages.get("stage1_labels", {}).get("result", {})
+    """Where stage 1 saw the K labels: its action head (fit on the K labels alone, beside the
+    video loss) beside baseline (b)'s supervised IDM on the same K."""
+    lam = stages.get("stage1", {}).get("result", {})
     idm = stages.get("idm_bc", {}).get("result", {})
     rows = []
-    if "probe_accuracy" in lam:
-        pair = f"{lam['probe_accuracy']:.3f} / {lam['probe_balanced_accuracy']:.3f}"
-        rows.append(["stage 1 with the K labels in its loss (its own probe windows)", pair])
     if "head_test_accuracy" in lam:
         pair = f"{lam['head_test_accuracy']:.3f} / {lam['head_test_balanced_accuracy']:.3f}"
         rows.append(["its action head, fit on the K labels alone (no probe)", pair])
@@ -138,10 +144,10 @@ BASELINES = ("BC on the same labels", "supervised IDM labels, then BC")
 
 def comparison_rows(returns: dict) -> list[list[str]]:
     """LAPO's decoded policy against each other policy that used the same K labels, then
-    (``--compare-labels``) LAPO with the labels in stage 1 against the two baselines: the
-    paired difference in return over the same evaluation episodes."""
+    (``--compare-labels``) LAPO from frames alone against the two baselines: the paired
+    difference in return over the same evaluation episodes."""
     pairs = [("LAPO (decoded)", name) for name in list(DEMO_POLICIES)[1:]]
-    pairs += [("LAPO, labels in stage 1", name) for name in BASELINES]
+    pairs += [("LAPO from frames alone (decoded)", name) for name in BASELINES]
     rows = []
     for lapo, name in pairs:
         ours, other = returns.get(lapo), returns.get(name)
@@ -194,7 +200,7 @@ def picture_sections(out: Path, game: str, stages: dict) -> dict[str, str]:
         "stage 2 (latent BC)": out / "stage2" / "metrics.csv",
         "baseline: BC on the labels": out / "bc_on_labels" / "metrics.csv",
         "baseline (b): BC on IDM labels": out / "idm_labels_bc" / "metrics.csv",
-        "stage 2 on stage 1 with labels": out / "stage2_labels" / "metrics.csv",
+        "stage 2 on stage 1 from frames alone": out / "stage2_video" / "metrics.csv",
     }
     bc_runs = {k: v for k, v in bc_runs.items() if v.exists()}
     curves = img(fig_uri(stage1_curves(out / "stage1" / "metrics.csv", game)), "stage 1")
@@ -225,7 +231,7 @@ def picture_sections(out: Path, game: str, stages: dict) -> dict[str, str]:
     }
 
 
-def summary_section(out: Path, summary: list[list[str]], returns: dict) -> str:
+def summary_section(cfg: DemoConfig, out: Path, summary: list[list[str]], returns: dict) -> str:
     """The summary table and, where policies were trained, where each used the K labels."""
     if not returns:  # a random-play demo: stage 1 alone
         return (
@@ -234,7 +240,7 @@ def summary_section(out: Path, summary: list[list[str]], returns: dict) -> str:
             + table(summary, ["measure", "value"])
         )
     k = read_json(out / "decoded" / "decode.json")["labels"]
-    used = [[name, where] for name, where in LABELS_USED.items() if name in returns]
+    used = [[name, where] for name, where in labels_used(cfg).items() if name in returns]
     return (
         "<p class='note'>Actions were used for the probe and the ceiling, and by each "
         f"policy below only as its row says: every one had the same {k} labelled "
@@ -250,9 +256,9 @@ def write_demo_report(cfg: DemoConfig, out: Path, stages: dict) -> dict:
     then what the latent actions learned, their pictures, and what was run."""
     returns = read_json(out / "returns.json") if cfg.policy != "random" else {}
     demo_ret = returns["LAPO (decoded)"].get("demonstrator_return") if returns else None
-    learned, probe_rows = learned_section(out, stages)
+    learned, probe_rows = learned_section(cfg, out, stages)
     summary = return_rows(cfg.game, returns) + comparison_rows(returns) + probe_rows
-    sections = [("Summary", summary_section(out, summary, returns))]
+    sections = [("Summary", summary_section(cfg, out, summary, returns))]
     if returns:
         chart = img(fig_uri(returns_chart(returns, cfg.game)), "returns")
         note = f"<p class='note'>{cfg.episodes} episodes per policy, sampled actions.</p>"

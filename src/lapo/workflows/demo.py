@@ -5,7 +5,8 @@ Stages, in order, each recorded in ``stages.json`` when it finishes so that a re
 1. ``collect``: the shipped demonstrator plays the game; its frames (and, for the few labels
    and the probe only, its actions) become a dataset (``--policy random``: a random policy
    plays any game, and the demo stops after stage 1's probe, ceiling and pictures);
-2. ``stage1``: the latent action model, trained on frames alone;
+2. ``stage1``: the latent action model, trained on frames and, unless ``--video-only``, the
+   K labelled windows through an action head beside the video loss;
 3. ``probe``: how well latent actions predict the true actions (accuracy, confusion matrix),
    beside the same probe of the untrained IDM;
    ``ceiling``: the same IDM encoder trained on the true actions of every train window (the
@@ -13,11 +14,12 @@ Stages, in order, each recorded in ``stages.json`` when it finishes so that a re
 4. ``plots``: latents by true action (UMAP, or PCA without ``umap-learn``) and in k-means
    clusters, world-model predictions and the open-loop rollout GIF;
 5. ``stage2``: the latent policy, behaviour-cloned on frames alone;
-6. ``decode``: the decoder fit on K labelled transitions, giving a policy that plays;
+6. ``decode``: the decoder fit on K labelled transitions (started from stage 1's action head
+   when stage 1 saw them), giving a policy that plays;
 7. ``baseline``: BC from scratch on the same K labels (baseline (a)); ``idm_bc``: baseline
    (b), a supervised IDM on the same K labels labels every frame, then BC;
-   with ``--compare-labels``, LAPO with the same K labels in stage 1 too: ``stage1_labels``,
-   ``stage2_labels`` and ``decode_labels`` (stage 2 and decoding as above);
+   with ``--compare-labels``, LAPO from frames alone too: ``stage1_video``, ``stage2_video``
+   and ``decode_video`` (stage 2 and decoding as above, the decoder fresh);
 8. ``eval_*``: random, the demonstrator, the decoded policy and the baselines, each played in
    the game on the same levels; ``evaluate`` gathers their returns and normalises them;
 9. ``report``: ``report.html`` (images embedded) and a summary table on the terminal.
@@ -79,7 +81,7 @@ from lapo.workflows.workers import lanes
 # they weight the progress bar. A policy's evaluation takes longer the longer its episodes
 STAGES = {
     "collect": 20,
-    "stage1": 230,
+    "stage1": 240,
     "probe": 25,
     "ceiling": 70,
     "plots": 10,
@@ -87,15 +89,15 @@ STAGES = {
     "decode": 15,
     "baseline": 65,
     "idm_bc": 190,
-    "stage1_labels": 240,
-    "stage2_labels": 105,
-    "decode_labels": 15,
+    "stage1_video": 230,
+    "stage2_video": 105,
+    "decode_video": 15,
     "eval_demonstrator": 5,
     "eval_random": 5,
     "eval_decoded": 30,
     "eval_baseline": 30,
     "eval_idm_bc": 30,
-    "eval_decoded_labels": 30,
+    "eval_decoded_video": 30,
     "evaluate": 1,
     "report": 2,
 }
@@ -103,10 +105,17 @@ STAGES = {
 
 def saved_settings(path: Path) -> dict | None:
     """A demo's recorded settings, with the default of any setting added since it was written
-    (a demo recorded before ``--policy`` existed played the demonstrator); None for settings
-    this version cannot take (a removed setting, a value now out of range): not the same demo."""
+    (a demo recorded before ``--policy`` existed played the demonstrator; one recorded before
+    ``--video-only`` trained stage 1 on frames alone); None for settings this version cannot
+    take (a removed setting, a value now out of range, a comparison laid out otherwise): not
+    the same demo."""
+    saved = read_json(path)
+    if "video_only" not in saved:
+        if saved.get("compare_labels"):
+            return None
+        saved["video_only"] = saved.get("policy", "demonstrator") != "random"
     try:
-        return dataclasses.asdict(config_from_dict(DemoConfig, read_json(path), str(path)))
+        return dataclasses.asdict(config_from_dict(DemoConfig, saved, str(path)))
     except ConfigError:
         return None
 
@@ -129,9 +138,9 @@ class Demo:
         self.cfg, self.out = cfg, out
         self.data, self.lam_run, self.bc_run = out / "data", out / "stage1", out / "stage2"
         self.decoded, self.baseline = out / "decoded", out / "bc_on_labels"
-        # baseline (b); with --compare-labels, LAPO with the labels in stage 1
-        self.lam_labels, self.bc_labels = out / "stage1_labels", out / "stage2_labels"
-        self.decoded_labels, self.idm_bc = out / "decoded_labels", out / "idm_labels_bc"
+        # baseline (b); with --compare-labels, LAPO from frames alone
+        self.idm_bc, self.lam_video = out / "idm_labels_bc", out / "stage1_video"
+        self.bc_video, self.decoded_video = out / "stage2_video", out / "decoded_video"
         # stage 2 and the BC baseline train with the same settings
         bc_cpu = preset(BCConfig, "cpu")
         self.bc_cfg = dataclasses.replace(
@@ -183,7 +192,10 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
 
 
 def stage_stage1(d: Demo) -> dict:
-    return train_lam(stage1_config(d), d.data, d.lam_run, progress=False)
+    # the K windows decoding and the baselines draw by the same seed, unless --video-only
+    c = d.cfg
+    labels = dict(labels=demo_labels(d), labels_seed=c.seed) if c.labels_in_stage1 else {}
+    return train_lam(stage1_config(d, **labels), d.data, d.lam_run, progress=False)
 
 
 def stage_probe(d: Demo) -> dict:
@@ -226,7 +238,10 @@ def decode_k(d: Demo, policy_run: Path, out: Path, decoder_init: str = "fresh") 
 
 
 def stage_decode(d: Demo) -> dict:
-    return decode_k(d, d.bc_run, d.decoded)
+    # from stage 1's action head where stage 1 saw the K labels: on coinrun's 3 seeds 1.25
+    # ahead of BC against 0.62 from a fresh decoder (docs/results/demo.md)
+    init = "stage1-head" if d.cfg.labels_in_stage1 else "fresh"
+    return decode_k(d, d.bc_run, d.decoded, decoder_init=init)
 
 
 def demo_labels(d: Demo) -> int:
@@ -240,20 +255,16 @@ def stage_baseline(d: Demo) -> dict:
     return bc_on_labels(d.bc_cfg, d.data, d.baseline, demo_labels(d), progress=False)
 
 
-def stage_stage1_labels(d: Demo) -> dict:
-    # the K windows the decoder and baseline (a) used (decode wrote them), in stage 1 too
-    cfg = stage1_config(d, labels_from=str(d.decoded))
-    return train_lam(cfg, d.data, d.lam_labels, progress=False)
+def stage_stage1_video(d: Demo) -> dict:
+    return train_lam(stage1_config(d), d.data, d.lam_video, progress=False)
 
 
-def stage_stage2_labels(d: Demo) -> dict:
-    return train_latent_bc(d.bc_cfg, d.lam_labels, d.data, d.bc_labels, progress=False)
+def stage_stage2_video(d: Demo) -> dict:
+    return train_latent_bc(d.bc_cfg, d.lam_video, d.data, d.bc_video, progress=False)
 
 
-def stage_decode_labels(d: Demo) -> dict:
-    # the decoder starts from stage 1's action head, fit on the same K labels: on coinrun's
-    # 3 seeds 1.25 ahead of BC against 0.62 from a fresh decoder (docs/results/demo.md)
-    return decode_k(d, d.bc_labels, d.decoded_labels, decoder_init="stage1-head")
+def stage_decode_video(d: Demo) -> dict:
+    return decode_k(d, d.bc_video, d.decoded_video)
 
 
 def stage_idm_bc(d: Demo) -> dict:
@@ -320,9 +331,9 @@ DEMO_STAGES: dict[str, Callable[[Demo], dict]] = {
     "decode": stage_decode,
     "baseline": stage_baseline,
     "idm_bc": stage_idm_bc,
-    "stage1_labels": stage_stage1_labels,
-    "stage2_labels": stage_stage2_labels,
-    "decode_labels": stage_decode_labels,
+    "stage1_video": stage_stage1_video,
+    "stage2_video": stage_stage2_video,
+    "decode_video": stage_decode_video,
     **{f"eval_{who}": functools.partial(evaluate_policy, who=who) for who in PLAYED},
     "evaluate": stage_evaluate,
     "report": stage_report,
@@ -339,34 +350,34 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "decode": ("stage2",),
     "baseline": ("collect",),
     "idm_bc": ("collect",),
-    "stage1_labels": ("decode",),  # the K windows decoding drew
-    "stage2_labels": ("stage1_labels",),
-    "decode_labels": ("stage2_labels",),
+    "stage1_video": ("collect",),
+    "stage2_video": ("stage1_video",),
+    "decode_video": ("stage2_video",),
     "eval_decoded": ("decode",),
     "eval_baseline": ("baseline",),
     "eval_idm_bc": ("idm_bc",),
-    "eval_decoded_labels": ("decode_labels",),
+    "eval_decoded_video": ("decode_video",),
     "evaluate": tuple(f"eval_{who}" for who in PLAYED),
     "report": tuple(DEMO_STAGES)[:-1],
 }
 # which ready stage goes first: LAPO's own chain (the longest) first, the pictures last
 PRIORITY = (
-    "collect", "stage1", "stage2", "decode", "stage1_labels", "stage2_labels", "decode_labels",
-    "eval_decoded", "eval_decoded_labels", "idm_bc", "baseline", "ceiling", "eval_idm_bc",
+    "collect", "stage1", "stage2", "decode", "stage1_video", "stage2_video", "decode_video",
+    "eval_decoded", "eval_decoded_video", "idm_bc", "baseline", "ceiling", "eval_idm_bc",
     "eval_baseline", "eval_demonstrator", "eval_random", "probe", "plots", "evaluate", "report",
 )  # fmt: skip
 
-LABEL_STAGES = ("stage1_labels", "stage2_labels", "decode_labels", "eval_decoded_labels")
+VIDEO_STAGES = ("stage1_video", "stage2_video", "decode_video", "eval_decoded_video")
 # what a random-play demo runs: a random policy is nothing to imitate
 STAGE1_STAGES = ("collect", "stage1", "probe", "ceiling", "plots", "report")
 
 
 def demo_stages(cfg: DemoConfig) -> dict[str, Callable[[Demo], dict]]:
-    """The stages this demo runs, in order (the label methods with ``--compare-labels``;
-    stage 1 alone with ``--policy random``)."""
+    """The stages this demo runs, in order (LAPO from frames alone too with
+    ``--compare-labels``; stage 1 alone with ``--policy random``)."""
     if cfg.policy == "random":
         return {k: DEMO_STAGES[k] for k in STAGE1_STAGES}
-    return {k: f for k, f in DEMO_STAGES.items() if cfg.compare_labels or k not in LABEL_STAGES}
+    return {k: f for k, f in DEMO_STAGES.items() if cfg.compare_labels or k not in VIDEO_STAGES}
 
 
 def prepare_folder(cfg: DemoConfig, out: Path) -> None:
