@@ -142,8 +142,8 @@ def test_demo_numbers_beat_their_baselines(demo):
     html = (demo / "report.html").read_text()
     assert f"{untrained['accuracy']:.3f}" in html and f"{ceiling['accuracy']:.3f}" in html
     # and stage 1's action head beside (b)'s IDM, each fit on the same K labels alone
-    head, idm = stages["stage1"]["result"], stages["idm_bc"]["result"]
-    assert f"{head['head_test_accuracy']:.3f} / {head['head_test_balanced_accuracy']:.3f}" in html
+    idm = stages["idm_bc"]["result"]
+    assert f"{probe['head_accuracy']:.3f} / {probe['head_balanced_accuracy']:.3f}" in html
     assert f"{idm['idm_test_accuracy']:.3f} / {idm['idm_test_balanced_accuracy']:.3f}" in html
     # LAPO (the labels in stage 1) decodes from stage 1's action head, LAPO from frames alone
     # with a fresh decoder, and the report sets each against both baselines, paired over the

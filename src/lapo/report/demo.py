@@ -83,7 +83,7 @@ def learned_section(cfg: DemoConfig, out: Path, stages: dict) -> tuple[str, list
             f"{probe['chance']:.3f} / {probe['majority_class_accuracy']:.3f}",
         ],
     ]
-    learned += labelled_rows(stages)
+    learned += labelled_rows(probe, stages)
     body = (
         "<p class='note'>The probe (an MLP from latent to true action, fit on "
         f"{probe['labels']} labelled train windows, scored on {probe['n_test']} test windows; "
@@ -95,14 +95,14 @@ def learned_section(cfg: DemoConfig, out: Path, stages: dict) -> tuple[str, list
     return body, summary
 
 
-def labelled_rows(stages: dict) -> list[list[str]]:
+def labelled_rows(probe: dict, stages: dict) -> list[list[str]]:
     """Where stage 1 saw the K labels: its action head (fit on the K labels alone, beside the
-    video loss) beside baseline (b)'s supervised IDM on the same K."""
-    lam = stages.get("stage1", {}).get("result", {})
+    video loss; scored on the probe's test windows) beside baseline (b)'s supervised IDM on
+    the same K."""
     idm = stages.get("idm_bc", {}).get("result", {})
     rows = []
-    if "head_test_accuracy" in lam:
-        pair = f"{lam['head_test_accuracy']:.3f} / {lam['head_test_balanced_accuracy']:.3f}"
+    if "head_accuracy" in probe:
+        pair = f"{probe['head_accuracy']:.3f} / {probe['head_balanced_accuracy']:.3f}"
         rows.append(["its action head, fit on the K labels alone (no probe)", pair])
     if "idm_test_accuracy" in idm:
         pair = f"{idm['idm_test_accuracy']:.3f} / {idm['idm_test_balanced_accuracy']:.3f}"

@@ -180,10 +180,8 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
         # evaluations would otherwise cost as much as the training steps
         test_windows=min(512, 2 * c.lam_steps),
         # no probe during training: the probe stage measures the latent (and the untrained
-        # IDM's) on more windows. With the labels, one at the end reads the action head
-        probe_every=c.lam_steps if labels else 0,
-        probe_train=min(2_048, c.probe_labels),
-        probe_test=1_024,
+        # IDM's) on more windows, and with the labels stage 1's action head too
+        probe_every=0,
         seed=c.seed,
         threads=c.threads,
         precision=c.precision,
