@@ -42,7 +42,7 @@ SLOW_FIXTURES = {
     "decoded",
     "one_process",  # test_distributed.py: torchrun runs
     "two_ranks",
-    "random_bigfish",  # test_lam.py: the stage-1 learning test
+    "random_bigfish",  # test_lam_learning.py: the stage-1 learning test
 }
 
 

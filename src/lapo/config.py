@@ -340,19 +340,23 @@ class LAMConfig(FastPath):
     """The world model also gets the previous step's quantised latent z[t-1] (the IDM on o[t-2],
     o[t-1], o[t], without gradient) beside z[t], so z[t] need only carry what changed: the agent
     keeps most of its velocity from step to step. Windows grow by o[t-2]; later stages and the
-    probe use z[t] alone. Not yet measured."""
+    probe use z[t] alone. Not in LAPO; on coinrun it did not put the action in the latent
+    (docs/results/stage1.md)."""
     latent_decorrelation: float = setting(0.0, WEIGHT)
     """Weight of a penalty on what z[t] shares with z[t-1] (the IDM on o[t-2], o[t-1], o[t],
     without gradient): the mean squared cross-correlation of their batch-standardised dimensions.
     Random-play actions are independent from step to step, velocities are not. Windows grow by
-    o[t-2]; 0 = off. Not yet measured."""
+    o[t-2]; 0 = off. On coinrun the world model leaned less on the latent and the probe did
+    not move (docs/results/stage1.md)."""
     motion_compensation: bool = False
     """Changed pixels (changed_pixel_weight) are measured against the global shift between o[t]
     and o[t+1] (phase correlation): |o[t+1] - shift(o[t])|, so a camera that follows the agent
-    does not mark the whole frame as changed. Not yet measured."""
+    does not mark the whole frame as changed. On starpilot (with motion_compensate_idm) the
+    probe stayed near chance (docs/results/stage1.md)."""
     motion_compensate_idm: bool = False
     """The IDM's frame differences (idm_differences) are taken against the global shift between
-    each pair of frames too, in every stage that uses the IDM. Not yet measured."""
+    each pair of frames too, in every stage that uses the IDM. Measured with
+    motion_compensation (docs/results/stage1.md)."""
     quantizer: QuantizerConfig = setting(factory=QuantizerConfig)
     learning_rate: float = setting(3e-4, LEARNING_RATE)
     """Peak Adam learning rate."""
