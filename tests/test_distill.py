@@ -1,4 +1,4 @@
-"""The planners (maze, bigfish) and the demonstrators distilled from them (lapo.rl.planner,
+"""The planners (maze, bigfish) and the demonstrators distilled from them (lapo.evaluation.planner,
 lapo.rl.distill)."""
 
 import csv
@@ -11,9 +11,9 @@ from lapo.checkpoint import load_tensors, read_json
 from lapo.cli import main
 from lapo.config import DistillConfig
 from lapo.envs.procgen import EnvError
+from lapo.evaluation.planner import MOVES, Lookahead, ShortestPaths, check_planner_game, one_game
 from lapo.evaluation.policies import load_policy
 from lapo.rl.distill import distill_expert
-from lapo.rl.planner import MOVES, Lookahead, ShortestPaths, check_planner_game, one_game
 
 LEVELS = 12
 

@@ -702,7 +702,7 @@ PRESETS[ExpertConfig] = {
 @dataclass
 class DistillConfig(Config):
     """``lapo expert distill``: a demonstrator network trained by DAgger (Ross et al. 2011) on
-    the moves of a planner that searches the game's own state (:mod:`lapo.rl.planner`). Round
+    the moves of a planner that searches the game's own state (:mod:`lapo.evaluation.planner`). Round
     0 records the planner playing, with random moves mixed in so the data also shows screens
     off its paths; each later round records the network playing, labelled with the planner's
     moves; after each round the network trains on everything recorded so far."""
@@ -781,7 +781,7 @@ class EvalConfig(Config):
 
 
 DEMO_GAMES = ("coinrun", "jumper", "maze")
-PLANNER_GAMES = ("maze", "bigfish")  # lapo.rl.planner.MOVES's games
+PLANNER_GAMES = ("maze", "bigfish")  # lapo.evaluation.planner.MOVES's games
 DEMO_POLICIES = ("demonstrator", "random", "planner")
 
 

@@ -31,8 +31,8 @@ Started by ``torchrun`` (:mod:`lapo.distributed`), a run is data-parallel: the c
 averages gradients (:meth:`Run.backward`); rank 0 alone creates the folder, writes the
 config, checkpoints, logs and the progress bar. The GPU fast path is read from the config
 too: ``precision`` (:meth:`Run.autocast`), ``channels_last`` and ``compile``
-(:meth:`Run.prepare`), fused Adam on CUDA (:meth:`Run.optimizer`) and ``data_on_device``
-(:meth:`Run.windows`).
+(:meth:`Run.prepare`) and fused Adam on CUDA (:meth:`Run.optimizer`); ``data_on_device`` is
+:class:`lapo.data.dataset.DeviceWindows`' to read.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ from lapo.checkpoint import (
     write_json,
 )
 from lapo.config import config_from_dict
-from lapo.data.dataset import DeviceWindows, WindowDataset
 from lapo.errors import UserError
 
 
@@ -343,11 +342,6 @@ class Run:
         on a device that computes it natively; CUDA and CPU), else float32."""
         bf16 = self.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    def windows(self, ds: WindowDataset, frames: torch.Tensor | None = None) -> DeviceWindows:
-        """Batches of ``ds`` on the run's device; with ``data_on_device`` the split's frames
-        are held there (``frames``: another reader's upload of the same split)."""
-        return DeviceWindows(ds, self.device, getattr(self.cfg, "data_on_device", False), frames)
 
     @staticmethod
     def local(batch: Any) -> Any:

@@ -208,7 +208,7 @@ class ProcgenVecEnv:
 
     def get_state(self) -> list[bytes]:
         """Each environment's whole game state (Procgen's ``get_state``): what a planner
-        (:class:`lapo.rl.planner.PlannerPolicy`) searches from."""
+        (:class:`lapo.evaluation.planner.PlannerPolicy`) searches from."""
         if self._env is None:
             raise RuntimeError("call reset() before get_state()")
         return self._env.get_state()

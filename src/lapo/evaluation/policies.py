@@ -2,7 +2,7 @@
 
 Every policy maps uint8 observations ``(N, 64, 64, 3)`` to integer actions ``(N,)``.
 ``load_policy("random", game)``, ``load_policy("demonstrator", game)`` (the demonstrator shipped
-with lapo for that game), ``load_policy("planner", "maze")`` (:mod:`lapo.rl.planner`, which
+with lapo for that game), ``load_policy("planner", "maze")`` (:mod:`lapo.evaluation.planner`, which
 plays by searching the game's state) or ``load_policy(DIR)`` gives one; ``DIR`` is a folder with
 ``config.json`` + ``policy.safetensors`` (what ``lapo expert train``, ``lapo decode`` and
 ``lapo baseline`` write).
@@ -26,7 +26,7 @@ DEMONSTRATORS_DIR = Path(__file__).parent.parent / "demonstrators"
 
 
 PLANNER = "planner"
-"""``load_policy``'s name for the planners of :mod:`lapo.rl.planner` (maze, bigfish)."""
+"""``load_policy``'s name for the planners of :mod:`lapo.evaluation.planner` (maze, bigfish)."""
 
 
 def shipped_demonstrators() -> dict[str, Path]:
@@ -168,7 +168,7 @@ def load_policy(spec: str | Path, game: str | None = None, seed: int = 0) -> Pol
     if str(spec) == "random":
         return RandomPolicy(game, seed)
     if str(spec) == PLANNER:
-        from lapo.rl.planner import PlannerPolicy, check_planner_game
+        from lapo.evaluation.planner import PlannerPolicy, check_planner_game
 
         return PlannerPolicy(check_planner_game(str(game)), seed)
     if str(spec) == "demonstrator":

@@ -1,7 +1,7 @@
 """Demonstrators distilled from a planner: DAgger (Ross, Gordon & Bagnell 2011).
 
 PPO needs tens of millions of frames to learn maze or bigfish with Procgen's networks, far
-more than a CPU gives in a session. The planners of :mod:`lapo.rl.planner` play them well by
+more than a CPU gives in a session. The planners of :mod:`lapo.evaluation.planner` play them well by
 searching the game's own state, but they are no network: they cannot look at a screen alone,
 so they cannot be shipped or run as a policy. ``distill_expert`` trains the network a PPO
 demonstrator would have (:class:`lapo.models.actor_critic.ActorCritic`, saved in the same
@@ -30,9 +30,9 @@ from torch.distributions import Categorical
 from lapo.checkpoint import load_tensors, save_tensors
 from lapo.config import DistillConfig
 from lapo.envs import NUM_ACTIONS
+from lapo.evaluation.planner import check_planner_game, make_planner, one_game
 from lapo.models.actor_critic import ActorCritic
 from lapo.rl.expert import network_spec, refuse_other_game
-from lapo.rl.planner import check_planner_game, make_planner, one_game
 from lapo.runkinds import PPO_EXPERT
 from lapo.runs import Run
 

@@ -193,7 +193,7 @@ def train_bc(
               resumable=cfg.resumable(), compare={"network": network}, progress=progress)  # fmt: skip
     with run:
         train = WindowDataset(data, "train", k=3)
-        windows = run.windows(train)
+        windows = DeviceWindows(train, run.device, cfg.data_on_device)
         starts = train.starts if train_starts is None else np.asarray(train_starts, np.int64)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)

@@ -83,10 +83,11 @@ class Stage1Batches:
 
     def __init__(self, d: Stage1Data, cfg: LAMConfig, run: Run) -> None:
         self.d, self.cfg, self.run = d, cfg, run
-        self.train = run.windows(d.train)
+        self.train = DeviceWindows(d.train, run.device, cfg.data_on_device)
         self.labelled = None
         if d.labelled is not None:  # the train split's frames again: shared when held
-            self.labelled = run.windows(d.labelled[0], frames=self.train.frames), d.labelled[1]
+            held = DeviceWindows(d.labelled[0], run.device, cfg.data_on_device, self.train.frames)
+            self.labelled = held, d.labelled[1]
 
     def __call__(self, rng: np.random.Generator) -> tuple[torch.Tensor, tuple | None]:
         """Float frames ``(B, P+K+2, 3, 64, 64)`` (``P = cfg.previous_frames``) and the
