@@ -78,6 +78,11 @@ class Task:
     deps: tuple[str, ...] = ()
 
 
+# how every step's command starts: the `lapo` CLI run by this Python; a forked worker runs
+# what follows it in-process (run_step)
+LAPO_CLI = (sys.executable, "-m", "lapo.cli")
+
+
 def _lapo(
     *command: str,
     config: Any = None,
@@ -90,7 +95,7 @@ def _lapo(
     CLI generated from the same dataclass reads them), then the user's ``extra`` options."""
     given = [x for k, v in options.items() if v not in (None, False) for x in option(flag(k), v)]
     fields = to_flags(config, base) if config is not None else []
-    return [sys.executable, "-m", "lapo.cli", *command, *given, *fields, *extra]
+    return [*LAPO_CLI, *command, *given, *fields, *extra]
 
 
 def build_tasks(cfg: ReproduceConfig, out: Path) -> list[Task]:
@@ -377,15 +382,16 @@ def run_tasks(
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     def launch(cmd: list[str], stdout: Path) -> Any:
-        if forked:
-            proc = ctx.Process(target=run_step, args=(cmd[3:], str(stdout), str(log), threads))
+        if forked and tuple(cmd[: len(LAPO_CLI)]) == LAPO_CLI:  # a lapo command: in a worker
+            argv = cmd[len(LAPO_CLI) :]
+            proc = ctx.Process(target=run_step, args=(argv, str(stdout), str(log), threads))
             proc.start()
             return proc
         with open(stdout, "w") as out, open(log, "a") as err:
             return subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
 
     def exit_code(proc: Any) -> int | None:
-        return proc.exitcode if forked else proc.poll()
+        return proc.poll() if isinstance(proc, subprocess.Popen) else proc.exitcode
 
     try:
         while len(finished) < len(tasks):
