@@ -819,7 +819,7 @@ class DemoConfig(Config):
     """Stage 1 from frames alone, the paper's recipe. By default stage 1 also sees the K
     labelled windows (an action head on the latent beside the video loss, as LAOM and CLAM do)
     and the decoder starts from that head, on the same K: on coinrun's 3 seeds that leads BC
-    on the same labels by 1.25 (3.1 s.e.), where frames alone are level with it
+    on the same labels in every seed, where frames alone are level with it
     (docs/results/demo.md). A --policy random demo's stage 1 always sees frames alone."""
     compare_labels: bool = False
     """Run both stage-1 recipes, with the K labels and from frames alone (another stage 1 and
