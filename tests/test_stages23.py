@@ -515,11 +515,33 @@ def test_each_run_kind_has_one_network_spec_and_a_checked_config(tmp_path):
         (online_agent_spec(8, 1), OnlineAgent),
     ]:
         assert type(build_network(spec)) is cls
+    # a spec written before the encoder was a choice (no "arch") still builds the IMPALA-CNN
+    assert "arch" not in latent_policy_spec(8, 1)
+    assert latent_policy_spec(8, 1, "nature")["arch"] == "nature"
     with pytest.raises(CheckpointError, match="has no config.json"):
         read_run_config(tmp_path, (LATENT_POLICY,))
     write_json(tmp_path / "config.json", {"kind": "lam"})
     with pytest.raises(CheckpointError, match="is a 'lam' run; this needs a latent-policy run"):
         read_run_config(tmp_path, (LATENT_POLICY,))
+
+
+@pytest.mark.parametrize("arch", ["impala", "nature"])
+def test_policies_of_either_encoder_map_frames_to_their_outputs(arch):
+    from lapo.models.impala import ImpalaCNN, NatureCNN
+    from lapo.models.policy import ActionPolicy, DecodedPolicy, LatentPolicy
+
+    obs = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8)
+    policy = LatentPolicy(8, 1, arch)
+    assert isinstance(policy.encoder, {"impala": ImpalaCNN, "nature": NatureCNN}[arch])
+    assert policy(obs).shape == (5, 8)
+    assert DecodedPolicy(8, 1, arch=arch)(obs).shape == (5, 15)
+    assert ActionPolicy(1, arch=arch)(obs).shape == (5, 15)
+    # online decoding starts as the latent policy: trunk and latent path copied, so the
+    # agent's latent path reads what the policy does
+    agent = OnlineAgent.from_latent_policy(policy)
+    torch.testing.assert_close(agent.latent(agent.trunk_features(obs)), policy(obs))
+    logits, value = agent.heads(agent.trunk_features(obs))
+    assert logits.shape == (5, 15) and value.shape == (5,)
 
 
 def test_decoder_started_from_the_stage1_head_predicts_what_the_head_does():

@@ -487,6 +487,9 @@ class BCConfig(FastPath):
 
     width: int = setting(4, WIDTH)
     """IMPALA-CNN width multiplier of the policy."""
+    arch: str = setting("impala", choices=ENCODERS)
+    """The policy's encoder: impala (the paper's), or nature / nature_small, the Nature-DQN CNN,
+    about 6x cheaper per step on a CPU (the demo's, docs/results/demo.md)."""
     learning_rate: float = setting(2e-4, LEARNING_RATE)
     """Peak Adam learning rate."""
     warmup_steps: int = setting(1_000, Range(0, TRAIN_STEPS.hi))
@@ -807,6 +810,9 @@ class DemoConfig(Config):
     """Stage-2 (and BC baseline) training steps (cpu preset otherwise)."""
     bc_batch: int = setting(32, BATCH)
     """Stage-2 (and BC baseline) batch size."""
+    bc_arch: str = setting("nature", choices=ENCODERS)
+    """Encoder of stage 2's policy and both BC baselines (the same for all three): the
+    Nature-DQN CNN, about 6x cheaper per step on a CPU than the paper's IMPALA-CNN (impala)."""
     labels: int = setting(256, LABELS)
     """K: labelled transitions for the decoder and the BC baseline."""
     probe_labels: int = setting(2_048, WINDOWS)

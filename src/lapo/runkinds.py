@@ -40,26 +40,39 @@ POLICY_KINDS = (DECODED_POLICY, ACTION_POLICY, ONLINE_AGENT)  # networks that ou
 
 
 # -- network specs ---------------------------------------------------------------------------
-def latent_policy_spec(latent_dim: int, width: int) -> dict:
+def with_arch(spec: dict, arch: str) -> dict:
+    """``spec`` with its encoder named where it is not the IMPALA-CNN (a spec without
+    ``arch``, every one written before the option, builds the IMPALA-CNN)."""
+    return spec if arch == "impala" else {**spec, "arch": arch}
+
+
+def spec_arch(spec: dict) -> str:
+    """The encoder a policy spec builds."""
+    return spec.get("arch", "impala")
+
+
+def latent_policy_spec(latent_dim: int, width: int, arch: str = "impala") -> dict:
     """Stage 2's :class:`~lapo.models.policy.LatentPolicy`."""
-    return {"class": LATENT_POLICY, "latent_dim": int(latent_dim), "width": width}
+    return with_arch({"class": LATENT_POLICY, "latent_dim": int(latent_dim), "width": width}, arch)
 
 
-def decoded_policy_spec(latent_dim: int, width: int, decoder_skip: bool = False) -> dict:
+def decoded_policy_spec(
+    latent_dim: int, width: int, decoder_skip: bool = False, arch: str = "impala"
+) -> dict:
     """Offline decoding's :class:`~lapo.models.policy.DecodedPolicy` (``decoder_skip``: its
     decoder has the linear path that starts from stage 1's action head)."""
     spec = {"class": DECODED_POLICY, "latent_dim": int(latent_dim), "width": width}
-    return {**spec, "decoder_skip": True} if decoder_skip else spec
+    return with_arch({**spec, "decoder_skip": True} if decoder_skip else spec, arch)
 
 
-def online_agent_spec(latent_dim: int, width: int) -> dict:
+def online_agent_spec(latent_dim: int, width: int, arch: str = "impala") -> dict:
     """Online decoding's :class:`~lapo.models.policy.OnlineAgent`."""
-    return {"class": ONLINE_AGENT, "latent_dim": int(latent_dim), "width": width}
+    return with_arch({"class": ONLINE_AGENT, "latent_dim": int(latent_dim), "width": width}, arch)
 
 
-def action_policy_spec(width: int) -> dict:
+def action_policy_spec(width: int, arch: str = "impala") -> dict:
     """The baselines' :class:`~lapo.models.policy.ActionPolicy`."""
-    return {"class": ACTION_POLICY, "width": width}
+    return with_arch({"class": ACTION_POLICY, "width": width}, arch)
 
 
 # -- what a policy run records of its data ---------------------------------------------------

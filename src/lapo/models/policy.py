@@ -22,28 +22,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from lapo.models.frames import frames_to_float
-from lapo.models.impala import ImpalaCNN
+from lapo.models.impala import ImpalaCNN, NatureCNN, make_encoder
 
 DECODER_HIDDEN = (192, 128, 64)  # ../shared/LAPO_NOTES.md: 128 -> 192 -> 128 -> 64 -> 15
 PROCGEN_ACTIONS = 15  # the default num_actions (lapo.envs.NUM_ACTIONS)
 
 
-def _features(encoder: ImpalaCNN, obs: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, 64, 64, 3)`` -> ``(B, 256)`` after the encoder's linear layer and ReLU."""
+def _features(encoder: ImpalaCNN | NatureCNN, obs: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, 64, 64, 3)`` -> ``(B, F)`` after the encoder's linear layer and ReLU."""
     return encoder(frames_to_float(obs).contiguous(memory_format=torch.channels_last))
 
 
-class LatentPolicy(nn.Module):
-    """Stage 2: ``pi(o[t]) -> z[t]``, regressed onto the frozen IDM's continuous latent."""
+def conv_trunk(encoder: ImpalaCNN | NatureCNN) -> nn.Sequential:
+    """The encoder's convolutional part, before its linear layer ``encoder.fc``."""
+    return encoder.stacks if isinstance(encoder, ImpalaCNN) else encoder.convs
 
-    def __init__(self, latent_dim: int, width: int = 4) -> None:
+
+class LatentPolicy(nn.Module):
+    """Stage 2: ``pi(o[t]) -> z[t]``, regressed onto the frozen IDM's continuous latent.
+
+    ``arch``: the encoder (:func:`lapo.models.impala.make_encoder`; ``width`` is the IMPALA-CNN's
+    multiplier, unused by the Nature CNN)."""
+
+    def __init__(self, latent_dim: int, width: int = 4, arch: str = "impala") -> None:
         super().__init__()
-        self.encoder = ImpalaCNN(in_channels=3, width=width)
+        self.encoder = make_encoder(arch, 3, width, 64)
         self.head = nn.Linear(self.encoder.out_features, latent_dim)
-        self.latent_dim = latent_dim
+        self.latent_dim, self.width, self.arch = latent_dim, width, arch
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # (B, 64, 64, 3) uint8 -> (B, 256) -> (B, A)
+        # (B, 64, 64, 3) uint8 -> (B, F) -> (B, A)
         return self.head(_features(self.encoder, obs))
 
 
@@ -90,9 +98,10 @@ class DecodedPolicy(nn.Module):
         width: int = 4,
         num_actions: int = PROCGEN_ACTIONS,
         decoder_skip: bool = False,
+        arch: str = "impala",
     ) -> None:
         super().__init__()
-        self.latent_policy = LatentPolicy(latent_dim, width)
+        self.latent_policy = LatentPolicy(latent_dim, width, arch)
         self.decoder = ActionDecoder(latent_dim, num_actions=num_actions, skip=decoder_skip)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -101,22 +110,25 @@ class DecodedPolicy(nn.Module):
 
 
 class ActionPolicy(nn.Module):
-    """Baselines' policy: IMPALA-CNN -> action logits ``(B, K)``, trained on action labels."""
+    """Baselines' policy: an encoder (IMPALA-CNN, or ``arch``) -> action logits ``(B, K)``,
+    trained on action labels."""
 
-    def __init__(self, width: int = 4, num_actions: int = PROCGEN_ACTIONS) -> None:
+    def __init__(
+        self, width: int = 4, num_actions: int = PROCGEN_ACTIONS, arch: str = "impala"
+    ) -> None:
         super().__init__()
-        self.encoder = ImpalaCNN(in_channels=3, width=width)
+        self.encoder = make_encoder(arch, 3, width, 64)
         self.head = nn.Linear(self.encoder.out_features, num_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # (B, 64, 64, 3) uint8 -> (B, 256) -> (B, K)
+        # (B, 64, 64, 3) uint8 -> (B, F) -> (B, K)
         return self.head(_features(self.encoder, obs))
 
 
 class OnlineAgent(nn.Module):
     """Online decoding's actor-critic (LAPO's stage 3, ../shared/LAPO_NOTES.md).
 
-    - ``trunk``: the latent policy's convolutional stacks, frozen.
+    - ``trunk``: the latent policy's convolutions (:func:`conv_trunk`), frozen.
     - latent path, frozen: the latent policy's linear layer and latent head, then
       ``decoder`` (re-fit from the agent's own transitions, never by PPO).
     - RL path, trained by PPO: ``rl_fc`` (a copy of the latent policy's linear layer) and
@@ -126,10 +138,16 @@ class OnlineAgent(nn.Module):
     The action logits are the mean of the two paths' logits.
     """
 
-    def __init__(self, latent_dim: int, width: int = 4, num_actions: int = PROCGEN_ACTIONS) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        width: int = 4,
+        num_actions: int = PROCGEN_ACTIONS,
+        arch: str = "impala",
+    ) -> None:
         super().__init__()
-        lp = LatentPolicy(latent_dim, width)
-        self.trunk = lp.encoder.stacks
+        lp = LatentPolicy(latent_dim, width, arch)
+        self.trunk = conv_trunk(lp.encoder)
         self.latent_fc = lp.encoder.fc
         self.latent_head = lp.head
         self.decoder = ActionDecoder(latent_dim, num_actions=num_actions)
@@ -148,9 +166,8 @@ class OnlineAgent(nn.Module):
         cls, policy: LatentPolicy, num_actions: int = PROCGEN_ACTIONS
     ) -> OnlineAgent:
         """The agent at frame 0: trunk, latent path and RL linear layer copied from ``policy``."""
-        width = policy.encoder.stacks[0].conv.out_channels // 16
-        agent = cls(policy.latent_dim, width, num_actions)
-        agent.trunk.load_state_dict(policy.encoder.stacks.state_dict())
+        agent = cls(policy.latent_dim, policy.width, num_actions, policy.arch)
+        agent.trunk.load_state_dict(conv_trunk(policy.encoder).state_dict())
         agent.latent_fc.load_state_dict(policy.encoder.fc.state_dict())
         agent.latent_head.load_state_dict(policy.head.state_dict())
         agent.rl_fc.load_state_dict(policy.encoder.fc.state_dict())
@@ -158,7 +175,9 @@ class OnlineAgent(nn.Module):
 
     @torch.no_grad()
     def trunk_features(self, obs: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, 64, 64, 3)`` -> frozen trunk features ``(B, 32w * 8 * 8)``."""
+        """uint8 ``(B, 64, 64, 3)`` -> frozen trunk features ``(B, F)`` (IMPALA: 32w x 8 x 8;
+        Nature: 64 x 4 x 4; the ReLU the IMPALA-CNN applies before its linear layer, which the
+        Nature CNN's last convolution already has)."""
         x = frames_to_float(obs).contiguous(memory_format=torch.channels_last)
         return F.relu(self.trunk(x)).flatten(1)
 

@@ -269,7 +269,7 @@ def train_latent_bc(
     manifest = dataset_for(data, f"stage-1 run {lam_run}", game)
     device = resolve_device(cfg.device)
     latent_dim = int(lam_config["latent_dim"])
-    network = latent_policy_spec(latent_dim, cfg.width)
+    network = latent_policy_spec(latent_dim, cfg.width, cfg.arch)
     run_config = {
         "kind": LATENT_POLICY,
         **data_fields(manifest),
@@ -307,7 +307,7 @@ def train_action_bc(
     """BC on action labels: the true actions of the ``train_starts`` windows (default all), or
     what ``targets`` computes for each batch (baseline (b)'s supervised IDM)."""
     manifest = dataset_for(data)
-    network = action_policy_spec(cfg.width)
+    network = action_policy_spec(cfg.width, cfg.arch)
     config = {
         "kind": ACTION_POLICY,
         **data_fields(manifest),

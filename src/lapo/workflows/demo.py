@@ -106,10 +106,12 @@ STAGES = {
 def saved_settings(path: Path) -> dict | None:
     """A demo's recorded settings, with the default of any setting added since it was written
     (a demo recorded before ``--policy`` existed played the demonstrator; one recorded before
-    ``--video-only`` trained stage 1 on frames alone); None for settings this version cannot
+    ``--video-only`` trained stage 1 on frames alone, before ``--bc-arch`` its policies on the
+    IMPALA-CNN); None for settings this version cannot
     take (a removed setting, a value now out of range, a comparison laid out otherwise): not
     the same demo."""
     saved = read_json(path)
+    saved.setdefault("bc_arch", "impala")
     if "video_only" not in saved:
         if saved.get("compare_labels"):
             return None
@@ -147,6 +149,7 @@ class Demo:
             bc_cpu,
             steps=cfg.bc_steps,
             batch_size=cfg.bc_batch,
+            arch=cfg.bc_arch,
             warmup_steps=min(100, cfg.bc_steps // 5),
             # the test loss halfway and at the end, on 512 windows (fewer at toy sizes): a
             # curve to read, not a figure the report compares

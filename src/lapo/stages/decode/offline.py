@@ -40,15 +40,19 @@ from lapo.runkinds import (
 from lapo.stages.decode import encode_dataset_windows, fit_decoder
 
 
-def deployed_policy(policy: LatentPolicy, decoder: ActionDecoder, width: int) -> DecodedPolicy:
+def deployed_policy(policy: LatentPolicy, decoder: ActionDecoder) -> DecodedPolicy:
     """``decoder(policy(o))`` as one network (eval mode): what ``lapo eval`` plays."""
-    deployed = build_network(
-        decoded_policy_spec(policy.latent_dim, width, decoder.skip is not None)
-    )
+    deployed = build_network(network_spec(policy, decoder))
     assert isinstance(deployed, DecodedPolicy)
     deployed.latent_policy.load_state_dict(policy.state_dict())
     deployed.decoder.load_state_dict(decoder.state_dict())
     return deployed.eval()
+
+
+def network_spec(policy: LatentPolicy, decoder: ActionDecoder) -> dict:
+    """The deployed policy's spec: stage 2's encoder and the decoder's form."""
+    skip = decoder.skip is not None
+    return decoded_policy_spec(policy.latent_dim, policy.width, skip, policy.arch)
 
 
 @torch.no_grad()
@@ -111,8 +115,7 @@ def fit_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) -> 
         cfg.seed,
         head,
     )
-    width = config["network"]["width"]
-    deployed = deployed_policy(policy, decoder, width)
+    deployed = deployed_policy(policy, decoder)
     scores = held_out_scores(idm, decoder, deployed, data, cfg)
 
     out = Path(out)
@@ -131,7 +134,7 @@ def fit_offline(policy_run: Path, data: Path, out: Path, cfg: OfflineConfig) -> 
         out / "config.json",
         {
             "kind": DECODED_POLICY,
-            "network": decoded_policy_spec(policy.latent_dim, width, head is not None),
+            "network": network_spec(policy, decoder),
             **data_fields(manifest),
             "game": config.get("game"),
             "policy_run": str(policy_run),

@@ -246,9 +246,8 @@ def decode_online(
         start = run.resume(agent, optimizer, rng, counter="update")
         fits = run.meta.get("fits", 0)
         pairs = DecoderPairs.load(run.out, run.meta.get("pairs", 0))
-        width = stage2["network"]["width"]
         config = dict(
-            network=online_agent_spec(policy.latent_dim, width),
+            network=online_agent_spec(policy.latent_dim, policy.width, policy.arch),
             game=game,
             demonstrator_return=demo_return,
             data_policy=stage2.get("data_policy"),
