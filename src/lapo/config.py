@@ -802,11 +802,11 @@ class DemoConfig(Config):
     pictures; a random policy is nothing to imitate, so stages 2 and 3 are skipped)."""
     frames: int = setting(20_000, FRAMES)
     """Frames to record for training (plus frames/5 for testing)."""
-    lam_steps: int = setting(300, TRAIN_STEPS)
+    lam_steps: int = setting(400, TRAIN_STEPS)
     """Stage-1 training steps (cpu preset otherwise)."""
     lam_batch: int = setting(32, BATCH)
     """Stage-1 batch size."""
-    bc_steps: int = setting(300, TRAIN_STEPS)
+    bc_steps: int = setting(400, TRAIN_STEPS)
     """Stage-2 (and BC baseline) training steps (cpu preset otherwise)."""
     bc_batch: int = setting(32, BATCH)
     """Stage-2 (and BC baseline) batch size."""

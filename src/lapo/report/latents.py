@@ -46,7 +46,11 @@ def embed_2d(z: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
         return zc @ vt[:2].T, "pca"
     import warnings
 
-    reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=30, min_dist=0.1)
+    # 200 optimisation epochs, UMAP's own choice above 10,000 points (500 below): on the demo's
+    # 1,500 points 7 s instead of 12 on a CPU core, beside about 30 s of compiling its kernels
+    reducer = umap.UMAP(
+        n_components=2, random_state=seed, n_neighbors=30, min_dist=0.1, n_epochs=200
+    )
     with warnings.catch_warnings():  # "n_jobs overridden by random_state": seeded on purpose
         warnings.simplefilter("ignore", UserWarning)
         return reducer.fit_transform(z), "umap"

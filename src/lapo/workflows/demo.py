@@ -179,9 +179,10 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
         max_minutes=0.0,  # the demo's steps, whatever the CPU (the preset's time bound is off)
         batch_size=c.lam_batch,
         eval_every=max(c.lam_steps // 2, 1),
-        # the test loss on 512 windows, fewer at toy sizes (--fast), where its three
-        # evaluations would otherwise cost as much as the training steps
-        test_windows=min(512, 2 * c.lam_steps),
+        # the test loss on 256 windows (a curve to read; the probe stage measures the latent),
+        # fewer at toy sizes (--fast), where its three evaluations would otherwise cost as much
+        # as the training steps
+        test_windows=min(256, 2 * c.lam_steps),
         # no probe during training: the probe stage measures the latent (and the untrained
         # IDM's) on more windows, and with the labels stage 1's action head too
         probe_every=0,
