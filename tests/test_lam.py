@@ -65,6 +65,14 @@ def test_lr_schedule_by_hand():
     assert lr_scale(50, cfg, cfg.final_lr_scale) == pytest.approx(1.0)
     assert lr_scale(550, cfg, cfg.final_lr_scale) == pytest.approx(0.505)
     assert lr_scale(1050, cfg, cfg.final_lr_scale) == pytest.approx(0.01)
+    # under a time budget: the clock counts only once it is ahead of the steps (the budget will
+    # end the run first); then 40% of the budget stands for 40% of the 1,050 steps
+    assert lr_scale(50, cfg, cfg.final_lr_scale, time_fraction=0.04) == pytest.approx(1.0)
+    assert lr_scale(550, cfg, cfg.final_lr_scale, time_fraction=0.4) == pytest.approx(0.505)
+    assert lr_scale(210, cfg, cfg.final_lr_scale, time_fraction=0.4) == pytest.approx(
+        1 - 0.99 * (420 - 50) / 1000
+    )
+    assert lr_scale(300, cfg, cfg.final_lr_scale, time_fraction=1.2) == pytest.approx(0.01)
 
 
 def test_shuffled_latent_loss_differs_only_through_the_latent():

@@ -25,12 +25,16 @@ def lr_scale(
     step: int, cfg: WarmupConfig, final_scale: float = 0.0, time_fraction: float = 0.0
 ) -> float:
     """Scale of the base rate at ``step``: warm-up from ``warmup_start`` to 1 over
-    ``warmup_steps``, then linear to ``final_scale`` at ``steps`` or, if further along, at the
-    fraction ``time_fraction`` of a time budget."""
+    ``warmup_steps``, then linear to ``final_scale`` at ``steps``.
+
+    With a time budget, ``time_fraction`` of it spent: once that is further along than
+    ``step / steps`` (the budget will end the run before its steps do), the decay follows the
+    clock, as if ``time_fraction x steps`` steps were done. A run on course to end by its steps
+    follows its steps alone, so its seed repeats on a busier machine."""
     if step < cfg.warmup_steps:
         return cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    frac = max(frac, time_fraction)
+    done = max(step, time_fraction * cfg.steps)  # steps, or the clock's equivalent
+    frac = (done - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
     return 1.0 + (final_scale - 1.0) * min(frac, 1.0)
 
 
