@@ -9,6 +9,9 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from lapo.cli import main
 from lapo.config import DemoConfig, preset
 from lapo.report.demo import labels_used
 from lapo.workflows import demo as demo_workflow
+from lapo.workflows import workers
 from lapo.workflows.demo import (
     DEMO_STAGES,
     NEEDS,
@@ -368,3 +372,30 @@ def test_grid_summary_gives_label_margins_in_standard_errors_and_stage1_probes(t
     assert "| stage 1 with K = 256 labels | 0.350 / 0.175 (n=2) |" in summary
     assert "| (b)'s supervised IDM on K = 256 | 0.260 / 0.110 (n=2) |" in summary
     assert "| stage 1's action head on its K = 256 | 0.250 / 0.050 (n=2) |" in summary
+
+
+def test_a_worker_ends_itself_when_the_process_that_started_it_is_killed(tmp_path):
+    # a demo or grid killed with SIGKILL (or `kill`) cannot tell its workers; each watches it
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, time\n"
+        "from lapo.workflows import workers\n"
+        "def work(parent):\n"
+        "    workers.exit_with(parent, every=0.1)\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    p = workers.context().Process(target=work, args=(os.getpid(),))\n"
+        "    p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(0.5)
+    assert workers.alive(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 20
+    while workers.alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not workers.alive(worker), "the worker outlived the process that started it"

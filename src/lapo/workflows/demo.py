@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -429,7 +430,10 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> dict:
     def ready(name: str) -> bool:
         return all(k in stages for k in NEEDS.get(name, ()) if k in todo)
 
-    pool = ProcessPoolExecutor(n_lanes, mp_context=workers.context()) if n_lanes > 1 else None
+    pool = None
+    if n_lanes > 1:  # each worker ends itself if this process is killed
+        pool = ProcessPoolExecutor(n_lanes, mp_context=workers.context(),
+                                   initializer=workers.exit_with, initargs=(os.getpid(),))  # fmt: skip
     try:
         while pending or running:
             free = n_lanes - len(running)

@@ -330,15 +330,18 @@ def estimated_seconds(tasks: list[Task], cfg: ReproduceConfig) -> dict[str, floa
     return out
 
 
-def run_step(argv: list[str], stdout: str, log: str, threads: int) -> None:
+def run_step(argv: list[str], stdout: str, log: str, threads: int, parent: int) -> None:
     """One grid step, in a worker forked from the fork server (:mod:`lapo.workflows.workers`,
     which has imported torch once): ``python -m lapo.cli ARGV`` (run as that module runs,
     :mod:`runpy`) with ``threads`` torch threads, its standard output in the file ``stdout``
     and its messages appended to ``log``; the worker exits with the command's status (1 and a
-    traceback in ``log`` for an exception)."""
+    traceback in ``log`` for an exception), or as soon as the grid's process ``parent`` is
+    gone (:func:`~lapo.workflows.workers.exit_with`)."""
     import runpy
 
     import torch
+
+    workers.exit_with(parent)
 
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
@@ -384,7 +387,8 @@ def run_tasks(
     def launch(cmd: list[str], stdout: Path) -> Any:
         if forked and tuple(cmd[: len(LAPO_CLI)]) == LAPO_CLI:  # a lapo command: in a worker
             argv = cmd[len(LAPO_CLI) :]
-            proc = ctx.Process(target=run_step, args=(argv, str(stdout), str(log), threads))
+            args = (argv, str(stdout), str(log), threads, os.getpid())
+            proc = ctx.Process(target=run_step, args=args)
             proc.start()
             return proc
         with open(stdout, "w") as out, open(log, "a") as err:

@@ -8,12 +8,19 @@ server never computes, so forking it is safe. :func:`start` launches the server 
 calling process imports torch, so both import at the same time on 2 cores. This module
 imports neither torch nor the rest of lapo. Where fork servers do not exist (Windows), the
 workers are spawned.
+
+A worker ends itself within a second of the process that started it (:func:`exit_with`):
+killed with ``kill`` or SIGKILL, that process cannot tell its workers, which would otherwise
+go on computing their stage for minutes (Ctrl-C reaches them all anyway). What they leave is
+safe to resume from: checkpoints are written to a temporary file and renamed.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from multiprocessing.context import BaseContext
 
 PRELOAD = ["lapo.workflows.demo"]
@@ -46,3 +53,32 @@ def start(threads: int) -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (an exited process no one has reaped
+    yet, a zombie, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    try:  # Linux: the state after the command's name in /proc/PID/stat
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def exit_with(parent: int, every: float = 1.0) -> None:
+    """In a worker: end this process (status 1) once process ``parent`` is gone, checked every
+    ``every`` seconds by a daemon thread. The pool's ``initializer`` for ``lapo demo``'s
+    workers; called first thing by ``lapo reproduce``'s."""
+
+    def watch() -> None:
+        while alive(parent):
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=f"exit-with-{parent}", daemon=True).start()
