@@ -63,7 +63,7 @@ def test_cpu_preset_learns_a_latent_its_world_model_relies_on(random_bigfish, tm
     cfg = dataclasses.replace(
         preset(LAMConfig, "cpu"),
         steps=300,
-        max_minutes=0.0,  # the lr by steps alone: a time bound would make it follow the clock
+        max_minutes=0.0,  # the steps end the run, and set the lr, whatever the CPU's speed
         eval_every=300,
         probe_every=0,
         precision="fp32",
