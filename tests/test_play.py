@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lam_toy import TOY as LAM_TOY
 from PIL import Image
 
 from lapo.checkpoint import read_json, save_tensors, write_json
@@ -40,19 +41,15 @@ from lapo.report.latents import latent_sample
 from lapo.runkinds import lam_config_from_dict
 from lapo.stages.lam import train_lam
 
-TOY = dict(
-    idm_width=1,
-    wm_base=4,
-    batch_size=8,
-    steps=4,
-    eval_every=4,
-    probe_every=0,
-    test_windows=64,  # the fixed test windows each evaluation scores
-    threads=1,
-    # a continuous latent: after 4 steps a codebook may give one code for every window (the
-    # codes' own path is pinned by test_exact_codes_remove_the_straight_through_noise)
-    quantizer=QuantizerConfig(kind="none", continuous_dim=8),
-)
+# stage 1's toy sizes (tests/lam_toy.py), 4 steps, no probe, and a continuous latent: after 4
+# steps a codebook may give one code for every window (the codes' own path is pinned by
+# test_exact_codes_remove_the_straight_through_noise)
+TOY = {
+    **LAM_TOY,
+    "steps": 4,
+    "probe_every": 0,
+    "quantizer": QuantizerConfig(kind="none", continuous_dim=8),
+}
 
 
 @pytest.fixture(scope="module")
