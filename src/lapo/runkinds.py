@@ -46,11 +46,6 @@ def with_arch(spec: dict, arch: str) -> dict:
     return spec if arch == "impala" else {**spec, "arch": arch}
 
 
-def spec_arch(spec: dict) -> str:
-    """The encoder a policy spec builds."""
-    return spec.get("arch", "impala")
-
-
 def latent_policy_spec(latent_dim: int, width: int, arch: str = "impala") -> dict:
     """Stage 2's :class:`~lapo.models.policy.LatentPolicy`."""
     return with_arch({"class": LATENT_POLICY, "latent_dim": int(latent_dim), "width": width}, arch)
