@@ -33,11 +33,6 @@ def _features(encoder: ImpalaCNN | NatureCNN, obs: torch.Tensor) -> torch.Tensor
     return encoder(frames_to_float(obs).contiguous(memory_format=torch.channels_last))
 
 
-def conv_trunk(encoder: ImpalaCNN | NatureCNN) -> nn.Sequential:
-    """The encoder's convolutional part, before its linear layer ``encoder.fc``."""
-    return encoder.stacks if isinstance(encoder, ImpalaCNN) else encoder.convs
-
-
 class LatentPolicy(nn.Module):
     """Stage 2: ``pi(o[t]) -> z[t]``, regressed onto the frozen IDM's continuous latent.
 
@@ -128,7 +123,7 @@ class ActionPolicy(nn.Module):
 class OnlineAgent(nn.Module):
     """Online decoding's actor-critic (LAPO's stage 3, ../shared/LAPO_NOTES.md).
 
-    - ``trunk``: the latent policy's convolutions (:func:`conv_trunk`), frozen.
+    - ``trunk``: the latent policy's convolutions (``encoder.trunk``), frozen.
     - latent path, frozen: the latent policy's linear layer and latent head, then
       ``decoder`` (re-fit from the agent's own transitions, never by PPO).
     - RL path, trained by PPO: ``rl_fc`` (a copy of the latent policy's linear layer) and
@@ -147,7 +142,7 @@ class OnlineAgent(nn.Module):
     ) -> None:
         super().__init__()
         lp = LatentPolicy(latent_dim, width, arch)
-        self.trunk = conv_trunk(lp.encoder)
+        self.trunk = lp.encoder.trunk
         self.latent_fc = lp.encoder.fc
         self.latent_head = lp.head
         self.decoder = ActionDecoder(latent_dim, num_actions=num_actions)
@@ -167,7 +162,7 @@ class OnlineAgent(nn.Module):
     ) -> OnlineAgent:
         """The agent at frame 0: trunk, latent path and RL linear layer copied from ``policy``."""
         agent = cls(policy.latent_dim, policy.width, num_actions, policy.arch)
-        agent.trunk.load_state_dict(conv_trunk(policy.encoder).state_dict())
+        agent.trunk.load_state_dict(policy.encoder.trunk.state_dict())
         agent.latent_fc.load_state_dict(policy.encoder.fc.state_dict())
         agent.latent_head.load_state_dict(policy.head.state_dict())
         agent.rl_fc.load_state_dict(policy.encoder.fc.state_dict())
