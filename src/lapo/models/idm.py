@@ -84,11 +84,16 @@ class IDM(nn.Module):
         self.latent_dim = quantizer.latent_dim
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
+        z = self.encode(frames)  # (B, A)
+        return z, self.quantizer(z)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """The continuous latent ``(B, A)`` of ``(B, T, 3, 64, 64)`` frames, before the
+        quantiser (whose codebook statistics it leaves alone)."""
         x = stack_frames(
             frames, self.differences, self.difference_scale, self.compensate
         )  # (B, 3T or 3(2T-1), 64, 64)
-        z = self.head(self.encoder(x))  # (B, A)
-        return z, self.quantizer(z)
+        return self.head(self.encoder(x))  # (B, A)
 
 
 def build_idm(cfg: LAMConfig) -> IDM:

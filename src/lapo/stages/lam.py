@@ -33,6 +33,7 @@ from lapo.models.augment import random_shift
 from lapo.models.frames import frames_to_float
 from lapo.models.lam import LatentActionModel, idm_input, split_window, wm_context
 from lapo.models.motion import compensated_difference
+from lapo.models.quantizers import QuantizerOutput
 from lapo.runs import Run, StepClock
 from lapo.schedules import lr_scale, set_lr
 from lapo.stages.lam_data import Stage1Batches, Stage1Data, stage1_data
@@ -78,14 +79,24 @@ def latent_decorrelation_loss(z: torch.Tensor, z_prev: torch.Tensor) -> torch.Te
 
 
 def action_head_loss(
-    model: LatentActionModel, x: torch.Tensor, actions: torch.Tensor, aug_shift: int
+    model: LatentActionModel, z: torch.Tensor, actions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of the action head on the latents of labelled windows
-    ``x (L, 3, 3, 64, 64)`` (shifted as the IDM's training frames are) against the middle
-    frames' ``actions (L,)``, and its accuracy (detached)."""
-    z, _ = model.idm(random_shift(x, aug_shift))  # (L, A)
+    """Cross-entropy of the action head on the continuous latents ``z (L, A)`` of labelled
+    windows against the middle frames' ``actions (L,)``, and its accuracy (detached)."""
     logits = model.action_head(z)  # (L, 15)
     return F.cross_entropy(logits.float(), actions), (logits.argmax(-1) == actions).float().mean()
+
+
+def idm_latents_with_labelled(
+    model: LatentActionModel, x: torch.Tensor, labelled: torch.Tensor, aug_shift: int
+) -> tuple[torch.Tensor, QuantizerOutput, torch.Tensor]:
+    """The IDM on the training frames ``x (B, 3, 3, 64, 64)`` and the labelled windows
+    ``(L, 3, 3, 64, 64)`` (shifted as the training frames are) in one pass of its encoder:
+    ``(z (B, A), the quantiser's output on z, z of the labelled windows (L, A))``. Only the
+    training latents reach the quantiser, so the codebook learns from video alone."""
+    z_all = model.idm.encode(torch.cat([x, random_shift(labelled, aug_shift)]))  # (B+L, A)
+    z, z_labelled = z_all[: len(x)], z_all[len(x) :]
+    return z, model.idm.quantizer(z), z_labelled
 
 
 def lam_loss(
@@ -114,7 +125,13 @@ def lam_loss(
     for the device: log steps only). :func:`plain_lam_loss` is LAPO's loss alone.
     """
     before, frames = split_window(frames, cfg)  # o[t-2] (B, 3, 64, 64) or None
-    z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
+    head = labelled is not None and model.action_head is not None
+    if head:  # one encoder pass over the training and the labelled windows
+        z, q, z_labelled = idm_latents_with_labelled(
+            model, idm_input(frames, cfg), labelled[0], cfg.aug_shift
+        )  # (B, A), z_q (B, A), (L, A)
+    else:
+        z, q = model.idm(idm_input(frames, cfg))  # (B, A), z_q (B, A)
     z_prev = zq_prev = None
     if before is not None:  # z[t-1] of o[t-2], o[t-1], o[t], under stop-gradient
         z_prev, zq_prev = model.previous_latent(torch.cat([before[:, None], frames[:, :2]], 1))
@@ -134,8 +151,8 @@ def lam_loss(
         shared = latent_decorrelation_loss(z, z_prev)
         logs["latent_decorrelation_loss"] = shared.detach()
         loss = loss + cfg.latent_decorrelation * shared
-    if labelled is not None and model.action_head is not None:
-        label_loss, accuracy = action_head_loss(model, *labelled, cfg.aug_shift)
+    if head:
+        label_loss, accuracy = action_head_loss(model, z_labelled, labelled[1])
         logs["label_loss"], logs["label_accuracy"] = label_loss.detach(), accuracy
         loss = loss + cfg.label_weight * label_loss
     return loss, logs
