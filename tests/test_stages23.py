@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from lapo.rl.ppo import compute_gae
 from lapo.runkinds import load_lam, load_stage2
 from lapo.schedules import lr_scale
 from lapo.stages.baselines import IDMActionTargets, supervised_idm
-from lapo.stages.bc import ActionTargets, action_bc_loss, train_latent_bc
+from lapo.stages.bc import ActionTargets, action_bc_loss, latent_head_loss, train_latent_bc
 from lapo.stages.decode import fit_decoder
 from lapo.stages.decode.offline import decode_offline
 from lapo.stages.decode.online import (
@@ -571,6 +572,10 @@ def test_decode_offline_from_the_stage1_head(data, tmp_path, capsys):
     train_lam(lam_cfg, data, tmp_path / "lam", progress=False)
     bc = dataclasses.replace(BC, steps=2, eval_every=2, warmup_steps=1, test_windows=16)
     train_latent_bc(bc, tmp_path / "lam", data, tmp_path / "bc", progress=False)
+    # the head in stage 2's loss too: it trains with the same shapes
+    head_bc = dataclasses.replace(bc, head_weight=1.0)
+    summary = train_latent_bc(head_bc, tmp_path / "lam", data, tmp_path / "hbc", progress=False)
+    assert math.isfinite(summary["test_loss"])
     cfg = OfflineConfig(labels=32, steps=2, test_windows=64, decoder_init="stage1-head")
     decode_offline(tmp_path / "bc", data, tmp_path / "dec", cfg)
     assert read_json(tmp_path / "dec" / "config.json")["network"]["decoder_skip"] is True
@@ -579,6 +584,32 @@ def test_decode_offline_from_the_stage1_head(data, tmp_path, capsys):
     tensors, _ = load_tensors(tmp_path / "bc" / "action_head.safetensors")
     lam_head = load_lam(tmp_path / "lam")[0].action_head
     torch.testing.assert_close(tensors["weight"], lam_head.weight)
+
+
+def test_stage2_head_loss_by_hand():
+    """Latent MSE + weight x cross-entropy of the frozen head on the policy's latent against
+    the head's argmax on the IDM's latent; the gradient reaches the policy, never the head."""
+    head = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+        head.bias.zero_()
+    z = torch.tensor([[2.0, 0.0], [0.0, 0.0]])  # head(z): [2, 0, -2] -> 0; [0, 0, 0] -> 0
+    pred = torch.tensor([[1.0, 1.0], [0.0, 2.0]], requires_grad=True)
+    loss = latent_head_loss(pred, z, head, weight=0.5)
+    mse = ((1 + 1) + (0 + 4)) / 4  # mean of the squared differences
+    # logits of pred: [1, 1, -2] and [0, 2, -2]; both against action 0
+    ce1 = -1 + math.log(2 * math.e + math.exp(-2))
+    ce2 = -0 + math.log(1 + math.exp(2) + math.exp(-2))
+    assert loss.item() == pytest.approx(mse + 0.5 * (ce1 + ce2) / 2, rel=1e-6)
+    loss.backward()
+    assert pred.grad.abs().sum() > 0 and head.weight.grad is None and head.bias.grad is None
+
+
+def test_stage2_head_weight_needs_a_stage1_head(lam_run, data, tmp_path, capsys):
+    args = ["bc", "train", "--lam", str(lam_run), "--data", str(data), "--preset", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "bc"), "--head-weight", "1"]) == 2
+    err = one_line_error(capsys)
+    assert "--head-weight" in err and "--labels" in err and not (tmp_path / "bc").exists()
 
 
 def test_decode_offline_from_the_stage1_head_needs_one(stage2, data, tmp_path, capsys):

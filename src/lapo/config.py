@@ -503,6 +503,11 @@ class BCConfig(FastPath):
     K labels alone, a policy without it turns overconfident and gets stuck when its actions
     are sampled (coinrun, K = 256: 3.7 against 6.0 with it, docs/results/demo.md). Stage 2's
     latent regression has no labels to smooth."""
+    head_weight: float = setting(0.0, WEIGHT)
+    """Stage 2 on a stage-1 run trained with labels: the weight of a second term beside the
+    latent MSE, the cross-entropy of stage 1's action head (frozen) on the policy's latent
+    against the head's action on the IDM's latent, so the latent policy gets right the
+    directions of the latent that name the action. 0: LAPO's latent MSE alone."""
     batch_size: int = setting(128, BATCH)
     """Observations per step."""
     steps: int = setting(60_000, TRAIN_STEPS, resumable=True)
@@ -826,9 +831,14 @@ class DemoConfig(Config):
     video_only: bool = False
     """Stage 1 from frames alone, the paper's recipe. By default stage 1 also sees the K
     labelled windows (an action head on the latent beside the video loss, as LAOM and CLAM do)
-    and the decoder starts from that head, on the same K: on coinrun's 3 seeds that leads BC
-    on the same labels in every seed, where frames alone are level with it
+    and the decoder starts from that head, on the same K (and stage 2 weighs it, --head-weight):
+    on coinrun this leads BC on the same labels, where frames alone are level with it
     (docs/results/demo.md). A --policy random demo's stage 1 always sees frames alone."""
+    head_weight: float = setting(1.0, WEIGHT)
+    """Stage 2's weight of stage 1's action head (``bc train --head-weight``) where stage 1
+    saw the K labels: on coinrun's 6 seeds on a Xeon LAPO's decoded policy goes from level with
+    BC on the same labels (+0.10 ± 0.24) to +0.73 ± 0.26 ahead (docs/results/demo.md). 0: the
+    paper's stage 2; frames-alone stages 1 have no head and always train without it."""
     compare_labels: bool = False
     """Run both stage-1 recipes, with the K labels and from frames alone (another stage 1 and
     stage 2), and set them side by side in the report."""

@@ -28,6 +28,7 @@ from lapo import distributed
 from lapo.config import BCConfig
 from lapo.data.checks import dataset_for
 from lapo.data.dataset import DeviceWindows, WindowDataset
+from lapo.errors import ConfigError
 from lapo.models.frames import frames_to_float
 from lapo.models.idm import IDM
 from lapo.models.policy import build_network
@@ -57,16 +58,39 @@ def action_bc_loss(
     return F.cross_entropy(logits, actions, label_smoothing=label_smoothing)
 
 
+def latent_head_loss(
+    pred: torch.Tensor, z: torch.Tensor, head: nn.Module, weight: float
+) -> torch.Tensor:
+    """Stage 2's loss with stage 1's action head: :func:`latent_bc_loss` plus ``weight`` x
+    the cross-entropy of ``head`` (latent ``(B, A)`` -> logits ``(B, 15)``, frozen: no
+    gradient reaches it) on the policy's latents ``pred (B, A)`` against its most likely
+    action on the IDM's ``z (B, A)``."""
+    with torch.no_grad():
+        target = head(z).argmax(-1)  # (B,)
+    logits = F.linear(pred, head.weight.detach(), head.bias.detach())  # (B, 15)
+    return latent_bc_loss(pred, z) + weight * F.cross_entropy(logits.float(), target)
+
+
 class LatentTargets:
     """Stage 2's target: the frozen IDM's continuous latent of each window
-    (:func:`latent_bc_loss`, in training and on the test windows)."""
+    (:func:`latent_bc_loss` on the test windows; in training too, or with stage 1's action
+    ``head`` and ``head_weight`` > 0, :func:`latent_head_loss`)."""
 
     kind = "latent"
 
-    def __init__(self, idm: IDM, device: torch.device) -> None:
+    def __init__(
+        self,
+        idm: IDM,
+        device: torch.device,
+        head: nn.Linear | None = None,
+        head_weight: float = 0.0,
+    ) -> None:
         self.idm = idm.to(device, memory_format=torch.channels_last).eval()
         self.device = device
         self.loss = self.test_loss = latent_bc_loss
+        if head is not None and head_weight > 0:
+            head = head.to(device).eval()
+            self.loss = functools.partial(latent_head_loss, head=head, weight=head_weight)
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
@@ -281,12 +305,18 @@ def train_latent_bc(
     extra = {"idm.safetensors": lam.idm.state_dict()}
     if lam.action_head is not None:  # stage 1 with labels: offline decoding may start from it
         extra[ACTION_HEAD_FILE] = lam.action_head.state_dict()
+    elif cfg.head_weight > 0:
+        raise ConfigError(
+            f"--head-weight {cfg.head_weight:g} needs stage 1's action head, and stage-1 run "
+            f"{lam_run} was trained without --labels: train it with --labels K, or pass "
+            "--head-weight 0"
+        )
     return train_bc(
         cfg,
         data,
         out,
         network,
-        LatentTargets(lam.idm, device),
+        LatentTargets(lam.idm, device, lam.action_head, cfg.head_weight),
         run_config=run_config,
         extra_files=extra,
         progress=progress,

@@ -108,11 +108,13 @@ def saved_settings(path: Path) -> dict | None:
     """A demo's recorded settings, with the default of any setting added since it was written
     (a demo recorded before ``--policy`` existed played the demonstrator; one recorded before
     ``--video-only`` trained stage 1 on frames alone, before ``--bc-arch`` its policies on the
-    IMPALA-CNN); None for settings this version cannot
+    IMPALA-CNN, before ``--head-weight`` its stage 2 on the latent alone); None for settings
+    this version cannot
     take (a removed setting, a value now out of range, a comparison laid out otherwise): not
     the same demo."""
     saved = read_json(path)
     saved.setdefault("bc_arch", "impala")
+    saved.setdefault("head_weight", 0.0)
     if "video_only" not in saved:
         if saved.get("compare_labels"):
             return None
@@ -227,7 +229,11 @@ def stage_plots(d: Demo) -> dict:
 
 
 def stage_stage2(d: Demo) -> dict:
-    return train_latent_bc(d.bc_cfg, d.lam_run, d.data, d.bc_run, progress=False)
+    # where stage 1 saw the K labels, its action head weighs in stage 2's loss
+    cfg = d.bc_cfg
+    if d.cfg.labels_in_stage1:
+        cfg = dataclasses.replace(cfg, head_weight=d.cfg.head_weight)
+    return train_latent_bc(cfg, d.lam_run, d.data, d.bc_run, progress=False)
 
 
 def decode_k(d: Demo, policy_run: Path, out: Path, decoder_init: str = "fresh") -> dict:
@@ -241,8 +247,8 @@ def decode_k(d: Demo, policy_run: Path, out: Path, decoder_init: str = "fresh") 
 
 
 def stage_decode(d: Demo) -> dict:
-    # from stage 1's action head where stage 1 saw the K labels: on coinrun's 3 seeds 1.25
-    # ahead of BC against 0.62 from a fresh decoder (docs/results/demo.md)
+    # from stage 1's action head where stage 1 saw the K labels: on coinrun's 3 seeds (AVX2
+    # EPYC) 1.25 ahead of BC against 0.62 from a fresh decoder (docs/results/demo.md)
     init = "stage1-head" if d.cfg.labels_in_stage1 else "fresh"
     return decode_k(d, d.bc_run, d.decoded, decoder_init=init)
 
