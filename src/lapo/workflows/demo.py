@@ -13,7 +13,8 @@ Stages, in order, each recorded in ``stages.json`` when it finishes so that a re
    supervised ceiling a latent IDM is judged against);
 4. ``plots``: latents by true action (UMAP, or PCA without ``umap-learn``) and in k-means
    clusters, world-model predictions and the open-loop rollout GIF;
-5. ``stage2``: the latent policy, behaviour-cloned on frames alone;
+5. ``stage2``: the latent policy, behaviour-cloned on every frame's latent (and, where stage 1
+   saw the K labels, on the action its head reads from that latent: ``--head-weight``);
 6. ``decode``: the decoder fit on K labelled transitions (started from stage 1's action head
    when stage 1 saw them), giving a policy that plays;
 7. ``baseline``: BC from scratch on the same K labels (baseline (a)); ``idm_bc``: baseline
