@@ -59,7 +59,7 @@ def action_bc_loss(
 
 
 def latent_head_loss(
-    pred: torch.Tensor, z: torch.Tensor, head: nn.Module, weight: float
+    pred: torch.Tensor, z: torch.Tensor, head: nn.Linear, weight: float
 ) -> torch.Tensor:
     """Stage 2's loss with stage 1's action head: :func:`latent_bc_loss` plus ``weight`` x
     the cross-entropy of ``head`` (latent ``(B, A)`` -> logits ``(B, 15)``, frozen: no
