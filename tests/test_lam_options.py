@@ -40,6 +40,10 @@ REMEDIES = {
     "prev_latent_embedding": dict(wm_prev_latent=True, wm_target="embedding"),
     "linear_features": dict(idm_linear_features=True),
     "camera_shift": dict(wm_camera_shift=True),
+    "space_to_depth": dict(wm_space_to_depth=True),
+    "space_to_depth_everywhere": dict(
+        wm_space_to_depth=True, wm_action_everywhere=True, wm_residual=True
+    ),
 }
 
 
@@ -252,3 +256,5 @@ def test_motion_options_that_would_do_nothing_are_refused():
         LAMConfig(motion_compensation=True)
     with pytest.raises(ConfigError, match="idm-differences"):
         LAMConfig(motion_compensate_idm=True)
+    with pytest.raises(ConfigError, match="wm-target pixels"):
+        LAMConfig(wm_space_to_depth=True, wm_target="embedding")

@@ -72,6 +72,30 @@ def test_action_everywhere_reaches_every_up_block_and_the_head():
     assert "head.0.weight" in plain and not any(k.startswith("up_shift") for k in plain)
 
 
+def test_space_to_depth_runs_no_layer_at_64x64_and_unfolds_the_head_exactly():
+    torch.manual_seed(0)
+    context, action = torch.rand(2, 2, 3, 64, 64) - 0.5, torch.randn(2, 8)
+    wm = WorldModel(action_dim=8, context_frames=2, base=4, space_to_depth=True)
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+             for m in wm.modules() if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    pred = wm(context, action)
+    assert pred.shape == (2, 3, 64, 64) and pred.abs().max() <= 0.5
+    assert max(sizes) == 32  # every convolution (transposed ones included) at 32x32 or less
+    for h in hooks:
+        h.remove()
+    # the head's 12 channels at 32x32 are the frame's 2x2 blocks: a last layer that copies
+    # o[t]'s folded channels from the head's input unfolds into o[t] itself
+    b, c_in = 4, 24  # head input: b features, then the folded state (o[t-1] then o[t])
+    pick = torch.zeros(12, b + c_in, 1, 1)
+    pick[torch.arange(12), b + 12 + torch.arange(12)] = 1.0  # o[t]'s 12 folded channels
+    wm.head = torch.nn.Conv2d(b + c_in, 12, 1, bias=False)
+    with torch.no_grad():
+        wm.head.weight.copy_(pick)
+        out = wm(context, action)  # tanh(o[t]) / 2
+    torch.testing.assert_close(out, torch.tanh(context[:, 1]) / 2)
+
+
 def test_idm_differences_against_the_global_shift_vanish_for_a_rolled_frame():
     from lapo.models.idm import stack_frames
 

@@ -311,6 +311,11 @@ class LAMConfig(FastPath):
     wm_action_everywhere: bool = False
     """The latent action also reaches every up-block of the world model (a per-channel shift)
     and its output head (tiled over the image), not only its first layer and bottleneck."""
+    wm_space_to_depth: bool = False
+    """The world model's U-Net works at 32x32: its input frames are folded 2x2 into channels
+    (pixel unshuffle, 3 -> 12 per frame) and its head predicts 12 channels unfolded into the
+    64x64 frame (pixel shuffle), so no layer runs at 64x64. A step of the cpu preset's world
+    model costs about a third as much on a CPU (docs/results/speed.md). Not in LAPO."""
     changed_pixel_weight: float = setting(0.0, WEIGHT)
     """Extra MSE weight on pixels that differ between o[t] and o[t+1]; 0 = plain MSE (LAPO)."""
     changed_pixel_threshold: float = setting(0.0, Range(0, 1, hi_open=True))
@@ -414,6 +419,9 @@ class LAMConfig(FastPath):
         if self.motion_compensation and self.changed_pixel_weight == 0:
             raise FieldError("motion_compensation", "needs --changed-pixel-weight above 0: it "
                              "changes which pixels that weight counts as changed")  # fmt: skip
+        if self.wm_space_to_depth and self.wm_target != "pixels":
+            raise FieldError("wm_space_to_depth", "needs --wm-target pixels: it changes the "
+                             "pixel world model's U-Net")  # fmt: skip
         if self.motion_compensate_idm and not self.idm_differences:
             raise FieldError("motion_compensate_idm", "needs --idm-differences: it changes the "
                              "frame differences the IDM sees")  # fmt: skip

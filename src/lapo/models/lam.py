@@ -51,6 +51,7 @@ class LatentActionModel(nn.Module):
                 base=cfg.wm_base,
                 residual=cfg.wm_residual,
                 action_everywhere=cfg.wm_action_everywhere,
+                space_to_depth=cfg.wm_space_to_depth,
             )
 
     @property

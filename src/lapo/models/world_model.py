@@ -153,6 +153,12 @@ class WorldModel(nn.Module):
     [-0.5, 0.5] (``tanh(x) / 2``). Five down-sampling blocks and a 2x2 convolution take
     64x64 to 1x1 with channels ``base * (1, 2, 4, 8, 16, 32)``.
 
+    With ``space_to_depth`` the U-Net works at 32x32: the context is folded 2x2 into channels
+    (``(B, 3T, 64, 64) -> (B, 12T, 32, 32)``, pixel unshuffle), four down-sampling blocks and
+    the 2x2 convolution take 32x32 to 1x1 with channels ``base * (1, 2, 4, 8, 16)``, and the
+    head's 12 channels unfold into the 64x64 frame (pixel shuffle). No layer runs at 64x64,
+    where the narrow full-resolution layers cost most of a CPU step.
+
     With ``residual`` the network predicts the change instead: ``o[t] + tanh(x)``, starting from
     exactly ``o[t]`` (zero-initialised output layer), so training spends no steps learning to
     copy the static background and the loss is about what moved from the first step.
@@ -172,41 +178,46 @@ class WorldModel(nn.Module):
         image_size: int = 64,
         residual: bool = False,
         action_everywhere: bool = False,
+        space_to_depth: bool = False,
     ) -> None:
         super().__init__()
         self.residual = residual
         self.action_everywhere = action_everywhere
+        self.fold = 2 if space_to_depth else 1  # pixels per side folded into channels
         if image_size != 64:
             raise ValueError("the world model's U-Net is built for 64x64 frames")
-        c_in = 3 * context_frames
+        c_in = 3 * context_frames * self.fold**2
         b = base
-        downs = (c_in + action_dim, b, 2 * b, 4 * b, 8 * b, 16 * b, 32 * b)
+        n = 5 if self.fold == 1 else 4  # down-blocks from 64 (or 32) to 2x2
+        downs = (c_in + action_dim, *(b * 2**i for i in range(n + 1)))
         self.down = nn.ModuleList(
-            [ActionDown(c_in, action_dim, b)] + [Down(downs[i], downs[i + 1]) for i in range(1, 5)]
+            [ActionDown(c_in, action_dim, b)] + [Down(downs[i], downs[i + 1]) for i in range(1, n)]
         )
-        self.bottom = nn.Conv2d(downs[5], downs[6], 2)  # 2x2 -> 1x1
-        ups = (32 * b, 16 * b, 8 * b, 4 * b, 2 * b, b, b)
+        self.bottom = nn.Conv2d(downs[n], downs[n + 1], 2)  # 2x2 -> 1x1
+        ups = (*(b * 2**i for i in range(n, -1, -1)), b)
         # the first up-block sees the bottleneck and the latent action again (in place of the
         # bottleneck skip); later ones see the matching down-block's output
-        skips = (action_dim, *downs[5:0:-1])
-        self.up = nn.ModuleList(Up(ups[i] + skips[i], ups[i + 1]) for i in range(6))
+        skips = (action_dim, *downs[n:0:-1])
+        self.up = nn.ModuleList(Up(ups[i] + skips[i], ups[i + 1]) for i in range(n + 1))
         self.head = nn.Sequential(
             nn.Conv2d(b + c_in, b, 3, padding=1),
             ResidualLayer(b),
             nn.ReLU(),
-            nn.Conv2d(b, 3, 1),
+            nn.Conv2d(b, 3 * self.fold**2, 1),
         )
         if residual:
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
         if action_everywhere:
-            self.up_shift = nn.ModuleList(nn.Linear(action_dim, ups[i + 1]) for i in range(6))
+            self.up_shift = nn.ModuleList(nn.Linear(action_dim, ups[i + 1]) for i in range(n + 1))
             self.head_action = TiledActionConv(b + c_in, action_dim, b)
             self.head[0] = nn.Identity()  # its convolution is head_action's
 
     def forward(self, context: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        B, T, C, H, W = context.shape
+        # shapes for fold 1; with fold 2 (space_to_depth) each H, W below halves and the
+        # 3T channels of the state and 3 of the head's output grow 4x
         state = rearrange(context, "b t c h w -> b (t c) h w")  # (B, 3T, 64, 64)
+        state = F.pixel_unshuffle(state, self.fold)  # fold 2: (B, 12T, 32, 32)
         x = self.down[0](state, action)  # (B, b, 32, 32): the action tiled over the input
         skips = [x]
         for block in self.down[1:]:
@@ -221,7 +232,7 @@ class WorldModel(nn.Module):
         x = torch.cat([x, state], 1)  # (B, b + 3T, 64, 64)
         if self.action_everywhere:
             x = self.head_action(x, action)  # (B, b, 64, 64): the action tiled over it too
-        out = torch.tanh(self.head(x))  # (B, 3, 64, 64)
+        out = torch.tanh(F.pixel_shuffle(self.head(x), self.fold))  # (B, 3, 64, 64)
         if self.residual:
             return context[:, -1] + out  # o[t] + change
         return out / 2
