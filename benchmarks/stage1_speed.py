@@ -1,7 +1,7 @@
 """Stage-1 training speed (samples/s, achieved FLOP/s) per preset and precision, beside the
 reference implementation's figures, and bf16's loss against float32.
 
-    python benchmarks/stage1_speed.py [--presets cpu,paper] [--precision fp32,bf16]
+    python benchmarks/stage1_speed.py [--presets cpu,cpu+s2d,paper] [--precision fp32,bf16]
         [--batch 128] [--device auto] [--seconds 20] [--threads 0] [--loss-steps 5]
         [--no-channels-last] [--compile]
 
@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import tempfile
 import time
 
@@ -38,6 +39,10 @@ from lapo.stages.lam import lam_loss, lam_step
 
 REFERENCE = {"cpu": 64.0, "paper": 20.0}
 """Samples/s of the reference implementation on a 2-core CPU (the issue's figures)."""
+
+OPTIONS = {"s2d": {"wm_space_to_depth": True}}
+"""``PRESET+NAME`` in ``--presets``: the preset with these fields (s2d: the world model at
+32x32 on frames folded 2x2 into channels, ``--wm-space-to-depth``)."""
 
 
 def trainer(cfg, folder: str):
@@ -90,7 +95,7 @@ def loss_gap(cfg, batches: list[torch.Tensor], folder: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--presets", default="cpu,paper")
+    ap.add_argument("--presets", default="cpu,paper", help="comma-separated: PRESET or PRESET+s2d")
     ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -107,8 +112,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets.split(","):
+            base, _, option = name.partition("+")
+            if option and option not in OPTIONS:
+                sys.exit(f"unknown option +{option} in --presets: choose from {', '.join(OPTIONS)}")
             cfg = dataclasses.replace(
-                preset(LAMConfig, name),
+                preset(LAMConfig, base),
+                **OPTIONS.get(option, {}),
                 batch_size=args.batch,
                 device=args.device,
                 threads=args.threads,
@@ -149,7 +158,8 @@ def table(rows: list[dict], precisions: list[str]) -> str:
         head.append("bf16 loss gap")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["preset"], str(r["gflop_per_sample"]), str(REFERENCE.get(r["preset"], "-"))]
+        reference = REFERENCE.get(r["preset"].partition("+")[0], "-")
+        cells = [r["preset"], str(r["gflop_per_sample"]), str(reference)]
         cells += [f"{r[p]} ({r[f'{p}_gflop_per_second']} GFLOP/s)" for p in precisions]
         if "bf16_loss_gap" in r:
             cells.append(f"{r['bf16_loss_gap']:.1e}")
