@@ -194,13 +194,15 @@ def test_resume_skips_finished_stages(demo, tmp_path):
 
 
 def test_a_demo_recorded_before_a_setting_resumes_as_it_was_trained(tmp_path):
-    # written before --video-only and --bc-arch: stage 1 from frames alone, IMPALA policies
+    # written before --video-only, --bc-arch and --wm-space-to-depth: stage 1 from frames
+    # alone, IMPALA policies, the world model at 64x64
     fast = dataclasses.replace(FAST, bc_arch="nature")
     saved = dataclasses.asdict(fast)
-    del saved["video_only"], saved["bc_arch"]
+    del saved["video_only"], saved["bc_arch"], saved["wm_space_to_depth"]
     (tmp_path / "demo_config.json").write_text(json.dumps(saved))
     settings = saved_settings(tmp_path / "demo_config.json")
-    assert settings == {**dataclasses.asdict(fast), "video_only": True, "bc_arch": "impala"}
+    was = {"video_only": True, "bc_arch": "impala", "wm_space_to_depth": False}
+    assert settings == {**dataclasses.asdict(fast), **was}
 
 
 def test_stages_run_after_what_they_read_and_two_at_a_time_on_two_cores():

@@ -37,7 +37,7 @@ from lapo.play.session import (
     open_session,
     spread,
 )
-from lapo.report.latents import latent_sample
+from lapo.report.latents import exact_neighbours, latent_sample
 from lapo.runkinds import lam_config_from_dict
 from lapo.stages.lam import train_lam
 
@@ -122,6 +122,15 @@ def test_kmeans_finds_three_blobs_by_hand():
     # k is capped at the distinct points
     two = kmeans(np.array([[1.0, 1.0]] * 3 + [[5.0, 5.0]] * 2), 8)
     assert len(two.centres) == 2 and two.labels.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_exact_neighbours_by_hand():
+    # four points on a line at 0, 1, 3, 7: each itself first, then the nearest others
+    z = np.array([[0.0], [1.0], [3.0], [7.0]])
+    idx, dist, index = exact_neighbours(z, 3)
+    assert idx.tolist() == [[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 2, 1]]
+    np.testing.assert_allclose(dist, [[0, 1, 3], [0, 1, 2], [0, 2, 3], [0, 4, 6]])
+    assert index is None and dist.dtype == np.float32
 
 
 def test_mode_latent_by_hand():

@@ -819,6 +819,11 @@ class DemoConfig(Config):
     """Stage-1 training steps (cpu preset otherwise)."""
     lam_batch: int = setting(32, BATCH)
     """Stage-1 batch size."""
+    wm_space_to_depth: bool = True
+    """Stage 1's world model at 32x32 on frames folded 2x2 into channels (lam train
+    --wm-space-to-depth): on coinrun's 6 seeds stage 1 took 72 s instead of 108 on a Xeon with
+    the same returns (LAPO - BC +0.90 ± 0.26 against +0.73 ± 0.26, docs/results/demo.md).
+    --no-wm-space-to-depth: the cpu preset's 64x64 U-Net."""
     bc_steps: int = setting(400, TRAIN_STEPS)
     """Stage-2 (and BC baseline) training steps (cpu preset otherwise)."""
     bc_batch: int = setting(32, BATCH)

@@ -79,11 +79,12 @@ from lapo.workflows import workers
 from lapo.workflows.workers import lanes
 
 # seconds per stage at the default sizes, one thread each with two stages side by side
-# (float32 on a 2-core AMD EPYC with AVX2 only, 2026-12-07; an AVX512 CPU takes about half);
+# (float32 on a 2-core AMD EPYC with AVX2 only, 2026-12-07; an AVX512 CPU takes about half;
+# stage 1 scaled by the 32x32 world model's 0.66 measured on a Xeon);
 # they weight the progress bar. A policy's evaluation takes longer the longer its episodes
 STAGES = {
     "collect": 20,
-    "stage1": 240,
+    "stage1": 160,
     "probe": 25,
     "ceiling": 70,
     "plots": 10,
@@ -91,7 +92,7 @@ STAGES = {
     "decode": 15,
     "baseline": 65,
     "idm_bc": 190,
-    "stage1_video": 230,
+    "stage1_video": 150,
     "stage2_video": 105,
     "decode_video": 15,
     "eval_demonstrator": 5,
@@ -109,13 +110,15 @@ def saved_settings(path: Path) -> dict | None:
     """A demo's recorded settings, with the default of any setting added since it was written
     (a demo recorded before ``--policy`` existed played the demonstrator; one recorded before
     ``--video-only`` trained stage 1 on frames alone, before ``--bc-arch`` its policies on the
-    IMPALA-CNN, before ``--head-weight`` its stage 2 on the latent alone); None for settings
+    IMPALA-CNN, before ``--head-weight`` its stage 2 on the latent alone, before
+    ``--wm-space-to-depth`` its world model at 64x64); None for settings
     this version cannot
     take (a removed setting, a value now out of range, a comparison laid out otherwise): not
     the same demo."""
     saved = read_json(path)
     saved.setdefault("bc_arch", "impala")
     saved.setdefault("head_weight", 0.0)
+    saved.setdefault("wm_space_to_depth", False)
     if "video_only" not in saved:
         if saved.get("compare_labels"):
             return None
@@ -193,6 +196,7 @@ def stage1_config(d: Demo, **labels: object) -> LAMConfig:
         seed=c.seed,
         threads=c.threads,
         precision=c.precision,
+        wm_space_to_depth=c.wm_space_to_depth,
         **labels,
     )
 
