@@ -116,6 +116,8 @@ VARIANTS: dict[str, list[str]] = {
     "motion": [*changed(30), "--motion-compensation"],
     # and the IDM's frame differences against each pair's shift too
     "motion_idm": [*changed(30), "--motion-compensation", "--motion-compensate-idm"],
+    # the world model also sees o[t] rolled by the camera's shift to o[t+1]
+    "camera_shift": [*changed(30), "--wm-camera-shift"],
     # a penalty on z[t]'s cross-correlation with z[t-1] across the batch
     "decorrelation": [*changed(30), "--latent-decorrelation", "1"],
     # the cpu preset (float32) with a hinge on each latent dimension's batch variance: on heist
