@@ -157,6 +157,10 @@ def test_demo_numbers_beat_their_baselines(demo):
         offline = json.loads((demo / run / "config.json").read_text())["offline"]
         assert offline["decoder_init"] == init, run
     assert json.loads((demo / "stage1_video" / "config.json").read_text())["lam"]["labels"] == 0
+    # both stages 1 with the demo's world model at 32x32 (--wm-space-to-depth, the default)
+    for run in ("stage1", "stage1_video"):
+        lam = json.loads((demo / run / "config.json").read_text())["lam"]
+        assert lam["wm_space_to_depth"] is FAST.wm_space_to_depth is True, run
     for lapo in ("LAPO (decoded)", "LAPO from frames alone (decoded)"):
         for name in ("BC on the same labels", "supervised IDM labels, then BC"):
             assert f"{lapo} - {name}" in html
