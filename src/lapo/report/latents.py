@@ -36,8 +36,9 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return img.movedim(-3, -1).numpy()
 
 
-EXACT_NEIGHBOURS = 8_192
-"""Up to this many points the UMAP's neighbours are found exactly (an N x N distance matrix)."""
+EXACT_NEIGHBOURS = 4_096
+"""Up to this many points the UMAP's neighbours are found exactly (N x N distances and their
+order: about 270 MB at 4,096); above it UMAP's own approximate search."""
 
 
 def exact_neighbours(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, None]:
