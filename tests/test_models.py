@@ -78,7 +78,7 @@ def test_space_to_depth_runs_no_layer_at_64x64_and_unfolds_the_head_exactly():
     wm = WorldModel(action_dim=8, context_frames=2, base=4, space_to_depth=True)
     sizes = []
     hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
-             for m in wm.modules() if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+             for m in wm.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]  # fmt: skip
     pred = wm(context, action)
     assert pred.shape == (2, 3, 64, 64) and pred.abs().max() <= 0.5
     assert max(sizes) == 32  # every convolution (transposed ones included) at 32x32 or less
